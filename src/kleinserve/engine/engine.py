@@ -1,0 +1,186 @@
+"""The engine: validated GenerationRequests in, images out. Synchronous; knows nothing of HTTP or jobs.
+
+Requests that share a shape (size, steps, guidance, reference layout) run as one batch; others in
+the same call run as further batches. Image i of a request draws its noise from its own generator
+seeded with seed + i, so no image depends on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from PIL import Image
+
+from kleinserve.engine.loading import (
+    Components,
+    default_device,
+    load_components,
+    locate_checkpoint,
+    resolve_dtype,
+)
+from kleinserve.engine.references import encode_references, reference_layout
+from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
+from kleinserve.engine.text import PromptEncoder, text_position_ids
+from kleinserve.engine.vae import LatentCodec, pack, unpack
+from kleinserve.models import ModelSpec, Variant
+from kleinserve.request import GenerationRequest, GenerationResult
+
+OutputType = Literal["uint8", "pil", "float"]
+
+
+@dataclass(frozen=True)
+class StepProgress:
+    request_indices: tuple[int, ...]  # positions in the list given to generate()
+    step: int  # 1-based, after the step finished
+    total_steps: int
+
+
+ProgressCallback = Callable[[StepProgress], None]
+
+
+class Engine:
+    def __init__(self, spec: ModelSpec, components: Components, max_batch_images: int = 8):
+        self.spec = spec
+        self.components = components
+        self.max_batch_images = max_batch_images
+        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder)
+        self.codec = LatentCodec(components.vae)
+        self.denoiser = Denoiser(components.transformer)
+
+    @classmethod
+    def load(
+        cls,
+        spec: ModelSpec,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        allow_download: bool = True,
+        max_batch_images: int = 8,
+    ) -> Engine:
+        device = torch.device(device) if device is not None else default_device()
+        checkpoint = locate_checkpoint(spec, allow_download=allow_download)
+        components = load_components(checkpoint, device, resolve_dtype(dtype, device))
+        return cls(spec, components, max_batch_images=max_batch_images)
+
+    @property
+    def device(self) -> torch.device:
+        return self.components.device
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: ProgressCallback | None = None,
+        output: OutputType = "uint8",
+    ) -> list[GenerationResult]:
+        """One result per request, in order. Images are HxWx3 uint8 arrays, PIL images, or floats in [0, 1]."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for indices in self._plan_batches(requests):
+            batch = [requests[i] for i in indices]
+            progress = None
+            if on_step is not None:
+                progress = lambda step, total, ix=tuple(indices): on_step(StepProgress(ix, step, total))  # noqa: E731
+            for index, result in zip(indices, self._run_batch(batch, progress, output), strict=True):
+                results[index] = result
+        return results  # type: ignore[return-value]
+
+    def _plan_batches(self, requests: Sequence[GenerationRequest]) -> Iterator[list[int]]:
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(self._shape_key(request), []).append(index)
+        for indices in groups.values():
+            chunk, images = [], 0
+            for index in indices:
+                if chunk and images + requests[index].num_images > self.max_batch_images:
+                    yield chunk
+                    chunk, images = [], 0
+                chunk.append(index)
+                images += requests[index].num_images
+            yield chunk
+
+    def _shape_key(self, request: GenerationRequest) -> tuple:
+        guidance = request.guidance if self.spec.uses_cfg else None
+        return request.width, request.height, request.steps, guidance, reference_layout(request.images)
+
+    def _run_batch(self, requests, on_step, output: OutputType) -> list[GenerationResult]:
+        timings: dict[str, float] = {}
+        first = requests[0]
+        with self._stage(timings, "text"):
+            embeds, negative = self._encode_prompts(requests)
+        references = reference_ids = None
+        with self._stage(timings, "references"):
+            if first.images:
+                references, reference_ids = self._reference_tokens(requests)
+        height, width = first.height // self.codec.pixels_per_token, first.width // self.codec.pixels_per_token
+        batch = DenoiseBatch(
+            latents=self._noise(requests, height, width, embeds.dtype),
+            height=height,
+            width=width,
+            prompt_embeds=embeds,
+            text_ids=text_position_ids(embeds.shape[1], self.device),
+            steps=first.steps,
+            guidance=first.guidance,
+            negative_embeds=negative,
+            references=references,
+            reference_ids=reference_ids,
+            kv_cache_references=self.components.variant is Variant.KV,
+        )
+        with self._stage(timings, "denoise"):
+            latents = self.denoiser.run(batch, on_step)
+        with self._stage(timings, "decode"):
+            images = _to_output(self.codec.decode(unpack(latents, height, width)), output)
+        results, offset = [], 0
+        for request in requests:
+            chunk = images[offset : offset + request.num_images]
+            offset += request.num_images
+            results.append(GenerationResult(chunk, request.seed, request.width, request.height, dict(timings)))
+        return results
+
+    def _encode_prompts(self, requests: list[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt (and, with CFG, negative prompt) embeddings, one row per image."""
+        counts = torch.tensor([r.num_images for r in requests], device=self.device)
+        embeds = self.prompts.encode([r.prompt for r in requests]).repeat_interleave(counts, dim=0)
+        if not (self.spec.uses_cfg and requests[0].guidance > 1.0):
+            return embeds, None
+        negative = self.prompts.encode([r.negative_prompt for r in requests])
+        return embeds, negative.repeat_interleave(counts, dim=0)
+
+    def _reference_tokens(self, requests: list[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, ids = [], None
+        for request in requests:
+            request_tokens, ids = encode_references(self.codec, request.images)
+            tokens.append(request_tokens.expand(request.num_images, -1, -1))
+        return torch.cat(tokens), ids
+
+    def _noise(self, requests, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        channels = self.components.transformer.config.in_channels
+        noise = [
+            seeded_noise(request.seed + i, channels, height, width, dtype)
+            for request in requests
+            for i in range(request.num_images)
+        ]
+        return pack(torch.cat(noise).to(self.device))
+
+    @contextmanager
+    def _stage(self, timings: dict[str, float], name: str):
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = time.perf_counter() - start
+
+
+def _to_output(pixels: torch.Tensor, output: OutputType) -> list:
+    """(B, 3, H, W) in [0, 1] -> per-image HxWx3 arrays (rounded to uint8 on the device) or PIL images."""
+    pixels = pixels.permute(0, 2, 3, 1)
+    if output == "float":
+        return list(pixels.float().cpu().numpy())
+    arrays = list((pixels.float() * 255).round().to(torch.uint8).cpu().numpy())
+    if output == "pil":
+        return [Image.fromarray(array) for array in arrays]
+    return arrays

@@ -1,0 +1,157 @@
+"""Finding and loading a checkpoint: a local diffusers directory, or a Hugging Face repo through its cache.
+
+Only what sampling uses is loaded: the Qwen3 text encoder is built with 27 layers (FLUX.2 reads
+hidden states 9, 18 and 27) and without its final norm and LM head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kleinserve.errors import InvalidCheckpoint, WeightsNotFound
+from kleinserve.models import ModelSpec, Variant, read_variant
+
+TEXT_ENCODER_LAYERS = 27
+CHECKPOINT_PATTERNS = [
+    "model_index.json",
+    "scheduler/*",
+    "text_encoder/*",
+    "tokenizer/*",
+    "transformer/*",
+    "vae/*",
+]
+DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+
+
+@dataclass
+class Components:
+    tokenizer: object
+    text_encoder: torch.nn.Module  # Qwen3Model, layers 1..27, final norm replaced by identity
+    transformer: torch.nn.Module  # diffusers Flux2Transformer2DModel
+    vae: torch.nn.Module  # diffusers AutoencoderKLFlux2
+    variant: Variant
+    device: torch.device
+    dtype: torch.dtype
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, float32 elsewhere, unless the caller says otherwise."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype.lower() not in DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}'; use one of: bfloat16, float16, float32")
+    return DTYPES[dtype.lower()]
+
+
+def locate_checkpoint(spec: ModelSpec, allow_download: bool = True) -> Path:
+    """The directory holding `spec`'s diffusers tree; from the HF cache, downloading if allowed and online."""
+    if spec.local_path is not None:
+        return spec.local_path
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(spec.hf_repo, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=True))
+    except Exception as cached_miss:  # not in the cache (or a partial cache)
+        reason = f"not in the cache ({type(cached_miss).__name__})"
+    if allow_download and not constants.HF_HUB_OFFLINE:
+        try:
+            return Path(snapshot_download(spec.hf_repo, allow_patterns=CHECKPOINT_PATTERNS))
+        except Exception as download_error:
+            reason += f"; download failed: {_first_line(download_error)}"
+    else:
+        reason += "; downloading is off (HF_HUB_OFFLINE or --no-download)"
+    raise WeightsNotFound(_weights_help(spec, reason, constants.HF_HUB_CACHE))
+
+
+def _weights_help(spec: ModelSpec, reason: str, cache_dir: str) -> str:
+    gated = "" if spec.license == "apache-2.0" else " (gated: accept the license on its page and set HF_TOKEN)"
+    includes = " ".join(f"'{p}'" for p in CHECKPOINT_PATTERNS)
+    return (
+        f"no weights for {spec.id}: looked for Hugging Face repo {spec.hf_repo} in {cache_dir}, {reason}."
+        f" Get them on a machine with internet: `hf download {spec.hf_repo} --include {includes}`{gated},"
+        " then copy that cache here (or set HF_HOME to it), or pass a local checkpoint directory as the model"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def load_components(checkpoint: Path, device: torch.device, dtype: torch.dtype) -> Components:
+    """Load tokenizer, truncated text encoder, transformer and VAE from a diffusers directory."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import AutoTokenizer
+
+    variant = read_variant(checkpoint)
+    for part in ("text_encoder", "tokenizer", "transformer", "vae"):
+        if not (checkpoint / part).is_dir():
+            raise InvalidCheckpoint(f"{checkpoint} has no {part}/ folder; it is not a complete diffusers checkpoint")
+    with _quiet_libraries():
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
+        text_encoder = load_text_encoder(checkpoint / "text_encoder", dtype)
+        transformer = Flux2Transformer2DModel.from_pretrained(checkpoint / "transformer", dtype=dtype)
+        vae = AutoencoderKLFlux2.from_pretrained(checkpoint / "vae", dtype=dtype)
+    if variant is Variant.KV:
+        use_kv_attention(transformer)
+    modules = [m.to(device).eval().requires_grad_(False) for m in (text_encoder, transformer, vae)]
+    return Components(tokenizer, *modules, variant=variant, device=device, dtype=dtype)
+
+
+def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoConfig, Qwen3Model
+
+    config = AutoConfig.from_pretrained(directory)
+    if config.num_hidden_layers < TEXT_ENCODER_LAYERS:
+        raise InvalidCheckpoint(
+            f"{directory} has {config.num_hidden_layers} layers; FLUX.2 needs at least {TEXT_ENCODER_LAYERS}"
+        )
+    config.num_hidden_layers = TEXT_ENCODER_LAYERS
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:TEXT_ENCODER_LAYERS]
+    model = Qwen3Model.from_pretrained(directory, config=config, dtype=dtype)
+    # hidden_states[27] must be the raw output of layer 27; a truncated model would normalize its last one.
+    model.norm = torch.nn.Identity()
+    return model
+
+
+def use_kv_attention(transformer: torch.nn.Module) -> None:
+    """Attention processors that can extract and reuse reference K/V (they behave as usual otherwise)."""
+    from diffusers.models.transformers.transformer_flux2 import (
+        Flux2KVAttnProcessor,
+        Flux2KVParallelSelfAttnProcessor,
+    )
+
+    for block in transformer.transformer_blocks:
+        block.attn.set_processor(Flux2KVAttnProcessor())
+    for block in transformer.single_transformer_blocks:
+        block.attn.set_processor(Flux2KVParallelSelfAttnProcessor())
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """Unused text-encoder layers are expected to be skipped: keep the libraries from warning about them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous[0])
+        diffusers_logging.set_verbosity(previous[1])
+        transformers_logging.enable_progress_bar()
