@@ -146,6 +146,7 @@ def _quiet_libraries():
     from transformers.utils import logging as transformers_logging
 
     previous = transformers_logging.get_verbosity(), diffusers_logging.get_verbosity()
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
     diffusers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
@@ -154,4 +155,5 @@ def _quiet_libraries():
     finally:
         transformers_logging.set_verbosity(previous[0])
         diffusers_logging.set_verbosity(previous[1])
-        transformers_logging.enable_progress_bar()
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()

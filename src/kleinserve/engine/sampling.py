@@ -79,7 +79,9 @@ class Denoiser:
         latents = batch.latents
         kv_cache = None
         for step in range(batch.steps):
-            timestep = timesteps[step].expand(latents.shape[0]).to(latents.dtype) / 1000
+            # One timestep row for the whole batch (all share it): the modulation is then computed
+            # at batch size 1 and broadcast, so no image's arithmetic depends on its batch size.
+            timestep = timesteps[step].expand(1).to(latents.dtype) / 1000
             if batch.kv_cache_references and batch.references is not None:
                 velocity, kv_cache = self._predict_kv(batch, latents, latent_ids, timestep, kv_cache)
             else:

@@ -57,7 +57,12 @@ class LatentCodec:
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, 4*latent, h, w) normalized -> (B, 3, 16h, 16w) in [0, 1]."""
+        """(B, 4*latent, h, w) normalized -> (B, 3, 16h, 16w) in [0, 1].
+
+        Images are decoded one at a time: convolution kernels pick different algorithms by batch
+        size, and an image must not change with the company it was batched in.
+        """
         latents = latents * self.bn_std.to(latents.dtype) + self.bn_mean.to(latents.dtype)
-        pixels = self.vae.decode(unpatchify(latents).to(self.vae.dtype), return_dict=False)[0]
+        latents = unpatchify(latents).to(self.vae.dtype)
+        pixels = torch.cat([self.vae.decode(one, return_dict=False)[0] for one in latents.split(1)])
         return (pixels * 0.5 + 0.5).clamp(0, 1)
