@@ -5,14 +5,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from PIL import Image
 
-from kleinserve.engine import Engine  # noqa: E402
-from kleinserve.models import Variant, resolve_model  # noqa: E402
-from kleinserve.tiny import write_tiny_checkpoint  # noqa: E402
+from kleinserve.engine import Engine
+from kleinserve.models import Variant, resolve_model
+from kleinserve.tiny import write_tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

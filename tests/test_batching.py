@@ -1,10 +1,11 @@
 """Batches: same-shape requests share one run without changing anyone's pixels; other shapes still run."""
 
 import numpy as np
-from conftest import random_image
 
 from kleinserve.models import Variant
 from kleinserve.request import build_request
+
+from conftest import random_image
 
 
 def _alone(engine, request):
@@ -76,7 +77,9 @@ def test_progress_callback_reports_every_step_of_every_batch(engine, spec):
 
 
 def test_batches_are_split_at_the_engine_limit(engine, spec):
-    requests = [build_request(spec, prompt=f"p{i}", width=64, height=64, seed=i, num_images=3) for i in range(4)]
+    requests = [
+        build_request(spec, prompt=f"p{i}", width=64, height=64, seed=i, num_images=3) for i in range(4)
+    ]
     events = []
     results = engine.generate(requests, on_step=events.append)
     assert sorted({e.request_indices for e in events}) == [(0, 1), (2, 3)]  # 6 images each, limit 8
@@ -88,7 +91,7 @@ def test_output_types(engine, spec):
     as_float = engine.generate([request], output="float")[0].images[0]
     as_uint8 = engine.generate([request], output="uint8")[0].images[0]
     as_pil = engine.generate([request], output="pil")[0].images[0]
-    assert as_float.dtype == np.float32 and 0.0 <= as_float.min() and as_float.max() <= 1.0
+    assert as_float.dtype == np.float32 and as_float.min() >= 0.0 and as_float.max() <= 1.0
     np.testing.assert_array_equal(as_uint8, (as_float * 255).round().astype(np.uint8))
     np.testing.assert_array_equal(np.asarray(as_pil), as_uint8)
     assert as_pil.size == (64, 80)

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_generator, random_image
 from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline
 
 from kleinserve.models import Variant
 from kleinserve.request import build_request, reference_image_size
+
+from conftest import cpu_generator, random_image
 
 TOLERANCE = 1e-4
 
@@ -87,14 +88,21 @@ def test_base_model_cfg_matches_diffusers(engines, pipelines):
     engine = engines[Variant.BASE]
     request = build_request(engine.spec, prompt="a bowl of fruit", width=80, height=64, steps=6, seed=3)
     assert request.guidance == 4.0
-    assert_same_image(ours(engine, request), reference_output(pipelines[Variant.BASE], request, guidance_scale=4.0))
+    assert_same_image(
+        ours(engine, request), reference_output(pipelines[Variant.BASE], request, guidance_scale=4.0)
+    )
 
 
 def test_base_model_cfg_with_negative_prompt_and_reference_matches_diffusers(engines, pipelines):
     engine, pipe = engines[Variant.BASE], pipelines[Variant.BASE]
     request = build_request(
-        engine.spec, prompt="a bowl of fruit", negative_prompt="blurry, dark", images=[random_image(96, 96)],
-        guidance=2.5, steps=5, seed=4,
+        engine.spec,
+        prompt="a bowl of fruit",
+        negative_prompt="blurry, dark",
+        images=[random_image(96, 96)],
+        guidance=2.5,
+        steps=5,
+        seed=4,
     )
     negative_embeds, _ = pipe.encode_prompt("blurry, dark", device=torch.device("cpu"))
     expected = reference_output(pipe, request, guidance_scale=2.5, negative_prompt_embeds=negative_embeds)
@@ -113,8 +121,13 @@ def test_image_i_of_a_request_is_diffusers_image_with_seed_plus_i(engine, spec, 
     request = build_request(spec, prompt="three kittens", width=64, height=64, seed=20, num_images=3)
     images = engine.generate([request], output="float")[0].images
     expected = pipelines[Variant.DISTILLED](
-        prompt=request.prompt, height=64, width=64, num_inference_steps=4, num_images_per_prompt=3,
-        generator=[cpu_generator(20 + i) for i in range(3)], output_type="np",
+        prompt=request.prompt,
+        height=64,
+        width=64,
+        num_inference_steps=4,
+        num_images_per_prompt=3,
+        generator=[cpu_generator(20 + i) for i in range(3)],
+        output_type="np",
     ).images
     for actual, wanted in zip(images, expected, strict=True):
         assert_same_image(actual, wanted)
@@ -128,3 +141,10 @@ def test_outputs_respond_to_seed_prompt_and_references(engine, spec):
     assert np.abs(image - ours(engine, build_request(spec, **{**base, "prompt": "a blue door"}))).max() > 1e-3
     edited = ours(engine, build_request(spec, **base, images=[random_image(64, 64)]))
     assert np.abs(image - edited).max() > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L"])
+def test_non_rgb_references_are_prepared_like_diffusers(engine, spec, pipelines, mode):
+    image = random_image(1200, 900).convert(mode)  # over 1 MP: resized in its own mode, then made RGB
+    request = build_request(spec, prompt="recolour", images=[image], seed=6)
+    assert_same_image(ours(engine, request), reference_output(pipelines[Variant.DISTILLED], request))

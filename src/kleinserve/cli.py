@@ -30,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--model", required=True, help="registry id or alias, or a checkpoint directory")
     gen.add_argument("--image", action="append", default=[], metavar="FILE", help="reference image (up to 4)")
-    gen.add_argument("--size", help="WIDTHxHEIGHT, multiples of 16 from 64 to 2048 (default: 1024x1024, "
-                     "or the first reference image's size)")
+    gen.add_argument(
+        "--size",
+        help="WIDTHxHEIGHT, multiples of 16 from 64 to 2048 (default: 1024x1024, "
+        "or the first reference image's size)",
+    )
     gen.add_argument("--steps", type=int)
     gen.add_argument("--guidance", type=float, help="CFG scale (Base models only)")
     gen.add_argument("--negative-prompt", help="what to steer away from (Base models only)")
@@ -40,8 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--output-format", choices=sorted(OUTPUT_FORMATS), help="default: from -o's extension")
     gen.add_argument("-o", "--output", required=True, metavar="OUT")
     gen.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
-    gen.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
-                     help="default: bfloat16 on CUDA, float32 on CPU")
+    gen.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
     gen.add_argument("--no-download", action="store_true", help="use only weights already on disk")
 
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint in the real layout")
@@ -65,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: still one line, traceback on request
         if os.environ.get("KLEINSERVE_DEBUG"):
             raise
-        print(f"error: internal {type(exc).__name__}: {exc} (set KLEINSERVE_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"error: internal {type(exc).__name__}: {exc} (set KLEINSERVE_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
 
 
@@ -78,8 +86,16 @@ def generate(args: argparse.Namespace) -> int:
     images = [read_image_file(path, field="--image") for path in args.image]
     width, height = parse_size(args.size, "--size") if args.size else (None, None)
     request = build_request(
-        spec, prompt=args.prompt, images=images, width=width, height=height, steps=args.steps,
-        guidance=args.guidance, seed=args.seed, num_images=args.n, negative_prompt=args.negative_prompt,
+        spec,
+        prompt=args.prompt,
+        images=images,
+        width=width,
+        height=height,
+        steps=args.steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        num_images=args.n,
+        negative_prompt=args.negative_prompt,
     )
     paths = _output_paths(Path(args.output), fmt, request.num_images)
     engine = Engine.load(spec, device=args.device, dtype=args.dtype, allow_download=not args.no_download)
@@ -98,7 +114,9 @@ def generate(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InvalidRequest("-o", f"cannot write {path}: {exc.strerror or exc}") from exc
     timings = {**result.timings, "encode": time.perf_counter() - start}
-    seeds = f"{request.seed}" if request.num_images == 1 else f"{request.seed} (image i uses {request.seed} + i)"
+    seeds = (
+        f"{request.seed}" if request.num_images == 1 else f"{request.seed} (image i uses {request.seed} + i)"
+    )
     print(f"seed: {seeds}")
     print("timings: " + ", ".join(f"{stage} {seconds * 1000:.0f} ms" for stage, seconds in timings.items()))
     for path in paths:

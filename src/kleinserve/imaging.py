@@ -28,7 +28,9 @@ def decode_image(data: bytes, name: str, field: str = "image") -> Image.Image:
                 )
             image.load()
     except UnidentifiedImageError as exc:
-        raise InvalidRequest(field, f"{name} is not an image in a known format (png, jpeg, webp, ...)") from exc
+        raise InvalidRequest(
+            field, f"{name} is not an image in a known format (png, jpeg, webp, ...)"
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidRequest(field, f"{name} is too large to decode safely ({_reason(exc)})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data

@@ -65,7 +65,7 @@ def _defaults_for(variant: Variant) -> dict:
 
 
 def _aliases(size: str, kind: str | None, hf_repo: str) -> tuple[str, ...]:
-    """The spellings seen in the wild (API.md), e.g. flux-2-klein-9b, bfl/flux-2-klein-9b, fal-ai/flux-2/klein/9b."""
+    """Spellings seen in the wild (API.md): flux-2-klein-9b, bfl/flux-2-klein-9b, fal-ai/flux-2/klein/9b..."""
     stem = {None: size, "base": f"base-{size}", "kv": f"{size}-kv"}[kind]
     fal = f"fal-ai/flux-2/klein/{size}" + (f"/{kind}" if kind else "")
     names = [

@@ -90,7 +90,9 @@ def build_request(
         prompt=_check_prompt(prompt),
         width=width,
         height=height,
-        steps=_check_int("steps", spec.default_steps if steps is None else steps, spec.min_steps, spec.max_steps),
+        steps=_check_int(
+            "steps", spec.default_steps if steps is None else steps, spec.min_steps, spec.max_steps
+        ),
         guidance=_check_guidance(spec, guidance),
         seed=_check_seed(seed, num_images),
         num_images=num_images,
@@ -164,7 +166,9 @@ def _check_side(spec: ModelSpec, name: str, value: Any) -> int:
         raise InvalidRequest(name, f"{value} is out of range; allowed: {allowed}")
     if value % spec.size_multiple:
         lower = value - value % spec.size_multiple
-        hint = f"use {lower} or {lower + spec.size_multiple}" if lower >= spec.min_side else "use a larger size"
+        hint = (
+            f"use {lower} or {lower + spec.size_multiple}" if lower >= spec.min_side else "use a larger size"
+        )
         raise InvalidRequest(name, f"{value} is not a multiple of {spec.size_multiple}; {hint} ({allowed})")
     return value
 

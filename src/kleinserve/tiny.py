@@ -85,7 +85,7 @@ def _model_index(variant: Variant) -> dict:
 
 
 def _tokenizer():
-    """A byte-level BPE tokenizer of the Qwen2 class: 256 byte symbols, a few merges, Qwen's special tokens."""
+    """A byte-level BPE Qwen2 tokenizer: 256 byte symbols, a few merges, Qwen's special tokens."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
 

@@ -78,7 +78,7 @@ class Engine:
         on_step: ProgressCallback | None = None,
         output: OutputType = "uint8",
     ) -> list[GenerationResult]:
-        """One result per request, in order. Images are HxWx3 uint8 arrays, PIL images, or floats in [0, 1]."""
+        """One result per request, in order; images as HxWx3 uint8 arrays, PIL images or floats in [0, 1]."""
         results: list[GenerationResult | None] = [None] * len(requests)
         for indices in self._plan_batches(requests):
             batch = [requests[i] for i in indices]
@@ -116,7 +116,10 @@ class Engine:
         with self._stage(timings, "references"):
             if first.images:
                 references, reference_ids = self._reference_tokens(requests)
-        height, width = first.height // self.codec.pixels_per_token, first.width // self.codec.pixels_per_token
+        height, width = (
+            first.height // self.codec.pixels_per_token,
+            first.width // self.codec.pixels_per_token,
+        )
         batch = DenoiseBatch(
             latents=self._noise(requests, height, width, embeds.dtype),
             height=height,
@@ -138,7 +141,9 @@ class Engine:
         for request in requests:
             chunk = images[offset : offset + request.num_images]
             offset += request.num_images
-            results.append(GenerationResult(chunk, request.seed, request.width, request.height, dict(timings)))
+            results.append(
+                GenerationResult(chunk, request.seed, request.width, request.height, dict(timings))
+            )
         return results
 
     def _encode_prompts(self, requests: list[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -24,8 +24,14 @@ CHECKPOINT_PATTERNS = [
     "transformer/*",
     "vae/*",
 ]
-DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
-          "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
 
 
 @dataclass
@@ -61,7 +67,9 @@ def locate_checkpoint(spec: ModelSpec, allow_download: bool = True) -> Path:
     from huggingface_hub import constants, snapshot_download
 
     try:
-        return Path(snapshot_download(spec.hf_repo, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=True))
+        return Path(
+            snapshot_download(spec.hf_repo, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=True)
+        )
     except Exception as cached_miss:  # not in the cache (or a partial cache)
         reason = f"not in the cache ({type(cached_miss).__name__})"
     if allow_download and not constants.HF_HUB_OFFLINE:
@@ -75,7 +83,9 @@ def locate_checkpoint(spec: ModelSpec, allow_download: bool = True) -> Path:
 
 
 def _weights_help(spec: ModelSpec, reason: str, cache_dir: str) -> str:
-    gated = "" if spec.license == "apache-2.0" else " (gated: accept the license on its page and set HF_TOKEN)"
+    gated = (
+        "" if spec.license == "apache-2.0" else " (gated: accept the license on its page and set HF_TOKEN)"
+    )
     includes = " ".join(f"'{p}'" for p in CHECKPOINT_PATTERNS)
     return (
         f"no weights for {spec.id}: looked for Hugging Face repo {spec.hf_repo} in {cache_dir}, {reason}."
@@ -97,7 +107,9 @@ def load_components(checkpoint: Path, device: torch.device, dtype: torch.dtype) 
     variant = read_variant(checkpoint)
     for part in ("text_encoder", "tokenizer", "transformer", "vae"):
         if not (checkpoint / part).is_dir():
-            raise InvalidCheckpoint(f"{checkpoint} has no {part}/ folder; it is not a complete diffusers checkpoint")
+            raise InvalidCheckpoint(
+                f"{checkpoint} has no {part}/ folder; it is not a complete diffusers checkpoint"
+            )
     with _quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
         text_encoder = load_text_encoder(checkpoint / "text_encoder", dtype)
@@ -112,7 +124,12 @@ def load_components(checkpoint: Path, device: torch.device, dtype: torch.dtype) 
 def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
     from transformers import AutoConfig, Qwen3Model
 
-    config = AutoConfig.from_pretrained(directory)
+    try:
+        config = AutoConfig.from_pretrained(directory)
+    except (OSError, ValueError) as exc:
+        raise InvalidCheckpoint(
+            f"{directory}/config.json is not a usable text encoder config: {exc}"
+        ) from exc
     if config.num_hidden_layers < TEXT_ENCODER_LAYERS:
         raise InvalidCheckpoint(
             f"{directory} has {config.num_hidden_layers} layers; FLUX.2 needs at least {TEXT_ENCODER_LAYERS}"

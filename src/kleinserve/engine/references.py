@@ -26,7 +26,9 @@ def reference_pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
 
 
-def encode_references(codec: LatentCodec, images: tuple[Image.Image, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_references(
+    codec: LatentCodec, images: tuple[Image.Image, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens (1, sum(h*w), C) of all references, one after another, and their (N, 4) position ids."""
     tokens, ids = [], []
     for index, image in enumerate(images):

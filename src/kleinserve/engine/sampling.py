@@ -86,7 +86,9 @@ class Denoiser:
                 velocity, kv_cache = self._predict_kv(batch, latents, latent_ids, timestep, kv_cache)
             else:
                 velocity = self._predict(batch, latents, latent_ids, timestep)
-            latents = (latents.to(torch.float32) + (sigmas[step + 1] - sigmas[step]) * velocity).to(velocity.dtype)
+            latents = (latents.to(torch.float32) + (sigmas[step + 1] - sigmas[step]) * velocity).to(
+                velocity.dtype
+            )
             if on_step is not None:
                 on_step(step + 1, batch.steps)
         return latents
@@ -123,12 +125,22 @@ class Denoiser:
             hidden = torch.cat([batch.references, latents], dim=1).to(self.transformer.dtype)
             ids = torch.cat([batch.reference_ids, latent_ids], dim=0)
             velocity, kv_cache = self._forward(
-                hidden, batch.prompt_embeds, ids, batch.text_ids, timestep,
-                kv_cache_mode="extract", num_ref_tokens=batch.references.shape[1],
+                hidden,
+                batch.prompt_embeds,
+                ids,
+                batch.text_ids,
+                timestep,
+                kv_cache_mode="extract",
+                num_ref_tokens=batch.references.shape[1],
             )
             return velocity, kv_cache
         velocity = self._forward(
-            latents.to(self.transformer.dtype), batch.prompt_embeds, latent_ids, batch.text_ids, timestep,
-            kv_cache=kv_cache, kv_cache_mode="cached",
+            latents.to(self.transformer.dtype),
+            batch.prompt_embeds,
+            latent_ids,
+            batch.text_ids,
+            timestep,
+            kv_cache=kv_cache,
+            kv_cache_mode="cached",
         )[0]
         return velocity, kv_cache

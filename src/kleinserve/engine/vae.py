@@ -50,7 +50,7 @@ class LatentCodec:
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> (B, 4*latent, H/16, W/16), normalized; distribution mode, no sampling."""
+        """(B, 3, H, W) in [-1, 1] -> normalized (B, 4*latent, H/16, W/16); the distribution's mode."""
         pixels = pixels.to(device=self.bn_mean.device, dtype=self.vae.dtype)
         latents = patchify(self.vae.encode(pixels).latent_dist.mode())
         return (latents - self.bn_mean.to(latents.dtype)) / self.bn_std.to(latents.dtype)

@@ -1,0 +1,5 @@
+import sys
+
+from kleinserve.cli import main
+
+sys.exit(main())
