@@ -104,6 +104,10 @@ def test_bad_reference_images(images, field, message):
     assert error.value.field == field and message in str(error.value)
 
 
+def test_a_single_image_counts_as_one_reference():
+    assert len(build_request(DISTILLED, prompt="x", images=random_image(64, 64)).images) == 1
+
+
 def test_zero_to_four_references_are_accepted():
     for count in range(5):
         assert (

@@ -127,7 +127,7 @@ def _check_int(name: str, value: Any, low: int, high: int) -> int:
 def _check_images(spec: ModelSpec, images: Sequence[Any]) -> tuple[Image.Image, ...]:
     if images is None:
         return ()
-    images = tuple(images)
+    images = (images,) if isinstance(images, Image.Image) else tuple(images)
     if len(images) > spec.max_reference_images:
         raise InvalidRequest(
             "images",

@@ -22,8 +22,10 @@ def reference_pixels(image: Image.Image) -> torch.Tensor:
     image = image.crop((left, top, left + crop_w, top + crop_h))
     if image.mode != "RGB":
         image = image.convert("RGB")
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
+    array = np.asarray(image, dtype=np.float32)[None] / 255.0
+    # Transposed, not copied: the VAE's convolutions pick their kernels by memory layout, and this is
+    # the layout diffusers hands them, so reference latents match it bit for bit.
+    return torch.from_numpy(array.transpose(0, 3, 1, 2)) * 2.0 - 1.0
 
 
 def encode_references(
