@@ -92,3 +92,13 @@ def test_checkpoints_with_too_few_text_layers_or_missing_parts_are_refused(check
     shutil.rmtree(broken / "vae")
     with pytest.raises(InvalidCheckpoint, match="no vae/ folder"):
         load_components(broken, torch.device("cpu"), torch.float32)
+
+
+def test_a_checkpoint_of_another_variant_than_the_model_id_is_refused(checkpoints, tmp_path, monkeypatch):
+    spec = resolve_model("flux.2-klein-4b")
+    _fake_hub_cache(tmp_path, spec.hf_repo, checkpoints[Variant.BASE])
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(
+        InvalidCheckpoint, match=r"holds a base checkpoint, but flux\.2-klein-4b is distilled"
+    ):
+        Engine.load(spec, allow_download=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from kleinserve.engine.loading import quiet_libraries
 from kleinserve.models import PIPELINE_CLASS, Variant
 
 TEXT_LAYERS = 36
@@ -55,15 +56,13 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 
 def write_tiny_checkpoint(directory: Path | str, variant: Variant = Variant.DISTILLED, seed: int = 0) -> Path:
     """Write a random checkpoint of `variant` into `directory` (created; existing files overwritten)."""
-    from transformers.utils import logging as transformers_logging
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     tokenizer.save_pretrained(directory / "tokenizer")
-    transformers_logging.disable_progress_bar()  # a one-shard progress bar is only noise
-    _text_encoder(len(tokenizer)).save_pretrained(directory / "text_encoder")
+    with quiet_libraries():
+        _text_encoder(len(tokenizer)).save_pretrained(directory / "text_encoder")
     _transformer().save_pretrained(directory / "transformer")
     _vae().save_pretrained(directory / "vae")
     (directory / "scheduler").mkdir(exist_ok=True)

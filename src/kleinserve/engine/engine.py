@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -27,7 +28,8 @@ from kleinserve.engine.references import encode_references, reference_layout
 from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
 from kleinserve.engine.text import PromptEncoder, text_position_ids
 from kleinserve.engine.vae import LatentCodec, pack, unpack
-from kleinserve.models import ModelSpec, Variant
+from kleinserve.errors import InvalidCheckpoint
+from kleinserve.models import ModelSpec, Variant, read_variant
 from kleinserve.request import GenerationRequest, GenerationResult
 
 OutputType = Literal["uint8", "pil", "float"]
@@ -64,6 +66,11 @@ class Engine:
     ) -> Engine:
         device = torch.device(device) if device is not None else default_device()
         checkpoint = locate_checkpoint(spec, allow_download=allow_download)
+        found = read_variant(checkpoint)
+        if found is not spec.variant:
+            raise InvalidCheckpoint(
+                f"{checkpoint} holds a {found.value} checkpoint, but {spec.id} is {spec.variant.value}"
+            )
         components = load_components(checkpoint, device, resolve_dtype(dtype, device))
         return cls(spec, components, max_batch_images=max_batch_images)
 
@@ -82,9 +89,7 @@ class Engine:
         results: list[GenerationResult | None] = [None] * len(requests)
         for indices in self._plan_batches(requests):
             batch = [requests[i] for i in indices]
-            progress = None
-            if on_step is not None:
-                progress = lambda step, total, ix=tuple(indices): on_step(StepProgress(ix, step, total))  # noqa: E731
+            progress = partial(_report_step, on_step, tuple(indices)) if on_step else None
             for index, result in zip(indices, self._run_batch(batch, progress, output), strict=True):
                 results[index] = result
         return results  # type: ignore[return-value]
@@ -178,6 +183,10 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         timings[name] = time.perf_counter() - start
+
+
+def _report_step(on_step: ProgressCallback, indices: tuple[int, ...], step: int, total: int) -> None:
+    on_step(StepProgress(indices, step, total))
 
 
 def _to_output(pixels: torch.Tensor, output: OutputType) -> list:

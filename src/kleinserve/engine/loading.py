@@ -110,7 +110,7 @@ def load_components(checkpoint: Path, device: torch.device, dtype: torch.dtype) 
             raise InvalidCheckpoint(
                 f"{checkpoint} has no {part}/ folder; it is not a complete diffusers checkpoint"
             )
-    with _quiet_libraries():
+    with quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
         text_encoder = load_text_encoder(checkpoint / "text_encoder", dtype)
         transformer = Flux2Transformer2DModel.from_pretrained(checkpoint / "transformer", dtype=dtype)
@@ -157,8 +157,9 @@ def use_kv_attention(transformer: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_libraries():
-    """Unused text-encoder layers are expected to be skipped: keep the libraries from warning about them."""
+def quiet_libraries():
+    """Keep transformers/diffusers from warning about expected things (the unused text-encoder layers)
+    and from drawing progress bars for loads and saves that take milliseconds to seconds."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

@@ -52,14 +52,14 @@ class DenoiseBatch:
     text_ids: torch.Tensor  # (512, 4)
     steps: int
     guidance: float = 1.0
-    negative_embeds: torch.Tensor | None = None  # (B, 512, D) when CFG is on
+    negative_embeds: torch.Tensor | None = None  # (B, 512, D); given exactly when CFG is on
     references: torch.Tensor | None = None  # (B, R, C) reference tokens
     reference_ids: torch.Tensor | None = None  # (R, 4)
     kv_cache_references: bool = False  # 9B-KV: compute reference K/V once, reuse after step 0
 
     @property
     def uses_cfg(self) -> bool:
-        return self.negative_embeds is not None and self.guidance > 1.0
+        return self.negative_embeds is not None
 
 
 StepCallback = Callable[[int, int], None]
