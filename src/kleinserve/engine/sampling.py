@@ -43,6 +43,11 @@ def seeded_noise(seed: int, channels: int, height: int, width: int, dtype: torch
     return torch.randn((1, channels, height, width), generator=generator, dtype=dtype)
 
 
+def euler_step(latents: torch.Tensor, velocity: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """x <- x + (sigma_next - sigma) * v, accumulated in float32 and stored back in the model dtype."""
+    return (latents.to(torch.float32) + (sigma_next - sigma) * velocity).to(velocity.dtype)
+
+
 @dataclass
 class DenoiseBatch:
     latents: torch.Tensor  # (B, N, C) packed noise, model dtype
@@ -86,9 +91,7 @@ class Denoiser:
                 velocity, kv_cache = self._predict_kv(batch, latents, latent_ids, timestep, kv_cache)
             else:
                 velocity = self._predict(batch, latents, latent_ids, timestep)
-            latents = (latents.to(torch.float32) + (sigmas[step + 1] - sigmas[step]) * velocity).to(
-                velocity.dtype
-            )
+            latents = euler_step(latents, velocity, sigmas[step], sigmas[step + 1])
             if on_step is not None:
                 on_step(step + 1, batch.steps)
         return latents
