@@ -88,10 +88,10 @@ def test_checkpoints_with_too_few_text_layers_or_missing_parts_are_refused(check
     config = json.loads(config_file.read_text())
     config_file.write_text(json.dumps({**config, "num_hidden_layers": 20, "layer_types": None}))
     with pytest.raises(InvalidCheckpoint, match=r"has 20 layers; FLUX\.2 needs at least 27"):
-        load_components(broken, torch.device("cpu"), torch.float32)
+        load_components(broken, Variant.DISTILLED, torch.device("cpu"), torch.float32)
     shutil.rmtree(broken / "vae")
     with pytest.raises(InvalidCheckpoint, match="no vae/ folder"):
-        load_components(broken, torch.device("cpu"), torch.float32)
+        load_components(broken, Variant.DISTILLED, torch.device("cpu"), torch.float32)
 
 
 def test_a_checkpoint_of_another_variant_than_the_model_id_is_refused(checkpoints, tmp_path, monkeypatch):

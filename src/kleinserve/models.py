@@ -64,9 +64,8 @@ def _defaults_for(variant: Variant) -> dict:
     return dict(default_steps=4, min_steps=4, max_steps=8, default_guidance=1.0)
 
 
-def _aliases(size: str, kind: str | None, hf_repo: str) -> tuple[str, ...]:
+def _aliases(size: str, kind: str | None, stem: str, hf_repo: str) -> tuple[str, ...]:
     """Spellings seen in the wild (API.md): flux-2-klein-9b, bfl/flux-2-klein-9b, fal-ai/flux-2/klein/9b..."""
-    stem = {None: size, "base": f"base-{size}", "kv": f"{size}-kv"}[kind]
     fal = f"fal-ai/flux-2/klein/{size}" + (f"/{kind}" if kind else "")
     names = [
         f"flux-2-klein-{stem}",
@@ -91,7 +90,7 @@ def _spec(size: str, kind: str | None, hf_repo: str, license: str) -> ModelSpec:
         id=f"flux.2-klein-{stem}",
         variant=variant,
         hf_repo=hf_repo,
-        aliases=_aliases(size, kind, hf_repo),
+        aliases=_aliases(size, kind, stem, hf_repo),
         license=license,
         **_defaults_for(variant),
     )

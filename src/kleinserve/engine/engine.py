@@ -71,7 +71,7 @@ class Engine:
             raise InvalidCheckpoint(
                 f"{checkpoint} holds a {found.value} checkpoint, but {spec.id} is {spec.variant.value}"
             )
-        components = load_components(checkpoint, device, resolve_dtype(dtype, device))
+        components = load_components(checkpoint, found, device, resolve_dtype(dtype, device))
         return cls(spec, components, max_batch_images=max_batch_images)
 
     @property

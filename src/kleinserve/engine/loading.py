@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from kleinserve.errors import InvalidCheckpoint, WeightsNotFound
-from kleinserve.models import ModelSpec, Variant, read_variant
+from kleinserve.models import ModelSpec, Variant
 
 TEXT_ENCODER_LAYERS = 27
 CHECKPOINT_PATTERNS = [
@@ -99,12 +99,14 @@ def _first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
-def load_components(checkpoint: Path, device: torch.device, dtype: torch.dtype) -> Components:
-    """Load tokenizer, truncated text encoder, transformer and VAE from a diffusers directory."""
+def load_components(
+    checkpoint: Path, variant: Variant, device: torch.device, dtype: torch.dtype
+) -> Components:
+    """Load tokenizer, truncated text encoder, transformer and VAE from a diffusers directory
+    whose model_index.json declares `variant`."""
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
     from transformers import AutoTokenizer
 
-    variant = read_variant(checkpoint)
     for part in ("text_encoder", "tokenizer", "transformer", "vae"):
         if not (checkpoint / part).is_dir():
             raise InvalidCheckpoint(

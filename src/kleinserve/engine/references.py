@@ -15,8 +15,9 @@ REFERENCE_TIME_STEP = 10
 
 def reference_pixels(image: Image.Image) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1]: downscale (Lanczos) to <= 1 MP, center-crop to multiples of 16, RGB."""
-    if reference_resize_size(*image.size) != image.size:
-        image = image.resize(reference_resize_size(*image.size), Image.Resampling.LANCZOS)
+    resized = reference_resize_size(*image.size)
+    if resized != image.size:
+        image = image.resize(resized, Image.Resampling.LANCZOS)
     crop_w, crop_h = reference_image_size(*image.size)
     left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
     image = image.crop((left, top, left + crop_w, top + crop_h))
