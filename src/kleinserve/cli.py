@@ -1,4 +1,6 @@
-"""The `kleinserve` command: generate | tiny-checkpoint. Bad input exits non-zero with one clear line."""
+"""The `kleinserve` command: serve | generate | tiny-checkpoint.
+
+Bad input exits non-zero with one clear line."""
 
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--no-download", action="store_true", help="use only weights already on disk")
 
+    _add_serve_parser(commands)
+
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint in the real layout")
     tiny.add_argument("directory")
     tiny.add_argument("--variant", choices=[v.value for v in Variant], default=Variant.DISTILLED.value)
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return generate(args)
+        if args.command == "serve":
+            return serve(args)
         return tiny_checkpoint(args)
     except KleinserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -143,6 +149,84 @@ def _output_paths(output: Path, fmt: str, count: int) -> list[Path]:
     if count == 1:
         return [output]
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(count)]
+
+
+def _add_serve_parser(commands) -> None:
+    serve = commands.add_parser("serve", help="run the HTTP server (OpenAI Images API)")
+    serve.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="ID[=PATH]",
+        help="model to serve (repeatable): ID loads it from the Hugging Face cache, ID=PATH from a local "
+        "checkpoint; the first is the default",
+    )
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve a tiny RANDOM-WEIGHT test model as flux.2-klein-4b (built on first use; no weights)",
+    )
+    serve.add_argument("--host", help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default 8000")
+    serve.add_argument(
+        "--data-dir", help="jobs database and stored images (default ~/.local/share/kleinserve)"
+    )
+    serve.add_argument("--public-base-url", help="base of image URLs, e.g. https://img.example.com")
+    serve.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="repeatable")
+    serve.add_argument("--ssl-certfile")
+    serve.add_argument("--ssl-keyfile")
+    serve.add_argument(
+        "--retention-hours", type=float, help="delete jobs and images older than this (0: never)"
+    )
+    serve.add_argument("--rate-limit-per-minute", type=int, help="per API key or client; 0 = unlimited")
+    serve.add_argument("--max-batch-images", type=int)
+    serve.add_argument("--batch-wait-ms", type=float)
+    serve.add_argument("--max-queue-depth", type=int)
+    serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument("--device")
+    serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
+    serve.add_argument("--no-download", dest="allow_download", action="store_false", default=None)
+    serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+SERVE_SETTINGS = (
+    "models", "demo", "host", "port", "data_dir", "public_base_url", "api_keys", "ssl_certfile",
+    "ssl_keyfile", "retention_hours", "rate_limit_per_minute", "max_batch_images", "batch_wait_ms",
+    "max_queue_depth",
+    "max_request_bytes", "device", "dtype", "allow_download", "warmup",
+)  # fmt: skip
+
+
+def serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from kleinserve.api.app import create_app
+    from kleinserve.settings import Settings
+
+    given = {name: getattr(args, name) for name in SERVE_SETTINGS if getattr(args, name) is not None}
+    try:
+        settings = Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidRequest("--" + str(first["loc"][0]).replace("_", "-"), first["msg"]) from exc
+    if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
+        raise InvalidRequest("--ssl-certfile", "give both --ssl-certfile and --ssl-keyfile, or neither")
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
 
 
 def tiny_checkpoint(args: argparse.Namespace) -> int:

@@ -97,7 +97,7 @@ class Engine:
     def _plan_batches(self, requests: Sequence[GenerationRequest]) -> Iterator[list[int]]:
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault(self._shape_key(request), []).append(index)
+            groups.setdefault(self.batch_key(request), []).append(index)
         for indices in groups.values():
             chunk, images = [], 0
             for index in indices:
@@ -108,7 +108,8 @@ class Engine:
                 images += requests[index].num_images
             yield chunk
 
-    def _shape_key(self, request: GenerationRequest) -> tuple:
+    def batch_key(self, request: GenerationRequest) -> tuple:
+        """Requests with equal keys can share a batch: same size, steps, guidance (CFG), reference layout."""
         guidance = request.guidance if self.spec.uses_cfg else None
         return request.width, request.height, request.steps, guidance, reference_layout(request.images)
 

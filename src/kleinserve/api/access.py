@@ -1,0 +1,117 @@
+"""Who may call, how often, and how much they may send: API keys, a per-key rate limit, request size limits.
+
+A plain ASGI middleware, so a refused request costs no parsing: a body declared too large is answered
+with 413 before it is read, and a body that grows past the limit while streaming is cut off with 413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from dataclasses import dataclass
+
+from kleinserve.api.errors import ApiError
+from kleinserve.settings import Settings
+
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/files/")  # stored image URLs are unguessable capabilities
+AUTH_SCHEMES = ("bearer", "key")  # OpenAI sends Bearer, fal-client sends Key
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int):
+        super().__init__(
+            413,
+            f"request body is larger than {limit / 2**20:.0f} MiB, the limit; send smaller or fewer images",
+            code="payload_too_large",
+        )
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """A token bucket per caller: `per_minute` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._buckets: dict[str, _Bucket] = {}
+
+    def retry_after(self, caller: str) -> int | None:
+        """None if the caller may go ahead now (a token is spent); else seconds until it may."""
+        now = time.monotonic()
+        rate = self.per_minute / 60.0
+        bucket = self._buckets.setdefault(caller, _Bucket(float(self.per_minute), now))
+        bucket.tokens = min(float(self.per_minute), bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return max(1, math.ceil((1.0 - bucket.tokens) / rate))
+
+
+class AccessMiddleware:
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.keys = [key.encode() for key in settings.api_keys]
+        self.max_body = settings.max_request_bytes
+        self.limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        try:
+            caller = self._check(scope)
+        except ApiError as exc:
+            return await exc.response()(scope, receive, send)
+        scope.setdefault("state", {})["caller"] = caller
+        await self.app(scope, self._limited(receive), send)
+
+    def _check(self, scope) -> str:
+        """Raises ApiError (401, 413, 429); returns who is calling (a key label or the client address)."""
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise BodyTooLarge(self.max_body)
+        if scope["path"].startswith(OPEN_PATHS):
+            return "open"
+        caller = self._authenticate(headers.get(b"authorization", b""), scope.get("client"))
+        if self.limiter and scope["method"] == "POST":
+            retry_after = self.limiter.retry_after(caller)
+            if retry_after is not None:
+                raise ApiError(
+                    429,
+                    f"rate limit of {self.limiter.per_minute} requests per minute reached;"
+                    f" retry in {retry_after} s",
+                    retry_after=retry_after,
+                )
+        return caller
+
+    def _authenticate(self, header: bytes, client) -> str:
+        if not self.keys:
+            return f"client-{client[0]}" if client else "anonymous"
+        scheme, _, token = header.decode("latin-1").strip().partition(" ")
+        token = token.strip().encode("latin-1")
+        if scheme.lower() in AUTH_SCHEMES:
+            for index, key in enumerate(self.keys):
+                if hmac.compare_digest(token, key):
+                    return f"key-{index}"
+        message = "a valid API key is required: send Authorization: Bearer <key>"
+        raise ApiError(401, message if header else f"no API key given; {message}", code="invalid_api_key")
+
+    def _limited(self, receive):
+        received = 0
+
+        async def receive_limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        return receive_limited

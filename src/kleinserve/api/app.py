@@ -1,0 +1,72 @@
+"""create_app(settings): the kleinserve HTTP server, assembled from its parts."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from kleinserve import __version__
+from kleinserve.api import files, openai, system
+from kleinserve.api.access import AccessMiddleware
+from kleinserve.api.errors import install_error_handlers
+from kleinserve.api.request_metrics import RequestMetricsMiddleware
+from kleinserve.jobs import SQLiteJobStore
+from kleinserve.metrics import Metrics
+from kleinserve.service import DEMO_LABEL, ImageService
+from kleinserve.settings import Settings
+from kleinserve.storage import LocalStore
+
+log = logging.getLogger("kleinserve")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    metrics = Metrics(settings.stats_window_seconds)
+    service = ImageService(
+        settings, SQLiteJobStore(settings.database_path), LocalStore(settings.files_dir), metrics
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        _announce(settings, service)
+        await service.start()
+        yield
+        await service.stop()
+        await service.jobs.close()
+
+    app = FastAPI(
+        title="kleinserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None
+    )
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(openai.router(service))
+    app.include_router(system.router(service))
+    app.include_router(files.router(service))
+    app.add_middleware(AccessMiddleware, settings=settings)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every answer
+    return app
+
+
+def _announce(settings: Settings, service: ImageService) -> None:
+    for served in service.models:
+        log.info("serving %s from %s", served.spec.id, served.spec.source)
+        if served.demo:
+            log.warning("*" * 78)
+            log.warning("%s", DEMO_LABEL)
+            log.warning("served as %s so API examples work unchanged; not for real use", served.spec.id)
+            log.warning("*" * 78)
+    if not settings.api_keys:
+        log.warning(
+            "no API keys configured: the API is OPEN to anyone who can reach %s:%d",
+            settings.host,
+            settings.port,
+        )
+    else:
+        log.info("API keys required (%d configured)", len(settings.api_keys))
+    log.info(
+        "data directory %s; jobs and images kept %s",
+        settings.data_dir,
+        f"{settings.retention_hours:g} h" if settings.retention_hours else "forever",
+    )

@@ -1,0 +1,108 @@
+"""API errors: one exception type, rendered in OpenAI's shape
+`{"error": {"message", "type", "param", "code"}}`.
+
+Service exceptions (unknown model, queue full, ...) map to statuses here, so every route and middleware
+answers the same way.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from kleinserve.batcher import QueueFull
+from kleinserve.errors import InvalidRequest, KleinserveError
+from kleinserve.service import GenerationFailed, ModelNotReady, ModelNotServed
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code or ERROR_CODES.get(status)
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": ERROR_TYPES.get(
+                    self.status, "invalid_request_error" if self.status < 500 else "server_error"
+                ),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+
+
+def invalid(param: str, message: str) -> ApiError:
+    return ApiError(400, f"{param}: {message}", param=param)
+
+
+def from_service_error(exc: KleinserveError) -> ApiError:
+    if isinstance(exc, ModelNotServed):
+        return ApiError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, QueueFull):
+        return ApiError(503, str(exc), code="queue_full", retry_after=exc.retry_after)
+    if isinstance(exc, ModelNotReady):
+        return ApiError(503, str(exc), code="model_not_ready", retry_after=exc.retry_after)
+    if isinstance(exc, InvalidRequest):
+        return invalid(exc.field, exc.reason)
+    if isinstance(exc, GenerationFailed):
+        return ApiError(500, str(exc), code="generation_failed")
+    return ApiError(500, str(exc))
+
+
+def install_error_handlers(app) -> None:
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    async def service_error(request: Request, exc: KleinserveError) -> JSONResponse:
+        return from_service_error(exc).response()
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see GET /v1/models and the README"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return ApiError(exc.status_code, message).response()
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error: {type(exc).__name__}; the server log has details").response()
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(KleinserveError, service_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

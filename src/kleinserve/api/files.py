@@ -1,0 +1,32 @@
+"""Stored images, served at stable URLs: GET /files/{job id}/{index}.{png|jpg|webp}."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from kleinserve.api.errors import ApiError
+from kleinserve.service import ImageService
+from kleinserve.storage import FILES_ROUTE
+
+CACHE_FOREVER = "public, max-age=31536000, immutable"  # a key is never reused for other bytes
+
+
+def router(service: ImageService) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get(FILES_ROUTE + "/{job_id}/{name}")
+    async def stored_file(job_id: str, name: str) -> FileResponse:
+        found = service.local_file(f"{job_id}/{name}")
+        if found is None:
+            raise ApiError(
+                404,
+                f"no file {job_id}/{name}; stored images expire after "
+                f"{service.settings.retention_hours:g} hours",
+                code="file_not_found",
+            )
+        return FileResponse(
+            found.path, media_type=found.content_type, headers={"Cache-Control": CACHE_FOREVER}
+        )
+
+    return routes

@@ -1,0 +1,277 @@
+"""The OpenAI Images dialect: POST /v1/images/generations (JSON), POST /v1/images/edits (multipart),
+GET /v1/models[/{id}]. Schemas in, GenerationRequest out; results back in OpenAI's response shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from kleinserve.api.errors import ApiError, invalid
+from kleinserve.errors import InvalidRequest
+from kleinserve.imaging import decode_image
+from kleinserve.request import build_request, parse_size
+from kleinserve.service import DEMO_LABEL, Generated, ImageService, OutputOptions, ServedModel
+
+RESPONSE_FORMATS = ("url", "b64_json")
+OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+SUPPORTED = {
+    "prompt", "model", "n", "size", "response_format", "output_format", "output_compression",
+    "seed", "num_inference_steps", "guidance_scale", "negative_prompt",
+}  # fmt: skip
+# OpenAI parameters that do not change what this model does: accepted and ignored.
+IGNORED = {"quality", "style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity"}
+# Our internal field names -> the OpenAI parameter a user sent.
+PARAMS = {"num_images": "n", "steps": "num_inference_steps", "guidance": "guidance_scale", "width": "size",
+          "height": "size", "images": "image"}  # fmt: skip
+CREATED = 1768348800  # 2026-01-14, FLUX.2 [klein]'s release, for /v1/models
+
+
+def router(service: ImageService) -> APIRouter:
+    routes = APIRouter(prefix="/v1")
+
+    @routes.post("/images/generations")
+    async def generations(request: Request) -> JSONResponse:
+        fields = await _json_body(request)
+        return await _generate(service, request, fields, images=[], route="generations")
+
+    @routes.post("/images/edits")
+    async def edits(request: Request) -> JSONResponse:
+        fields, uploads = await _multipart_body(request)
+        images = await _decode_uploads(uploads, service.settings.max_image_bytes)
+        return await _generate(service, request, fields, images=images, route="edits")
+
+    @routes.get("/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [_model_entry(m) for m in service.models]}
+
+    @routes.get("/models/{name:path}")
+    async def model(name: str) -> dict:
+        return _model_entry(service.model(name))
+
+    return routes
+
+
+async def _generate(service: ImageService, http: Request, fields: dict, *, images: list, route: str):
+    served = service.model(_optional_str(fields, "model"))
+    http.state.model = served.spec.id
+    options = _output_options(fields)
+    request = _to_request(served, fields, images)
+    generated = await service.generate(
+        served,
+        request,
+        options,
+        {"dialect": "openai", "route": route, "response_format": fields["response_format"]},
+    )
+    return _response(service, http, served, generated, fields)
+
+
+def _to_request(served: ServedModel, fields: dict, images: list):
+    if fields.get("prompt") is None:
+        raise invalid("prompt", "is required; describe the image you want")
+    n = _number(fields, "n", int)
+    try:
+        width, height = _size(fields.get("size"))
+        return build_request(
+            served.spec,
+            prompt=fields.get("prompt"),
+            images=images,
+            width=width,
+            height=height,
+            steps=_number(fields, "num_inference_steps", int),
+            guidance=_number(fields, "guidance_scale", float),
+            seed=_number(fields, "seed", int),
+            num_images=1 if n is None else n,
+            negative_prompt=_optional_str(fields, "negative_prompt"),
+        )
+    except InvalidRequest as exc:
+        raise _openai_error(exc) from exc
+
+
+def _openai_error(exc: InvalidRequest) -> ApiError:
+    name = exc.field.split("[")[0]
+    param = PARAMS.get(name, exc.field)
+    if exc.field.startswith("images["):
+        return invalid(param, f"image {exc.field[len('images') :]} {exc.reason}")
+    if name in ("width", "height"):
+        return invalid(param, f"{name} {exc.reason}")
+    return invalid(param, exc.reason)
+
+
+def _size(value: Any) -> tuple[int | None, int | None]:
+    if value is None or value == "auto":
+        return None, None
+    if not isinstance(value, str):
+        raise InvalidRequest("size", f"must be a string like '1024x768' or 'auto', got {value!r}")
+    return parse_size(value, "size")
+
+
+def _number(fields: dict, name: str, kind: type) -> Any:
+    """JSON numbers pass through (build_request checks them); multipart strings are converted here."""
+    value = fields.get(name)
+    if not isinstance(value, str):
+        return value
+    try:
+        return kind(value.strip())
+    except ValueError:
+        raise invalid(name, f"must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def _optional_str(fields: dict, name: str) -> str | None:
+    value = fields.get(name)
+    if value is not None and not isinstance(value, str):
+        raise invalid(name, f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _output_options(fields: dict) -> OutputOptions:
+    response_format = fields.get("response_format") or "url"
+    fields["response_format"] = response_format
+    if response_format not in RESPONSE_FORMATS:
+        raise invalid("response_format", f"must be 'url' or 'b64_json', got {response_format!r}")
+    fmt = fields.get("output_format") or "png"
+    if not isinstance(fmt, str) or fmt.lower() not in OUTPUT_FORMATS:
+        raise invalid("output_format", f"must be png, jpeg or webp, got {fmt!r}")
+    fmt = OUTPUT_FORMATS[fmt.lower()]
+    fields["output_format"] = fmt
+    compression = _number(fields, "output_compression", int)
+    if compression is not None and (
+        isinstance(compression, bool) or not isinstance(compression, int) or not 0 <= compression <= 100
+    ):
+        raise invalid("output_compression", f"must be an integer from 0 to 100, got {compression!r}")
+    quality = compression if fmt != "png" else None  # PNG is lossless: compression does not apply
+    return OutputOptions(format=fmt, quality=quality, store=response_format == "url")
+
+
+def _check_fields(fields: dict) -> dict:
+    for name, value in fields.items():
+        if name in SUPPORTED or name in IGNORED:
+            continue
+        if name == "background":
+            if value == "transparent":
+                raise invalid(
+                    "background",
+                    "transparent backgrounds are not supported: FLUX.2 [klein] has no alpha; "
+                    "use 'opaque' or 'auto'",
+                )
+            continue
+        if name == "stream":
+            if value in (True, "true", "True", "1"):
+                raise invalid("stream", "streaming is not supported; leave it out or set it to false")
+            continue
+        if name == "partial_images":
+            continue
+        if name == "mask":
+            raise invalid(
+                "mask", "masks are not supported by FLUX.2 [klein]; describe the edit in the prompt"
+            )
+        raise invalid(name, f"unknown parameter; supported: {', '.join(sorted(SUPPORTED))}")
+    return fields
+
+
+async def _json_body(request: Request) -> dict:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/"):
+        raise ApiError(415, "send the request as JSON (Content-Type: application/json)")
+    body = await request.body()
+    try:
+        fields = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(fields, dict):
+        raise ApiError(
+            400, f"the body must be a JSON object, got {type(fields).__name__}", code="invalid_json"
+        )
+    return _check_fields(fields)
+
+
+async def _multipart_body(request: Request) -> tuple[dict, list[UploadFile]]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(415, "send the edit as multipart/form-data with the image(s) as file parts")
+    try:
+        form = await request.form(max_files=16, max_fields=64, max_part_size=1024 * 1024)
+    except HTTPException as exc:
+        raise ApiError(400, f"the multipart body could not be read: {exc.detail}") from exc
+    fields: dict[str, Any] = {}
+    uploads: list[UploadFile] = []
+    for name, value in form.multi_items():
+        if name in ("image", "image[]"):
+            if not isinstance(value, UploadFile):
+                raise invalid("image", "must be a file upload (a multipart file part), not a text field")
+            uploads.append(value)
+        elif name == "mask" or not isinstance(value, UploadFile):
+            fields[name] = value
+        else:
+            raise invalid(name, "is a file, but only `image` and `image[]` take files")
+    if not uploads:
+        raise invalid("image", "is required: upload 1 to 4 reference images as `image` or `image[]`")
+    return _check_fields(fields), uploads
+
+
+async def _decode_uploads(uploads: list[UploadFile], max_bytes: int) -> list:
+    if len(uploads) > 4:
+        raise invalid("image", f"{len(uploads)} images given; FLUX.2 [klein] takes 1 to 4 reference images")
+    images = []
+    for index, upload in enumerate(uploads):
+        name = f"image[{index}] ({upload.filename or 'unnamed'})"
+        if upload.size is not None and upload.size > max_bytes:
+            raise ApiError(
+                413,
+                f"{name} is {upload.size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB",
+                param="image",
+            )
+        data = await upload.read()
+        if not data:
+            raise invalid("image", f"{name} is empty (0 bytes)")
+        try:
+            images.append(await asyncio.to_thread(decode_image, data, name, "image"))
+        except InvalidRequest as exc:
+            raise invalid("image", exc.reason) from exc
+    return images
+
+
+def _response(service: ImageService, http: Request, served: ServedModel, generated: Generated, fields: dict):
+    base_url = str(http.base_url)
+    data = []
+    for image in generated.images:
+        if image.key is not None:
+            item = {"url": service.file_url(image.key, base_url)}
+        else:
+            item = {"b64_json": base64.b64encode(image.data).decode("ascii")}
+        data.append({**item, "revised_prompt": fields.get("prompt")})
+    first = generated.images[0]
+    body = {
+        "created": int(time.time()),
+        "data": data,
+        "background": "opaque",
+        "output_format": fields["output_format"],
+        "size": f"{first.width}x{first.height}",
+        "model": served.spec.id,
+        "seed": generated.seed,
+        "job_id": generated.job_id,
+        "timings": {stage: round(seconds, 4) for stage, seconds in generated.timings.items()},
+    }
+    headers = {"x-kleinserve-job-id": generated.job_id}
+    if served.demo:
+        headers["x-kleinserve-warning"] = DEMO_LABEL
+    return JSONResponse(body, headers=headers)
+
+
+def _model_entry(served: ServedModel) -> dict:
+    return {
+        "id": served.spec.id,
+        "object": "model",
+        "created": CREATED,
+        "owned_by": "kleinserve-demo (random weights)" if served.demo else "black-forest-labs",
+        "aliases": list(served.spec.aliases),
+        "ready": served.state == "ready",
+        "state": served.state,
+        **({"warning": DEMO_LABEL} if served.demo else {}),
+    }

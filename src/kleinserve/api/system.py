@@ -1,0 +1,64 @@
+"""Operator endpoints: liveness, readiness, Prometheus metrics, per-model stats, and job records."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+
+from kleinserve.api.errors import ApiError
+from kleinserve.metrics import METRICS_CONTENT_TYPE
+from kleinserve.service import DEMO_LABEL, ImageService
+
+
+def router(service: ImageService) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": _model_states(service)}
+
+    @routes.get("/ready")
+    async def ready() -> JSONResponse:
+        body = {"ready": service.ready, "models": _model_states(service)}
+        return JSONResponse(body, status_code=200 if service.ready else 503, headers=_retry(service))
+
+    @routes.get("/metrics")
+    async def metrics() -> Response:
+        for served in service.models:
+            if served.batcher is not None:
+                service.metrics.queue_depth.labels(served.spec.id).set(served.batcher.depth)
+        return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    @routes.get("/v1/stats")
+    async def stats() -> dict:
+        return service.metrics.stats()
+
+    @routes.get("/v1/jobs/{job_id}")
+    async def job(job_id: str) -> dict:
+        record = await service.job(job_id)
+        if record is None:
+            raise ApiError(
+                404,
+                f"no job {job_id!r}; finished jobs are kept for {service.settings.retention_hours:g} hours",
+                param="job_id",
+            )
+        return dataclasses.asdict(record)
+
+    return routes
+
+
+def _model_states(service: ImageService) -> dict:
+    return {
+        served.spec.id: {
+            "state": served.state,
+            **({"error": served.error} if served.error else {}),
+            **({"warning": DEMO_LABEL} if served.demo else {}),
+        }
+        for served in service.models
+    }
+
+
+def _retry(service: ImageService) -> dict[str, str]:
+    return {} if service.ready else {"Retry-After": "5"}

@@ -1,0 +1,156 @@
+"""The batcher: the single loop that feeds one model's engine.
+
+Jobs wait in a queue. The loop takes the oldest, gathers queued jobs with the same batch key (size,
+steps, guidance, reference layout) up to `max_batch_images`, waits up to `max_wait_s` for more
+company when the batch is not full, and runs it on the GPU thread, so the event loop never blocks
+on the engine. Past `max_queue_depth` queued jobs, `submit` refuses new work with `QueueFull`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kleinserve.engine import Engine
+from kleinserve.engine.engine import StepProgress
+from kleinserve.errors import KleinserveError
+from kleinserve.request import GenerationRequest, GenerationResult
+
+
+class QueueFull(KleinserveError):
+    def __init__(self, model: str, depth: int, retry_after: int):
+        super().__init__(f"{model} has {depth} jobs queued, its limit; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class Work:
+    job_id: str
+    request: GenerationRequest
+    key: tuple
+    future: asyncio.Future[GenerationResult]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class BatchListener(Protocol):
+    """Told what happens to queued work; every call arrives on the event loop."""
+
+    def batch_started(self, works: list[Work]) -> None: ...
+    def batch_step(self, works: list[Work], step: int, total: int) -> None: ...
+    def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None: ...
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        gpu_thread: Executor,
+        listener: BatchListener,
+        *,
+        max_batch_images: int,
+        max_wait_s: float,
+        max_queue_depth: int,
+    ):
+        self.engine = engine
+        self.model = engine.spec.id
+        self._gpu_thread = gpu_thread
+        self._listener = listener
+        self.max_batch_images = max_batch_images
+        self.max_wait_s = max_wait_s
+        self.max_queue_depth = max_queue_depth
+        self._queue: list[Work] = []
+        self._arrived = asyncio.Event()
+        self._seconds_per_batch = 1.0  # running estimate, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def submit(self, job_id: str, request: GenerationRequest) -> asyncio.Future[GenerationResult]:
+        if len(self._queue) >= self.max_queue_depth:
+            raise QueueFull(self.model, len(self._queue), self.retry_after())
+        work = Work(
+            job_id, request, self.engine.batch_key(request), asyncio.get_running_loop().create_future()
+        )
+        self._queue.append(work)
+        self._arrived.set()
+        return work.future
+
+    def position(self, job_id: str) -> int | None:
+        """0-based place in the queue, None once the job has left it."""
+        return next((i for i, work in enumerate(self._queue) if work.job_id == job_id), None)
+
+    def cancel(self, job_id: str) -> bool:
+        """Drop a job that has not started; its future is cancelled. False if it is not queued."""
+        for work in self._queue:
+            if work.job_id == job_id:
+                self._queue.remove(work)
+                work.future.cancel()
+                return True
+        return False
+
+    def retry_after(self) -> int:
+        batches_ahead = math.ceil((len(self._queue) + 1) / self.max_batch_images)
+        return max(1, math.ceil(batches_ahead * self._seconds_per_batch))
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            await self._run_batch(batch)
+
+    async def _next_batch(self) -> list[Work]:
+        while True:
+            self._queue = [work for work in self._queue if not work.future.done()]  # e.g. client gone
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch, images = self._compatible_with(self._queue[0])
+            wait = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic()
+            if images >= self.max_batch_images or wait <= 0:
+                for work in batch:
+                    self._queue.remove(work)
+                return batch
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+
+    def _compatible_with(self, first: Work) -> tuple[list[Work], int]:
+        batch, images = [], 0
+        for work in self._queue:
+            if work.key != first.key or work.future.done():
+                continue
+            if batch and images + work.request.num_images > self.max_batch_images:
+                break
+            batch.append(work)
+            images += work.request.num_images
+        return batch, images
+
+    async def _run_batch(self, batch: list[Work]) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener.batch_started(batch)
+
+        def on_step(progress: StepProgress) -> None:
+            loop.call_soon_threadsafe(self._listener.batch_step, batch, progress.step, progress.total_steps)
+
+        requests = [work.request for work in batch]
+        start = time.monotonic()
+        try:
+            results = await loop.run_in_executor(
+                self._gpu_thread, lambda: self.engine.generate(requests, on_step=on_step)
+            )
+        except Exception as exc:  # the engine failed (e.g. out of memory): every job in the batch fails
+            for work in batch:
+                if not work.future.done():
+                    work.future.set_exception(exc)
+            return
+        self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * (time.monotonic() - start)
+        self._listener.batch_finished(batch, results[0].timings)
+        for work, result in zip(batch, results, strict=True):
+            if not work.future.done():
+                work.future.set_result(result)

@@ -1,0 +1,154 @@
+"""Prometheus metrics (one registry per server, no globals) and the per-model stats the provider pages show:
+p50/p95 generation time, p50/p95 time to first byte, success rate and request count over a window."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
+MAX_SAMPLES_PER_MODEL = 100_000
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    seconds: float  # request received -> response fully sent
+    ttfb: float  # request received -> first response byte
+    status: int
+
+
+class Metrics:
+    def __init__(self, window_seconds: float = 3600.0):
+        self.registry = CollectorRegistry()
+        self.window_seconds = window_seconds
+        r = self.registry
+        self.http_requests = Counter(
+            "kleinserve_http_requests",
+            "HTTP requests by route and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "kleinserve_http_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.generation_seconds = Histogram(
+            "kleinserve_generation_seconds",
+            "End-to-end latency of generation requests (received -> response sent)",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb_seconds = Histogram(
+            "kleinserve_time_to_first_byte_seconds",
+            "Generation requests: received -> first response byte",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "kleinserve_queue_depth", "Jobs waiting for the engine", ["model"], registry=r
+        )
+        self.batch_images = Histogram(
+            "kleinserve_batch_images", "Images per engine batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.stage_seconds = Histogram(
+            "kleinserve_stage_seconds",
+            "Seconds per pipeline stage (text, references, denoise, decode per batch; encode, store per job)",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.jobs = Counter("kleinserve_jobs", "Finished jobs by outcome", ["model", "status"], registry=r)
+        self.images_generated = Counter(
+            "kleinserve_images_generated", "Images generated", ["model"], registry=r
+        )
+        self.megapixels_generated = Counter(
+            "kleinserve_megapixels_generated", "Megapixels generated", ["model"], registry=r
+        )
+        self._samples: dict[str, deque[Sample]] = {}
+        self._lock = threading.Lock()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_seconds.labels(route).observe(seconds)
+
+    def observe_generation_request(self, model: str, seconds: float, ttfb: float, status: int) -> None:
+        self.generation_seconds.labels(model).observe(seconds)
+        self.ttfb_seconds.labels(model).observe(ttfb)
+        with self._lock:
+            samples = self._samples.setdefault(model, deque(maxlen=MAX_SAMPLES_PER_MODEL))
+            samples.append(Sample(time.time(), seconds, ttfb, status))
+
+    def observe_batch(self, model: str, images: int, timings: dict[str, float]) -> None:
+        self.batch_images.labels(model).observe(images)
+        self.observe_stages(model, timings)
+
+    def observe_stages(self, model: str, timings: dict[str, float]) -> None:
+        for stage, seconds in timings.items():
+            self.stage_seconds.labels(model, stage).observe(seconds)
+
+    def observe_images(self, model: str, count: int, width: int, height: int) -> None:
+        self.images_generated.labels(model).inc(count)
+        self.megapixels_generated.labels(model).inc(count * width * height / 1e6)
+
+    def stats(self) -> dict:
+        """Per model over the window: what gateways publish for a provider."""
+        since = time.time() - self.window_seconds
+        with self._lock:
+            windows = {
+                model: [s for s in samples if s.at >= since] for model, samples in self._samples.items()
+            }
+        return {
+            "window_seconds": self.window_seconds,
+            "models": {model: _summarize(samples) for model, samples in windows.items()},
+        }
+
+
+def _summarize(samples: list[Sample]) -> dict:
+    """Success rate counts server failures (5xx) against us; rejected bad input (4xx) is reported apart."""
+    succeeded = [s for s in samples if s.status < 400]
+    failed = sum(1 for s in samples if s.status >= 500)
+    rejected = len(samples) - len(succeeded) - failed
+    served = len(succeeded) + failed
+    return {
+        "requests": len(samples),
+        "succeeded": len(succeeded),
+        "failed": failed,
+        "rejected": rejected,
+        "success_rate": round(len(succeeded) / served, 4) if served else None,
+        "generation_ms": _percentiles([s.seconds for s in succeeded]),
+        "time_to_first_byte_ms": _percentiles([s.ttfb for s in succeeded]),
+    }
+
+
+def _percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None, "mean": None}
+    array = np.asarray(values) * 1000
+    return {
+        "p50": round(float(np.percentile(array, 50)), 1),
+        "p95": round(float(np.percentile(array, 95)), 1),
+        "mean": round(float(array.mean()), 1),
+    }

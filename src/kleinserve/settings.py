@@ -1,0 +1,83 @@
+"""Server settings: built once by the CLI (flags over KLEINSERVE_* environment variables) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "kleinserve"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KLEINSERVE_", frozen=True, extra="forbid")
+
+    # What to serve. "ID" loads the weights from the Hugging Face cache, "ID=PATH" a local checkpoint
+    # under that id. The first model is the default for requests that name none.
+    models: Annotated[tuple[str, ...], NoDecode] = ()
+    demo: bool = False  # serve the tiny random-weight checkpoint as flux.2-klein-4b (built on first use)
+    device: str | None = None
+    dtype: str | None = None
+    allow_download: bool = True
+    warmup: bool = True
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str | None = None  # e.g. https://images.example.com; default: the request's own host
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    retention_hours: float = 24.0  # jobs and stored images older than this are deleted; 0 keeps them
+
+    api_keys: Annotated[
+        tuple[str, ...], NoDecode
+    ] = ()  # none means the API is open to anyone who can reach it
+    rate_limit_per_minute: int = 0  # per API key (or client address when open); 0 = unlimited
+    max_request_bytes: int = 40 * MiB
+    max_image_bytes: int = 20 * MiB
+
+    max_batch_images: int = 8
+    batch_wait_ms: float = 10.0  # how long a lone request waits for compatible company
+    max_queue_depth: int = 64  # queued jobs per model before new work gets 503
+
+    stats_window_seconds: float = 3600.0
+
+    @field_validator("models", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):  # KLEINSERVE_API_KEYS=a,b
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("retention_hours", "batch_wait_ms", "stats_window_seconds")
+    @classmethod
+    def _not_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+    @field_validator("max_batch_images", "max_queue_depth", "max_request_bytes", "max_image_bytes")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def demo_checkpoint_dir(self) -> Path:
+        return self.data_dir / "demo-checkpoint"
