@@ -139,10 +139,9 @@ def test_tiny_reference_image(server):
     assert_error(edit(server, files), 400, "image", "32x32", "at least 64")
 
 
-def test_no_image(server):
-    assert_error(edit(server, {"unused": ("x", b"")}, {}), 400, "unused")
-    response = httpx.post(server.url + "/v1/images/edits", data={"prompt": "edit"}, files={})
-    assert response.status_code in (400, 415)
+def test_no_image_or_a_file_in_the_wrong_field(server):
+    assert_error(edit(server, {"prompt": (None, "edit")}), 400, "image", "is required")
+    assert_error(edit(server, {"picture": ("p.png", png(), "image/png")}), 400, "picture", "only `image`")
 
 
 def test_mask_upload(server):

@@ -160,12 +160,15 @@ def test_rate_limit_per_key(checkpoints, tmp_path):
 
 
 def test_demo_flag_serves_a_labelled_random_weight_model(tmp_path):
-    with LiveServer(tmp_path, "--demo") as server:
+    with LiveServer(tmp_path, "--demo", "--public-base-url", "https://img.example.com/klein/") as server:
         model = httpx.get(server.url + "/v1/models").json()["data"][0]
         assert model["id"] == "flux.2-klein-4b" and "random-weight" in model["warning"]
         response = generate(server)
         assert response.status_code == 200
         assert "random-weight" in response.headers["x-kleinserve-warning"]
+        url = response.json()["data"][0]["url"]
+        assert url.startswith("https://img.example.com/klein/files/") and url.endswith("/0.png")
+        assert httpx.get(server.url + url.removeprefix("https://img.example.com/klein")).status_code == 200
         assert "DEMO: tiny random-weight test model" in server.log()
         assert (tmp_path / "demo-checkpoint" / "model_index.json").is_file()
 
@@ -187,3 +190,21 @@ def test_serve_refuses_bad_configuration(tmp_path):
     assert half_tls.returncode == 2 and "--ssl-keyfile" in half_tls.stderr
     negative = serve("--demo", "--max-batch-images", "0", "--data-dir", str(tmp_path))
     assert negative.returncode == 2 and "--max-batch-images" in negative.stderr
+    not_a_checkpoint = serve("--model", f"flux.2-klein-4b={tmp_path}", "--data-dir", str(tmp_path))
+    assert not_a_checkpoint.returncode == 1 and "model_index.json is missing" in not_a_checkpoint.stderr
+    no_weights = serve("--model", "flux.2-klein-9b", "--no-download", "--data-dir", str(tmp_path))
+    assert no_weights.returncode == 1 and "hf download black-forest-labs/FLUX.2-klein-9B" in no_weights.stderr
+
+
+def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
+    import subprocess
+    import sys
+
+    wrong = subprocess.run(
+        [sys.executable, "-m", "kleinserve", "serve", "--data-dir", str(tmp_path),
+         "--model", f"flux.2-klein-9b-kv={checkpoints[Variant.DISTILLED]}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert (
+        wrong.returncode == 1 and "holds a distilled checkpoint, but flux.2-klein-9b-kv is kv" in wrong.stderr
+    )

@@ -205,6 +205,8 @@ def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from kleinserve.api.app import create_app
+    from kleinserve.engine.warmup import check_weights
+    from kleinserve.service import served_specs
     from kleinserve.settings import Settings
 
     given = {name: getattr(args, name) for name in SERVE_SETTINGS if getattr(args, name) is not None}
@@ -216,6 +218,9 @@ def serve(args: argparse.Namespace) -> int:
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
         raise InvalidRequest("--ssl-certfile", "give both --ssl-certfile and --ssl-keyfile, or neither")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    for spec, demo in served_specs(settings):
+        if not demo:
+            check_weights(spec, settings)
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -1,0 +1,212 @@
+"""HTTP overhead benchmark: N concurrent clients against a running kleinserve, beside the same work called
+on the engine directly in this process, so the server's cost is a measured ratio.
+
+    python benchmarks/bench_http.py --tiny --clients 1 4 8 --requests 32 --size 256x256 \
+        --output benchmarks/results/http-cpu-tiny.json
+
+--tiny builds the tiny random checkpoint; --checkpoint DIR (or --model ID for the HF cache) uses real
+weights. Without --url the benchmark starts `kleinserve serve` itself on a free loopback port.
+For each concurrency C, the engine baseline runs the same requests in groups of C (one engine batch per
+group, as the server would batch them) and encodes every image as PNG, the work the server does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from kleinserve.engine import Engine
+    from kleinserve.models import resolve_model, with_local_path
+
+    checkpoint = prepare_checkpoint(args)
+    spec = resolve_model(args.model)
+    if checkpoint is not None:
+        spec = with_local_path(spec, checkpoint)
+    width, height = (int(v) for v in args.size.split("x"))
+    server = None if args.url else start_server(args, checkpoint)
+    url = args.url or server[0]
+    try:
+        engine = Engine.load(spec, device=args.device)
+        cases = []
+        for clients in args.clients:
+            http = time_server(url, args, clients, width, height)
+            direct = time_engine(engine, args, clients, width, height)
+            cases.append(case_row(clients, args.requests, http, direct))
+            print(json.dumps(cases[-1]), flush=True)
+    finally:
+        if server is not None:
+            server[1].terminate()
+            server[1].wait(timeout=30)
+    report = {
+        **environment(engine.device),
+        "command": "python " + shlex.join(sys.argv),
+        "model": spec.id,
+        "checkpoint": "tiny random weights" if args.tiny else str(spec.source),
+        "size": args.size,
+        "steps": args.steps,
+        "response_format": args.response_format,
+        "cases": cases,
+    }
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="a running server (default: start one)")
+    parser.add_argument("--model", default="flux.2-klein-4b")
+    parser.add_argument("--checkpoint", type=Path, help="local checkpoint directory for --model")
+    parser.add_argument("--tiny", action="store_true", help="use the tiny random-weight checkpoint")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--requests", type=int, default=32, help="requests per concurrency level")
+    parser.add_argument("--size", default="256x256")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--response-format", default="b64_json", choices=["url", "b64_json"])
+    parser.add_argument("--device")
+    parser.add_argument("--output")
+    return parser.parse_args(argv)
+
+
+def prepare_checkpoint(args) -> Path | None:
+    if args.tiny:
+        from kleinserve.models import Variant
+        from kleinserve.tiny import write_tiny_checkpoint
+
+        return write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="klein-tiny-")), Variant.DISTILLED)
+    return args.checkpoint.resolve() if args.checkpoint else None
+
+
+def start_server(args, checkpoint: Path | None) -> tuple[str, subprocess.Popen]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    model = f"{args.model}={checkpoint}" if checkpoint else args.model
+    command = [sys.executable, "-m", "kleinserve", "serve", "--model", model, "--port", str(port)]
+    command += ["--data-dir", tempfile.mkdtemp(prefix="kleinserve-bench-"), "--log-level", "warning"]
+    if args.device:
+        command += ["--device", args.device]
+    process = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return url, process
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.terminate()
+    raise SystemExit("the server did not become ready")
+
+
+def time_server(url: str, args, clients: int, width: int, height: int) -> dict:
+    body = {"prompt": "a lighthouse at dusk", "size": f"{width}x{height}", "num_inference_steps": args.steps}
+    body["response_format"] = args.response_format
+    with httpx.Client(timeout=600) as client:
+        client.post(url + "/v1/images/generations", json={**body, "seed": 0}).raise_for_status()  # warm-up
+
+        def one(seed: int) -> float:
+            start = time.perf_counter()
+            response = client.post(url + "/v1/images/generations", json={**body, "seed": seed})
+            response.raise_for_status()
+            return time.perf_counter() - start
+
+        start = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            latencies = list(pool.map(one, range(1, args.requests + 1)))
+        return summary(latencies, args.requests, time.perf_counter() - start)
+
+
+def time_engine(engine, args, clients: int, width: int, height: int) -> dict:
+    from kleinserve.imaging import encode_image
+    from kleinserve.request import build_request
+
+    def requests(seeds):
+        return [
+            build_request(engine.spec, prompt="a lighthouse at dusk", width=width, height=height,
+                          steps=args.steps, seed=seed)
+            for seed in seeds
+        ]  # fmt: skip
+
+    engine.generate(requests([0]))  # warm-up
+    latencies = []
+    start = time.perf_counter()
+    for first in range(1, args.requests + 1, clients):
+        group_start = time.perf_counter()
+        seeds = range(first, min(first + clients, args.requests + 1))
+        for result in engine.generate(requests(seeds)):
+            encode_image(result.images[0], "png")
+        latencies += [time.perf_counter() - group_start] * len(seeds)
+    return summary(latencies, args.requests, time.perf_counter() - start)
+
+
+def summary(latencies: list[float], images: int, wall: float) -> dict:
+    ms = np.asarray(latencies) * 1000
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "images_per_s": round(images / wall, 3),
+    }
+
+
+def case_row(clients: int, requests: int, http: dict, direct: dict) -> dict:
+    return {
+        "clients": clients,
+        "requests": requests,
+        "server": http,
+        "engine": direct,
+        "p50_latency_ratio": round(http["p50_ms"] / direct["p50_ms"], 3),
+        "throughput_ratio": round(http["images_per_s"] / direct["images_per_s"], 3),
+    }
+
+
+def environment(device) -> dict:
+    import diffusers
+    import torch
+
+    import kleinserve
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU: {cpu_name()} ({os.cpu_count()} cores), torch threads {torch.get_num_threads()}"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "kleinserve": kleinserve.__version__,
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
