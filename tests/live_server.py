@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,8 +30,18 @@ class LiveServer:
         self.log_path = data_dir / "server.log"
 
     @property
+    def certificate(self) -> str | None:
+        """The certificate file when serving TLS (clients verify against it)."""
+        if "--ssl-certfile" in self.args:
+            return self.args[self.args.index("--ssl-certfile") + 1]
+        return None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.certificate)
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.certificate else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 120.0) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +60,8 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                ready = httpx.get(self.url + "/ready", timeout=2, verify=self.ssl_context())
+                if ready.status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -21,6 +21,18 @@ def test_rate_limiter_refills_over_time(monkeypatch):
     assert limiter.retry_after("a") is None
 
 
+def test_rate_limiter_forgets_idle_callers(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    limiter = RateLimiter(per_minute=60)
+    monkeypatch.setattr(RateLimiter, "MAX_CALLERS", 3)
+    for caller in "abcd":
+        limiter.retry_after(caller)
+    clock[0] += 60  # every bucket is full again
+    limiter.retry_after("e")
+    assert set(limiter._buckets) == {"e"}
+
+
 def test_local_store_keys_and_paths(tmp_path):
     store = LocalStore(tmp_path)
     key = image_key("0" * 32, 1, "jpeg")

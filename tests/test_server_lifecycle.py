@@ -2,7 +2,9 @@
 jobs expire, a full queue answers 503, API keys and the rate limit hold."""
 
 import contextlib
+import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 
@@ -208,3 +210,31 @@ def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
     assert (
         wrong.returncode == 1 and "holds a distilled checkpoint, but flux.2-klein-9b-kv is kv" in wrong.stderr
     )
+
+
+def self_signed_certificate(directory) -> tuple[str, str]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls(checkpoints, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    flags = [*model_flag(checkpoints), "--ssl-certfile", cert, "--ssl-keyfile", key]
+    with LiveServer(tmp_path / "data", *flags) as server:
+        assert server.url.startswith("https://")
+        trusted = server.ssl_context()
+        client = openai.OpenAI(
+            base_url=server.url + "/v1", api_key="x", http_client=openai.DefaultHttpxClient(verify=trusted)
+        )
+        with client:  # closed before the server stops, which waits for open connections
+            result = client.images.generate(prompt="over TLS", size="64x64")
+        assert result.data[0].url.startswith(server.url + "/files/")
+        assert httpx.get(result.data[0].url, verify=trusted).headers["content-type"] == "image/png"
+        with pytest.raises(httpx.ConnectError):  # not signed by a CA the client trusts
+            httpx.get(server.url + "/health")

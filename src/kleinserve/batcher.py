@@ -14,12 +14,14 @@ import math
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from kleinserve.engine import Engine
-from kleinserve.engine.engine import StepProgress
 from kleinserve.errors import KleinserveError
 from kleinserve.request import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not when the API is imported
+    from kleinserve.engine import Engine
+    from kleinserve.engine.engine import StepProgress
 
 
 class QueueFull(KleinserveError):

@@ -229,7 +229,8 @@ class ImageService:
             error = {"type": "server_error", "message": f"generation failed: {exc}", "param": None}
             await self._record_end(job.id, model, JobStatus.FAILED, error=error)
             raise GenerationFailed(error["message"]) from exc
-        timings = {"queue": time.monotonic() - queued_at - sum(result.timings.values()), **result.timings}
+        waited = time.monotonic() - queued_at - sum(result.timings.values())
+        timings = {"queue": max(0.0, waited), **result.timings}
         images = await self._encode_and_store(job.id, result.images, request, output, timings)
         self.metrics.observe_images(model, len(images), request.width, request.height)
         self.metrics.observe_stages(

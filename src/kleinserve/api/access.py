@@ -36,6 +36,8 @@ class _Bucket:
 class RateLimiter:
     """A token bucket per caller: `per_minute` requests, refilled continuously."""
 
+    MAX_CALLERS = 10_000  # past this, callers with a full bucket are forgotten (they lose nothing)
+
     def __init__(self, per_minute: int):
         self.per_minute = per_minute
         self._buckets: dict[str, _Bucket] = {}
@@ -44,6 +46,8 @@ class RateLimiter:
         """None if the caller may go ahead now (a token is spent); else seconds until it may."""
         now = time.monotonic()
         rate = self.per_minute / 60.0
+        if len(self._buckets) > self.MAX_CALLERS:
+            self._forget_idle(now, rate)
         bucket = self._buckets.setdefault(caller, _Bucket(float(self.per_minute), now))
         bucket.tokens = min(float(self.per_minute), bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
@@ -51,6 +55,13 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return None
         return max(1, math.ceil((1.0 - bucket.tokens) / rate))
+
+    def _forget_idle(self, now: float, rate: float) -> None:
+        self._buckets = {
+            caller: bucket
+            for caller, bucket in self._buckets.items()
+            if bucket.tokens + (now - bucket.updated) * rate < self.per_minute
+        }
 
 
 class AccessMiddleware:
