@@ -141,9 +141,13 @@ def test_api_keys(checkpoints, tmp_path):
         assert "API keys required" in server.log()
 
 
-def test_open_server_says_so_at_start(checkpoints, tmp_path):
+def test_open_server_says_so_and_is_ready_only_once_loaded(checkpoints, tmp_path):
     with LiveServer(tmp_path, *model_flag(checkpoints)) as server:
-        assert "no API keys configured: the API is OPEN" in server.log()
+        log = server.log()
+        assert "no API keys configured: the API is OPEN" in log
+        loaded = log.index("warmed up flux.2-klein-4b")
+        assert '"GET /ready HTTP/1.1" 503' in log[:loaded]  # polled while loading: not ready
+        assert '"GET /ready HTTP/1.1" 200' not in log[:loaded]
 
 
 def test_rate_limit_per_key(checkpoints, tmp_path):

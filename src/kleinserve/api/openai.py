@@ -70,7 +70,7 @@ async def _generate(service: ImageService, http: Request, fields: dict, *, image
         options,
         {"dialect": "openai", "route": route, "response_format": fields["response_format"]},
     )
-    return _response(service, http, served, generated, fields)
+    return await _response(service, http, served, generated, fields)
 
 
 def _to_request(served: ServedModel, fields: dict, images: list):
@@ -182,7 +182,7 @@ async def _json_body(request: Request) -> dict:
         raise ApiError(415, "send the request as JSON (Content-Type: application/json)")
     body = await request.body()
     try:
-        fields = json.loads(body)
+        fields = json.loads(body) if len(body) < 2**20 else await asyncio.to_thread(json.loads, body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
     if not isinstance(fields, dict):
@@ -237,14 +237,14 @@ async def _decode_uploads(uploads: list[UploadFile], max_bytes: int) -> list:
     return images
 
 
-def _response(service: ImageService, http: Request, served: ServedModel, generated: Generated, fields: dict):
+async def _response(service: ImageService, http: Request, served: ServedModel, generated: Generated, fields):
     base_url = str(http.base_url)
     data = []
     for image in generated.images:
         if image.key is not None:
             item = {"url": service.file_url(image.key, base_url)}
-        else:
-            item = {"b64_json": base64.b64encode(image.data).decode("ascii")}
+        else:  # megabytes of base64: not on the event loop
+            item = {"b64_json": (await asyncio.to_thread(base64.b64encode, image.data)).decode("ascii")}
         data.append({**item, "revised_prompt": fields.get("prompt")})
     first = generated.images[0]
     body = {
