@@ -51,7 +51,8 @@ class LiveServer:
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
         )
-        self._wait_ready(timeout)
+        if timeout > 0:
+            self._wait_ready(timeout)
         return self
 
     def _wait_ready(self, timeout: float) -> None:

@@ -242,3 +242,26 @@ def test_tls(checkpoints, tmp_path):
         assert httpx.get(result.data[0].url, verify=trusted).headers["content-type"] == "image/png"
         with pytest.raises(httpx.ConnectError):  # not signed by a CA the client trusts
             httpx.get(server.url + "/health")
+
+
+def test_a_model_that_fails_to_load_is_reported_not_ready(checkpoints, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints[Variant.DISTILLED], broken)
+    for weights in (broken / "transformer").glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")
+    server = LiveServer(tmp_path / "data", "--model", f"flux.2-klein-4b={broken}")
+    server.start(timeout=0)  # it never becomes ready: do not wait for that
+    try:
+        state = None
+        deadline = time.monotonic() + 60
+        while state != "failed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with contextlib.suppress(httpx.TransportError):
+                state = httpx.get(server.url + "/health").json()["models"]["flux.2-klein-4b"]["state"]
+        assert state == "failed" and "could not load flux.2-klein-4b" in server.log()
+        ready = httpx.get(server.url + "/ready")
+        assert ready.status_code == 503 and ready.headers["retry-after"]
+        refused = generate(server)
+        assert refused.status_code == 503 and "failed to load" in refused.json()["error"]["message"]
+    finally:
+        server.stop()
