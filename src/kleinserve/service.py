@@ -220,6 +220,9 @@ class ImageService:
         await self.jobs.add(job)
         try:
             result = await future
+            waited = time.monotonic() - queued_at - sum(result.timings.values())
+            timings = {"queue": max(0.0, waited), **result.timings}
+            images = await self._encode_and_store(job.id, result.images, request, output, timings)
         except asyncio.CancelledError:
             batcher.cancel(job.id)
             await asyncio.shield(self._record_end(job.id, model, JobStatus.CANCELLED, error=_cancelled()))
@@ -229,9 +232,6 @@ class ImageService:
             error = {"type": "server_error", "message": f"generation failed: {exc}", "param": None}
             await self._record_end(job.id, model, JobStatus.FAILED, error=error)
             raise GenerationFailed(error["message"]) from exc
-        waited = time.monotonic() - queued_at - sum(result.timings.values())
-        timings = {"queue": max(0.0, waited), **result.timings}
-        images = await self._encode_and_store(job.id, result.images, request, output, timings)
         self.metrics.observe_images(model, len(images), request.width, request.height)
         self.metrics.observe_stages(
             model, {k: timings[k] for k in ("queue", "encode", "store") if k in timings}
