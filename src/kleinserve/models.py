@@ -149,6 +149,16 @@ def read_variant(checkpoint_dir: Path) -> Variant:
     )
 
 
+def require_variant(spec: ModelSpec, checkpoint_dir: Path) -> Variant:
+    """The checkpoint's variant, which must be `spec`'s (a distilled checkpoint is no 9B-KV model)."""
+    found = read_variant(checkpoint_dir)
+    if found is not spec.variant:
+        raise InvalidCheckpoint(
+            f"{checkpoint_dir} holds a {found.value} checkpoint, but {spec.id} is {spec.variant.value}"
+        )
+    return found
+
+
 def spec_for_checkpoint_dir(path: Path) -> ModelSpec:
     path = path.resolve()
     variant = read_variant(path)

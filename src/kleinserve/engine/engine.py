@@ -28,8 +28,7 @@ from kleinserve.engine.references import encode_references, reference_layout
 from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
 from kleinserve.engine.text import PromptEncoder, text_position_ids
 from kleinserve.engine.vae import LatentCodec, pack, unpack
-from kleinserve.errors import InvalidCheckpoint
-from kleinserve.models import ModelSpec, Variant, read_variant
+from kleinserve.models import ModelSpec, Variant, require_variant
 from kleinserve.request import GenerationRequest, GenerationResult
 
 OutputType = Literal["uint8", "pil", "float"]
@@ -66,12 +65,8 @@ class Engine:
     ) -> Engine:
         device = torch.device(device) if device is not None else default_device()
         checkpoint = locate_checkpoint(spec, allow_download=allow_download)
-        found = read_variant(checkpoint)
-        if found is not spec.variant:
-            raise InvalidCheckpoint(
-                f"{checkpoint} holds a {found.value} checkpoint, but {spec.id} is {spec.variant.value}"
-            )
-        components = load_components(checkpoint, found, device, resolve_dtype(dtype, device))
+        variant = require_variant(spec, checkpoint)
+        components = load_components(checkpoint, variant, device, resolve_dtype(dtype, device))
         return cls(spec, components, max_batch_images=max_batch_images)
 
     @property

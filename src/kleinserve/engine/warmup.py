@@ -9,8 +9,7 @@ import huggingface_hub
 
 from kleinserve.engine.engine import Engine
 from kleinserve.engine.loading import locate_checkpoint
-from kleinserve.errors import InvalidCheckpoint
-from kleinserve.models import ModelSpec, read_variant
+from kleinserve.models import ModelSpec, require_variant
 from kleinserve.request import build_request
 from kleinserve.settings import Settings
 
@@ -40,11 +39,7 @@ def check_weights(spec: ModelSpec, settings: Settings) -> None:
     """Fail fast, before the server starts, when a model's weights cannot be there: a local checkpoint of
     the wrong kind, or weights missing from the cache while downloading is off. Downloads happen later."""
     if spec.local_path is not None:
-        found = read_variant(spec.local_path)
-        if found is not spec.variant:
-            raise InvalidCheckpoint(
-                f"{spec.local_path} holds a {found.value} checkpoint, but {spec.id} is {spec.variant.value}"
-            )
+        require_variant(spec, spec.local_path)
     elif not settings.allow_download or huggingface_hub.constants.HF_HUB_OFFLINE:
         locate_checkpoint(spec, allow_download=False)
 
