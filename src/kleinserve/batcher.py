@@ -125,7 +125,7 @@ class Batcher:
     def _compatible_with(self, first: Work) -> tuple[list[Work], int]:
         batch, images = [], 0
         for work in self._queue:
-            if work.key != first.key or work.future.done():
+            if work.key != first.key:
                 continue
             if batch and images + work.request.num_images > self.max_batch_images:
                 break

@@ -212,7 +212,6 @@ class ImageService:
         model = served.spec.id
         job = Job(new_job_id(), model, {**params, **_describe(request), "output_format": output.format})
         future = batcher.submit(job.id, request)  # raises QueueFull before anything is recorded
-        self.metrics.queue_depth.labels(model).set(batcher.depth)
         queued_at = time.monotonic()
         job.logs.append(
             {"timestamp": time.time(), "level": "INFO", "message": f"queued at position {batcher.depth}"}
@@ -290,7 +289,6 @@ class _JobEvents:
 
     def batch_started(self, works: list[Work]) -> None:
         images = sum(w.request.num_images for w in works)
-        self.service.metrics.queue_depth.labels(self.model).set(self._depth())
         for work in works:
             self._spawn(self.service.jobs.mark_running(work.job_id))
             self._spawn(self.service.jobs.log(work.job_id, f"started in a batch of {images} image(s)"))
@@ -302,10 +300,6 @@ class _JobEvents:
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None:
         images = sum(w.request.num_images for w in works)
         self.service.metrics.observe_batch(self.model, images, timings)
-
-    def _depth(self) -> int:
-        served = self.service.model(self.model)
-        return served.batcher.depth if served.batcher else 0
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)

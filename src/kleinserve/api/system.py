@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kleinserve.api.errors import ApiError
 from kleinserve.metrics import METRICS_CONTENT_TYPE
-from kleinserve.service import DEMO_LABEL, ImageService
+from kleinserve.service import DEMO_LABEL, ImageService, ModelNotReady
 
 
 def router(service: ImageService) -> APIRouter:
@@ -26,7 +26,7 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.get("/metrics")
     async def metrics() -> Response:
-        for served in service.models:
+        for served in service.models:  # the queue-depth gauge is read from the batchers at scrape time
             if served.batcher is not None:
                 service.metrics.queue_depth.labels(served.spec.id).set(served.batcher.depth)
         return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
@@ -61,4 +61,4 @@ def _model_states(service: ImageService) -> dict:
 
 
 def _retry(service: ImageService) -> dict[str, str]:
-    return {} if service.ready else {"Retry-After": "5"}
+    return {} if service.ready else {"Retry-After": str(ModelNotReady.retry_after)}
