@@ -27,7 +27,8 @@ SUPPORTED = {
     "seed", "num_inference_steps", "guidance_scale", "negative_prompt",
 }  # fmt: skip
 # OpenAI parameters that do not change what this model does: accepted and ignored.
-IGNORED = {"quality", "style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity"}
+IGNORED = {"quality", "style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity",
+           "partial_images"}  # fmt: skip
 # Our internal field names -> the OpenAI parameter a user sent.
 PARAMS = {"num_images": "n", "steps": "num_inference_steps", "guidance": "guidance_scale", "width": "size",
           "height": "size", "images": "image"}  # fmt: skip
@@ -40,13 +41,17 @@ def router(service: ImageService) -> APIRouter:
     @routes.post("/images/generations")
     async def generations(request: Request) -> JSONResponse:
         fields = await _json_body(request)
-        return await _generate(service, request, fields, images=[], route="generations")
+        served = _served_model(service, request, fields)
+        return await _generate(service, request, served, fields, images=[], route="generations")
 
     @routes.post("/images/edits")
     async def edits(request: Request) -> JSONResponse:
         fields, uploads = await _multipart_body(request)
-        images = await _decode_uploads(uploads, service.settings.max_image_bytes)
-        return await _generate(service, request, fields, images=images, route="edits")
+        served = _served_model(service, request, fields)
+        images = await _decode_uploads(
+            uploads, service.settings.max_image_bytes, served.spec.max_reference_images
+        )
+        return await _generate(service, request, served, fields, images=images, route="edits")
 
     @routes.get("/models")
     async def models() -> dict:
@@ -59,18 +64,21 @@ def router(service: ImageService) -> APIRouter:
     return routes
 
 
-async def _generate(service: ImageService, http: Request, fields: dict, *, images: list, route: str):
+def _served_model(service: ImageService, http: Request, fields: dict) -> ServedModel:
     served = service.model(_optional_str(fields, "model"))
-    http.state.model = served.spec.id
+    http.state.model = served.spec.id  # per-model latency stats
+    return served
+
+
+async def _generate(
+    service: ImageService, http: Request, served: ServedModel, fields: dict, *, images: list, route: str
+):
     options = _output_options(fields)
     request = _to_request(served, fields, images)
-    generated = await service.generate(
-        served,
-        request,
-        options,
-        {"dialect": "openai", "route": route, "response_format": fields["response_format"]},
-    )
-    return await _response(service, http, served, generated, fields)
+    response_format = "url" if options.store else "b64_json"
+    params = {"dialect": "openai", "route": route, "response_format": response_format}
+    generated = await service.generate(served, request, options, params)
+    return await _response(service, http, served, generated, options, fields.get("prompt"))
 
 
 def _to_request(served: ServedModel, fields: dict, images: list):
@@ -133,14 +141,12 @@ def _optional_str(fields: dict, name: str) -> str | None:
 
 def _output_options(fields: dict) -> OutputOptions:
     response_format = fields.get("response_format") or "url"
-    fields["response_format"] = response_format
     if response_format not in RESPONSE_FORMATS:
         raise invalid("response_format", f"must be 'url' or 'b64_json', got {response_format!r}")
     fmt = fields.get("output_format") or "png"
     if not isinstance(fmt, str) or fmt.lower() not in OUTPUT_FORMATS:
         raise invalid("output_format", f"must be png, jpeg or webp, got {fmt!r}")
     fmt = OUTPUT_FORMATS[fmt.lower()]
-    fields["output_format"] = fmt
     compression = _number(fields, "output_compression", int)
     if compression is not None and (
         isinstance(compression, bool) or not isinstance(compression, int) or not 0 <= compression <= 100
@@ -165,8 +171,6 @@ def _check_fields(fields: dict) -> dict:
         if name == "stream":
             if value in (True, "true", "True", "1"):
                 raise invalid("stream", "streaming is not supported; leave it out or set it to false")
-            continue
-        if name == "partial_images":
             continue
         if name == "mask":
             raise invalid(
@@ -215,9 +219,11 @@ async def _multipart_body(request: Request) -> tuple[dict, list[UploadFile]]:
     return _check_fields(fields), uploads
 
 
-async def _decode_uploads(uploads: list[UploadFile], max_bytes: int) -> list:
-    if len(uploads) > 4:
-        raise invalid("image", f"{len(uploads)} images given; FLUX.2 [klein] takes 1 to 4 reference images")
+async def _decode_uploads(uploads: list[UploadFile], max_bytes: int, max_images: int) -> list:
+    if len(uploads) > max_images:  # refused before anything is read or decoded
+        raise invalid(
+            "image", f"{len(uploads)} images given; FLUX.2 [klein] takes 1 to {max_images} reference images"
+        )
     images = []
     for index, upload in enumerate(uploads):
         name = f"image[{index}] ({upload.filename or 'unnamed'})"
@@ -230,14 +236,18 @@ async def _decode_uploads(uploads: list[UploadFile], max_bytes: int) -> list:
         data = await upload.read()
         if not data:
             raise invalid("image", f"{name} is empty (0 bytes)")
-        try:
-            images.append(await asyncio.to_thread(decode_image, data, name, "image"))
-        except InvalidRequest as exc:
-            raise invalid("image", exc.reason) from exc
+        images.append(await asyncio.to_thread(decode_image, data, name, "image"))
     return images
 
 
-async def _response(service: ImageService, http: Request, served: ServedModel, generated: Generated, fields):
+async def _response(
+    service: ImageService,
+    http: Request,
+    served: ServedModel,
+    generated: Generated,
+    options: OutputOptions,
+    prompt: str,
+) -> JSONResponse:
     base_url = str(http.base_url)
     data = []
     for image in generated.images:
@@ -245,13 +255,13 @@ async def _response(service: ImageService, http: Request, served: ServedModel, g
             item = {"url": service.file_url(image.key, base_url)}
         else:  # megabytes of base64: not on the event loop
             item = {"b64_json": (await asyncio.to_thread(base64.b64encode, image.data)).decode("ascii")}
-        data.append({**item, "revised_prompt": fields.get("prompt")})
+        data.append({**item, "revised_prompt": prompt})
     first = generated.images[0]
     body = {
         "created": int(time.time()),
         "data": data,
         "background": "opaque",
-        "output_format": fields["output_format"],
+        "output_format": options.format,
         "size": f"{first.width}x{first.height}",
         "model": served.spec.id,
         "seed": generated.seed,
