@@ -106,13 +106,18 @@ def test_work_arriving_while_the_engine_is_busy_is_batched_next():
     assert engine.batches == [["a"], ["b0", "b1", "b2"]]
 
 
+async def one_running_one_queued(batcher):
+    """Job "a" on the (slow) engine, job "b" waiting behind it."""
+    running = batcher.submit("a", request("a"))
+    await asyncio.sleep(0.05)
+    return running, batcher.submit("b", request("b"))
+
+
 def test_queue_full_refuses_with_retry_after():
     engine = RecordingEngine(seconds=0.2)
 
     async def calls(batcher):
-        running = batcher.submit("a", request("a"))
-        await asyncio.sleep(0.05)
-        queued = batcher.submit("b", request("b"))
+        running, queued = await one_running_one_queued(batcher)
         with pytest.raises(QueueFull) as caught:
             batcher.submit("c", request("c"))
         await asyncio.gather(running, queued)
@@ -126,9 +131,7 @@ def test_cancelled_work_never_runs():
     engine = RecordingEngine(seconds=0.2)
 
     async def calls(batcher):
-        running = batcher.submit("a", request("a"))
-        await asyncio.sleep(0.05)
-        doomed = batcher.submit("b", request("b"))
+        running, doomed = await one_running_one_queued(batcher)
         assert batcher.position("b") == 0
         assert batcher.cancel("b") and not batcher.cancel("b")
         await running
