@@ -12,7 +12,18 @@ from PIL import Image
 
 from kleinserve.engine import Engine
 from kleinserve.models import Variant, resolve_model
+from kleinserve.safety import write_tiny_classifier
 from kleinserve.tiny import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def safety_classifier(tmp_path_factory):
+    """Every server a test starts runs the real safety checker code with a tiny random classifier (it passes
+    images at the default threshold; threshold 0 flags them all)."""
+    directory = tmp_path_factory.mktemp("safety-classifier")
+    write_tiny_classifier(directory)
+    os.environ["KLEINSERVE_SAFETY_MODEL"] = str(directory)
+    return directory
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +56,59 @@ def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def cpu_generator(seed: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(seed)
+
+
+@pytest.fixture(scope="session")
+def image_host():
+    from local_hosts import ImageHost
+
+    host = ImageHost()
+    yield host
+    host.close()
+
+
+@pytest.fixture(scope="session")
+def webhooks():
+    from local_hosts import WebhookReceiver
+
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def fal_server(checkpoints, tmp_path_factory):
+    """One TLS server for the fal tests: 4B and Base 4B; image_urls and webhooks may reach 127.0.0.1."""
+    from live_server import LiveServer, self_signed_certificate
+
+    directory = tmp_path_factory.mktemp("fal-server")
+    cert, key = self_signed_certificate(directory)
+    server = LiveServer(
+        directory / "data",
+        "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",
+        "--model", f"flux.2-klein-base-4b={checkpoints[Variant.BASE]}",
+        "--ssl-certfile", cert, "--ssl-keyfile", key,
+        "--allow-private-network", "127.0.0.1/32",
+        "--image-fetch-timeout-s", "1.5",
+        "--webhook-attempts", "3", "--webhook-retry-base-s", "0.2",
+    )  # fmt: skip
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def fal(fal_server):
+    """The unmodified fal_client package, pointed at fal_server only through its environment variables
+    (it reads them once, at import)."""
+    os.environ.update(
+        FAL_RUN_HOST=f"127.0.0.1:{fal_server.port}",
+        FAL_QUEUE_RUN_HOST=f"127.0.0.1:{fal_server.port}/queue",
+        SSL_CERT_FILE=fal_server.certificate,
+        FAL_KEY="any-key-the-server-is-open",
+    )
+    import fal_client
+
+    assert f"https://127.0.0.1:{fal_server.port}/queue/" == fal_client.client.QUEUE_URL_FORMAT, (
+        "fal_client was imported before its environment was set"
+    )
+    return fal_client

@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kleinserve.batcher import Batcher, QueueFull
+from kleinserve.batcher import Batcher, JobCancelled, QueueFull
+from kleinserve.engine.engine import StepProgress
 from kleinserve.request import GenerationRequest, GenerationResult
 
 
@@ -20,6 +21,7 @@ class RecordingEngine:
     def __init__(self, seconds: float = 0.05):
         self.seconds = seconds
         self.batches: list[list[str]] = []
+        self.steps_run = 0
         self.threads: set[str] = set()
 
     def batch_key(self, request: GenerationRequest) -> tuple:
@@ -28,7 +30,11 @@ class RecordingEngine:
     def generate(self, requests, on_step=None):
         self.threads.add(threading.current_thread().name)
         self.batches.append([r.prompt for r in requests])
-        time.sleep(self.seconds)
+        for step in range(1, 5):
+            time.sleep(self.seconds / 4)
+            self.steps_run += 1
+            if on_step is not None:
+                on_step(StepProgress(tuple(range(len(requests))), step, 4))
         if any(r.prompt == "boom" for r in requests):
             raise RuntimeError("out of memory")
         return [
@@ -139,7 +145,40 @@ def test_cancelled_work_never_runs():
         return doomed
 
     doomed = asyncio.run(run_batcher(engine, calls, max_wait_s=0))
-    assert doomed.cancelled() and engine.batches == [["a"]]
+    assert isinstance(doomed.exception(), JobCancelled) and engine.batches == [["a"]]
+
+
+def test_a_cancelled_running_batch_stops_at_the_next_step():
+    engine = RecordingEngine(seconds=0.8)  # 4 steps of 0.2 s
+
+    async def calls(batcher):
+        running = batcher.submit("a", request("a"))
+        await asyncio.sleep(0.1)  # inside step 1
+        assert batcher.position("a") is None and batcher.cancel("a")
+        with pytest.raises(JobCancelled):
+            await running
+        return await batcher.submit("b", request("b"))
+
+    start = time.monotonic()
+    assert asyncio.run(run_batcher(engine, calls, max_wait_s=0)).images == ["b"]
+    assert engine.batches == [["a"], ["b"]]
+    assert engine.steps_run == 1 + 4  # "a" stopped after its first step
+    assert time.monotonic() - start < 1.5
+
+
+def test_cancelling_one_job_of_a_batch_leaves_the_others_running():
+    engine = RecordingEngine(seconds=0.4)
+
+    async def calls(batcher):
+        kept, dropped = batcher.submit("a", request("a")), batcher.submit("b", request("b"))
+        await asyncio.sleep(0.1)
+        assert batcher.cancel("b")
+        with pytest.raises(JobCancelled):
+            await dropped
+        return await kept
+
+    assert asyncio.run(run_batcher(engine, calls)).images == ["a"]
+    assert engine.steps_run == 4
 
 
 def test_an_engine_failure_fails_its_batch_only():

@@ -13,8 +13,9 @@ import openai
 import pytest
 
 from kleinserve.models import Variant
+from kleinserve.settings import DEFAULT_SAFETY_MODEL
 
-from live_server import LiveServer
+from live_server import LiveServer, self_signed_certificate
 
 
 def model_flag(checkpoints) -> list[str]:
@@ -166,7 +167,9 @@ def test_rate_limit_per_key(checkpoints, tmp_path):
 
 
 def test_demo_flag_serves_a_labelled_random_weight_model(tmp_path):
-    with LiveServer(tmp_path, "--demo", "--public-base-url", "https://img.example.com/klein/") as server:
+    demo_classifier = {"KLEINSERVE_SAFETY_MODEL": DEFAULT_SAFETY_MODEL}  # the demo builds its own tiny one
+    flags = ("--demo", "--public-base-url", "https://img.example.com/klein/")
+    with LiveServer(tmp_path, *flags, env=demo_classifier) as server:
         model = httpx.get(server.url + "/v1/models").json()["data"][0]
         assert model["id"] == "flux.2-klein-4b" and "random-weight" in model["warning"]
         response = generate(server)
@@ -177,10 +180,10 @@ def test_demo_flag_serves_a_labelled_random_weight_model(tmp_path):
         assert httpx.get(server.url + url.removeprefix("https://img.example.com/klein")).status_code == 200
         assert "DEMO: tiny random-weight test model" in server.log()
         assert (tmp_path / "demo-checkpoint" / "model_index.json").is_file()
+    assert (tmp_path / "demo-safety-classifier" / "config.json").is_file()
 
 
 def test_serve_refuses_bad_configuration(tmp_path):
-    import subprocess
     import sys
 
     def serve(*args):
@@ -203,7 +206,6 @@ def test_serve_refuses_bad_configuration(tmp_path):
 
 
 def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
-    import subprocess
     import sys
 
     wrong = subprocess.run(
@@ -214,16 +216,6 @@ def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
     assert (
         wrong.returncode == 1 and "holds a distilled checkpoint, but flux.2-klein-9b-kv is kv" in wrong.stderr
     )
-
-
-def self_signed_certificate(directory) -> tuple[str, str]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")

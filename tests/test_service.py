@@ -7,8 +7,9 @@ import pytest
 from kleinserve.jobs import JobStatus, SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant
+from kleinserve.outputs import OutputOptions
 from kleinserve.request import build_request
-from kleinserve.service import GenerationFailed, ImageService, OutputOptions
+from kleinserve.service import GenerationFailed, ImageService
 from kleinserve.settings import Settings
 from kleinserve.storage import LocalStore
 

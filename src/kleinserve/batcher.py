@@ -24,6 +24,14 @@ if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not whe
     from kleinserve.engine.engine import StepProgress
 
 
+class JobCancelled(KleinserveError):
+    """Set on a job's future when it is cancelled; a running batch stops once all its jobs are."""
+
+
+class _BatchCancelled(Exception):
+    """Raised on the engine thread at a step boundary when every job in the batch was cancelled."""
+
+
 class QueueFull(KleinserveError):
     def __init__(self, model: str, depth: int, retry_after: int):
         super().__init__(f"{model} has {depth} jobs queued, its limit; retry in about {retry_after} s")
@@ -37,6 +45,7 @@ class Work:
     key: tuple
     future: asyncio.Future[GenerationResult]
     enqueued_at: float = field(default_factory=time.monotonic)
+    cancelled: bool = False  # read by the engine thread at each step boundary
 
 
 class BatchListener(Protocol):
@@ -67,6 +76,7 @@ class Batcher:
         self.max_queue_depth = max_queue_depth
         self._queue: list[Work] = []
         self._arrived = asyncio.Event()
+        self._running: list[Work] = []
         self._seconds_per_batch = 1.0  # running estimate, for Retry-After
 
     @property
@@ -87,12 +97,16 @@ class Batcher:
         """0-based place in the queue, None once the job has left it."""
         return next((i for i, work in enumerate(self._queue) if work.job_id == job_id), None)
 
-    def cancel(self, job_id: str) -> bool:
-        """Drop a job that has not started; its future is cancelled. False if it is not queued."""
-        for work in self._queue:
-            if work.job_id == job_id:
-                self._queue.remove(work)
-                work.future.cancel()
+    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
+        """Cancel a queued or running job: its future fails with JobCancelled at once. A queued job never
+        runs; a running batch stops at the next step boundary once all its jobs are cancelled (until
+        then the others in it go on). False if the job is neither queued nor running."""
+        for work in (*self._queue, *self._running):
+            if work.job_id == job_id and not work.future.done():
+                if work in self._queue:
+                    self._queue.remove(work)
+                work.cancelled = True
+                work.future.set_exception(JobCancelled(reason))
                 return True
         return False
 
@@ -137,20 +151,27 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self._listener.batch_started(batch)
 
-        def on_step(progress: StepProgress) -> None:
+        def on_step(progress: StepProgress) -> None:  # on the engine thread
+            if all(work.cancelled for work in batch):
+                raise _BatchCancelled
             loop.call_soon_threadsafe(self._listener.batch_step, batch, progress.step, progress.total_steps)
 
         requests = [work.request for work in batch]
         start = time.monotonic()
+        self._running = batch
         try:
             results = await loop.run_in_executor(
                 self._gpu_thread, lambda: self.engine.generate(requests, on_step=on_step)
             )
+        except _BatchCancelled:  # every future already holds JobCancelled
+            return
         except Exception as exc:  # the engine failed (e.g. out of memory): every job in the batch fails
             for work in batch:
                 if not work.future.done():
                     work.future.set_exception(exc)
             return
+        finally:
+            self._running = []
         self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * (time.monotonic() - start)
         self._listener.batch_finished(batch, results[0].timings)
         for work, result in zip(batch, results, strict=True):

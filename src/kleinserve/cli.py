@@ -152,7 +152,7 @@ def _output_paths(output: Path, fmt: str, count: int) -> list[Path]:
 
 
 def _add_serve_parser(commands) -> None:
-    serve = commands.add_parser("serve", help="run the HTTP server (OpenAI Images API)")
+    serve = commands.add_parser("serve", help="run the HTTP server (OpenAI Images API and fal API)")
     serve.add_argument(
         "--model",
         action="append",
@@ -188,13 +188,44 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--no-download", dest="allow_download", action="store_false", default=None)
     serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_safety_and_outbound_options(serve)
+
+
+def _add_safety_and_outbound_options(serve) -> None:
+    serve.add_argument(
+        "--no-safety-checker",
+        dest="safety_checker",
+        action="store_false",
+        default=None,
+        help="run without the NSFW classifier (fal's enable_safety_checker is then ignored)",
+    )
+    serve.add_argument(
+        "--safety-model",
+        help="image-classification repo id or directory (default Falconsai/nsfw_image_detection)",
+    )
+    serve.add_argument("--safety-threshold", type=float, help="flag at this unsafe probability (default 0.5)")
+    serve.add_argument(
+        "--safety-check-openai", action="store_true", default=None, help="also check OpenAI API outputs"
+    )
+    serve.add_argument(
+        "--allow-private-network",
+        action="append",
+        dest="allowed_private_networks",
+        metavar="CIDR",
+        help="let image_urls and webhooks reach this internal network (repeatable; default: none)",
+    )
+    serve.add_argument("--image-fetch-timeout-s", type=float, help="per image_url download (default 15)")
+    serve.add_argument("--webhook-attempts", type=int, help="deliveries tried per webhook (default 5)")
+    serve.add_argument("--webhook-retry-base-s", type=float, help="first retry delay, doubling (default 1)")
 
 
 SERVE_SETTINGS = (
     "models", "demo", "host", "port", "data_dir", "public_base_url", "api_keys", "ssl_certfile",
     "ssl_keyfile", "retention_hours", "rate_limit_per_minute", "max_batch_images", "batch_wait_ms",
     "max_queue_depth",
-    "max_request_bytes", "device", "dtype", "allow_download", "warmup",
+    "max_request_bytes", "device", "dtype", "allow_download", "warmup", "safety_checker", "safety_model",
+    "safety_threshold", "safety_check_openai", "allowed_private_networks", "image_fetch_timeout_s",
+    "webhook_attempts", "webhook_retry_base_s",
 )  # fmt: skip
 
 
@@ -206,6 +237,8 @@ def serve(args: argparse.Namespace) -> int:
 
     from kleinserve.api.app import create_app
     from kleinserve.engine.warmup import check_weights
+    from kleinserve.outbound import check_networks
+    from kleinserve.safety import locate_safety_model
     from kleinserve.service import served_specs
     from kleinserve.settings import Settings
 
@@ -221,6 +254,9 @@ def serve(args: argparse.Namespace) -> int:
     for spec, demo in served_specs(settings):
         if not demo:
             check_weights(spec, settings)
+    if settings.safety_checker:
+        locate_safety_model(settings)
+    check_networks(settings.allowed_private_networks)
     app = create_app(settings)
     uvicorn.run(
         app,

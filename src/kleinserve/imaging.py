@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import warnings
 from pathlib import Path
@@ -57,6 +59,15 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, quality: int | None 
     else:
         image.save(buffer, OUTPUT_FORMATS[fmt], quality=90 if quality is None else quality)
     return buffer.getvalue()
+
+
+async def base64_text(data: bytes) -> str:
+    """Base64 of megabytes of image: on a worker thread, not the event loop."""
+    return (await asyncio.to_thread(base64.b64encode, data)).decode("ascii")
+
+
+async def data_uri(data: bytes, content_type: str) -> str:
+    return f"data:{content_type};base64,{await base64_text(data)}"
 
 
 def _reason(exc: Exception) -> str:

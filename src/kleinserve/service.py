@@ -11,19 +11,31 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kleinserve.batcher import Batcher, Work
+import numpy as np
+
+from kleinserve.batcher import Batcher, JobCancelled, Work
 from kleinserve.errors import KleinserveError, UnknownModel
-from kleinserve.imaging import encode_image
 from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
 from kleinserve.metrics import Metrics
 from kleinserve.models import ModelSpec, resolve_model, with_local_path
+from kleinserve.outbound import Outbound
+from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record
 from kleinserve.request import GenerationRequest
 from kleinserve.settings import Settings
-from kleinserve.storage import CONTENT_TYPES, LocalFile, Store, image_key
+from kleinserve.storage import LocalFile, Store
+from kleinserve.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from kleinserve.safety import SafetyChecker
+
+FinishCallback = Callable[[str], Awaitable[None]]
 
 log = logging.getLogger("kleinserve")
 
@@ -48,31 +60,6 @@ class ModelNotReady(KleinserveError):
 
 class GenerationFailed(KleinserveError):
     """The engine raised; the job is recorded as failed."""
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    format: str = "png"  # png | jpeg | webp
-    quality: int | None = None  # jpeg/webp quality 0..100; None: 90
-    store: bool = True  # False: images only come back inline; nothing is written
-
-
-@dataclass(frozen=True)
-class OutputImage:
-    data: bytes
-    content_type: str
-    width: int
-    height: int
-    key: str | None  # storage key when stored
-
-
-@dataclass
-class Generated:
-    job_id: str
-    model: str
-    seed: int
-    images: list[OutputImage]
-    timings: dict[str, float]
 
 
 @dataclass
@@ -116,8 +103,24 @@ class ImageService:
         self.metrics = metrics
         self.models = [ServedModel(spec, demo) for spec, demo in served_specs(settings)]
         self._by_name = {name.lower(): served for served in self.models for name in served.names}
+        self._outputs = Outputs(store)
+        self.outbound = Outbound(
+            settings.allowed_private_networks,
+            max_bytes=settings.max_image_bytes,
+            timeout_s=settings.image_fetch_timeout_s,
+        )
+        self.webhooks = WebhookSender(
+            self.outbound,
+            jobs.log,
+            attempts=settings.webhook_attempts,
+            retry_base_s=settings.webhook_retry_base_s,
+            timeout_s=settings.webhook_timeout_s,
+        )
+        self.safety: SafetyChecker | None = None
         self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-engine")
         self._tasks: list[asyncio.Task] = []
+        self._active: dict[str, asyncio.Task[Generated]] = {}  # job id -> the task that completes it
+        self._background: set[asyncio.Future] = set()  # fire-and-forget work (finish callbacks)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -127,17 +130,21 @@ class ImageService:
             log.warning(
                 "%d job(s) were unfinished when the server last stopped; marked failed", len(interrupted)
             )
+        if self.settings.safety_checker:
+            await self._load_safety_checker()
         self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
         if self.settings.retention_hours > 0:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._active.values(), *self._background]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._gpu_thread.shutdown(wait=True, cancel_futures=True)
+        await self.outbound.close()
 
     @property
     def ready(self) -> bool:
@@ -168,6 +175,14 @@ class ImageService:
             served.state = "ready"
             log.info("%s is ready%s", served.spec.id, f" ({DEMO_LABEL})" if served.demo else "")
 
+    async def _load_safety_checker(self) -> None:
+        """Loaded before the server accepts requests; a failure stops the start-up."""
+        from kleinserve.safety import load_safety_checker
+
+        loop = asyncio.get_running_loop()
+        self.safety = await loop.run_in_executor(self._gpu_thread, load_safety_checker, self.settings)
+        log.info("safety checker ready: %s", self.safety.describe())
+
     async def _expire_old_jobs(self) -> None:
         retention = self.settings.retention_hours * 3600
         while True:
@@ -179,6 +194,7 @@ class ImageService:
         for job in jobs:
             await asyncio.to_thread(self.store.delete_job, job.id)
         await self.jobs.delete([job.id for job in jobs])
+        self._outputs.forget([job.id for job in jobs])
         if jobs:
             log.info("expired %d job(s) and their files", len(jobs))
         return len(jobs)
@@ -204,61 +220,112 @@ class ImageService:
 
     # --- generation ------------------------------------------------------------------------------
 
-    async def generate(
-        self, served: ServedModel, request: GenerationRequest, output: OutputOptions, params: dict
-    ) -> Generated:
-        """Run one request as a job and return its encoded images (stored unless output.store is False)."""
+    async def submit(
+        self,
+        served: ServedModel,
+        request: GenerationRequest,
+        output: OutputOptions,
+        params: dict,
+        *,
+        on_finish: FinishCallback | None = None,
+    ) -> Job:
+        """Record a job and queue it; it runs in the background. `on_finish(job_id)` is awaited once the
+        job has ended (succeeded, failed or cancelled) and its record is final."""
         batcher = self.ready_batcher(served)
         model = served.spec.id
         job = Job(new_job_id(), model, {**params, **_describe(request), "output_format": output.format})
         future = batcher.submit(job.id, request)  # raises QueueFull before anything is recorded
-        queued_at = time.monotonic()
         job.logs.append(
-            {"timestamp": time.time(), "level": "INFO", "message": f"queued at position {batcher.depth}"}
+            {"timestamp": time.time(), "level": "INFO", "message": f"queued behind {batcher.depth - 1} job(s)"}
         )
         await self.jobs.add(job)
+        task = asyncio.create_task(self._complete(job, future, request, output), name=f"job-{job.id}")
+        self._active[job.id] = task
+        task.add_done_callback(partial(self._job_ended, job.id, on_finish))
+        return job
+
+    async def generate(
+        self, served: ServedModel, request: GenerationRequest, output: OutputOptions, params: dict
+    ) -> Generated:
+        """Run one request as a job and return its encoded images (stored unless output.store is False)."""
+        job = await self.submit(served, request, output, params)
+        task = self._active[job.id]
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:  # the caller went away: the job stops too
+            served.batcher.cancel(job.id, "the client went away before the job finished")
+            raise
+
+    async def cancel(self, job_id: str) -> str | None:
+        """ "requested" (the job ends as cancelled), "finished" (too late), or None for an unknown job."""
+        job = await self.jobs.get(job_id)
+        if job is None:
+            return None
+        served = self._by_name.get(job.model.lower())
+        if job.status.finished or served is None or served.batcher is None:
+            return "finished"
+        if not served.batcher.cancel(job_id, "cancelled at the client's request"):
+            return "finished"  # its images are being encoded; it is about to succeed
+        return "requested"
+
+    def queue_position(self, job: Job) -> int | None:
+        served = self._by_name.get(job.model.lower())
+        return served.batcher.position(job.id) if served and served.batcher else None
+
+    async def _complete(
+        self, job: Job, future: asyncio.Future, request: GenerationRequest, output: OutputOptions
+    ) -> Generated:
+        queued_at = time.monotonic()
         try:
             result = await future
             waited = time.monotonic() - queued_at - sum(result.timings.values())
             timings = {"queue": max(0.0, waited), **result.timings}
-            images = await self._encode_and_store(job.id, result.images, request, output, timings)
-        except asyncio.CancelledError:
-            batcher.cancel(job.id)
-            await asyncio.shield(self._record_end(job.id, model, JobStatus.CANCELLED, error=_cancelled()))
+            flags = await self._screen(result.images, output, timings)
+            images = await self._outputs.encode_and_store(
+                job.id, result.images, flags, request, output, timings
+            )
+        except JobCancelled as exc:
+            await self._record_end(job.id, job.model, JobStatus.CANCELLED, error=_cancelled(str(exc)))
             raise
         except Exception as exc:
             log.exception("generation failed for job %s", job.id)
             error = {"type": "server_error", "message": f"generation failed: {exc}", "param": None}
-            await self._record_end(job.id, model, JobStatus.FAILED, error=error)
+            await self._record_end(job.id, job.model, JobStatus.FAILED, error=error)
             raise GenerationFailed(error["message"]) from exc
-        self.metrics.observe_images(model, len(images), request.width, request.height)
+        self.metrics.observe_images(job.model, len(images), request.width, request.height)
         self.metrics.observe_stages(
-            model, {k: timings[k] for k in ("queue", "encode", "store") if k in timings}
+            job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
         )
-        generated = Generated(job.id, model, result.seed, images, timings)
-        await self._record_end(job.id, model, JobStatus.SUCCEEDED, result=_result_record(generated))
+        generated = Generated(job.id, job.model, result.seed, images, timings)
+        if not output.store:
+            self._outputs.hold_inline(generated)
+        await self._record_end(job.id, job.model, JobStatus.SUCCEEDED, result=result_record(generated))
         return generated
 
-    async def _encode_and_store(
-        self, job_id, arrays, request, output: OutputOptions, timings
-    ) -> list[OutputImage]:
+    def _job_ended(self, job_id: str, on_finish: FinishCallback | None, task: asyncio.Task) -> None:
+        self._active.pop(job_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here: queue jobs have no caller awaiting them
+            if on_finish is not None:
+                self._spawn(on_finish(job_id))
+
+    async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
+        """Flag unsafe images (and black them out in place) when the request asks for the checker."""
+        if not output.safety_check or self.safety is None:
+            return [False] * len(arrays)
         start = time.monotonic()
-        encoded = await asyncio.gather(
-            *(asyncio.to_thread(encode_image, array, output.format, output.quality) for array in arrays)
-        )
-        timings["encode"] = time.monotonic() - start
-        keys: list[str | None] = [None] * len(encoded)
-        if output.store:
-            start = time.monotonic()
-            keys = [image_key(job_id, i, output.format) for i in range(len(encoded))]
-            writes = (asyncio.to_thread(self.store.put, k, d) for k, d in zip(keys, encoded, strict=True))
-            await asyncio.gather(*writes)
-            timings["store"] = time.monotonic() - start
-        content_type = CONTENT_TYPES[output.format]
-        return [
-            OutputImage(data, content_type, request.width, request.height, key)
-            for data, key in zip(encoded, keys, strict=True)
-        ]
+        loop = asyncio.get_running_loop()
+        flags = await loop.run_in_executor(self._gpu_thread, self.safety.flags, arrays)
+        for i, flagged in enumerate(flags):
+            if flagged:
+                arrays[i] = np.zeros_like(arrays[i])
+        timings["safety"] = time.monotonic() - start
+        return flags
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _record_end(
         self, job_id: str, model: str, status: JobStatus, *, result=None, error=None
@@ -277,6 +344,10 @@ class ImageService:
 
     async def job(self, job_id: str) -> Job | None:
         return await self.jobs.get(job_id)
+
+    async def result(self, job: Job) -> Generated:
+        """The images of a succeeded job (raises ResultGone for inline images no longer held)."""
+        return await self._outputs.rebuild(job)
 
 
 class _JobEvents:
@@ -321,22 +392,5 @@ def _describe(request: GenerationRequest) -> dict:
     }
 
 
-def _result_record(generated: Generated) -> dict:
-    return {
-        "seed": generated.seed,
-        "timings": generated.timings,
-        "images": [
-            {
-                "key": i.key,
-                "content_type": i.content_type,
-                "width": i.width,
-                "height": i.height,
-                "bytes": len(i.data),
-            }
-            for i in generated.images
-        ],
-    }
-
-
-def _cancelled() -> dict:
-    return {"type": "cancelled", "message": "the client went away before the job finished", "param": None}
+def _cancelled(message: str) -> dict:
+    return {"type": "cancelled", "message": message, "param": None}

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 
 
 def default_data_dir() -> Path:
@@ -49,7 +50,22 @@ class Settings(BaseSettings):
 
     stats_window_seconds: float = 3600.0
 
-    @field_validator("models", "api_keys", mode="before")
+    # The safety checker (fal's enable_safety_checker; OpenAI requests only with safety_check_openai).
+    # If it cannot be loaded the server does not start, unless safety_checker is False.
+    safety_checker: bool = True
+    safety_model: str = DEFAULT_SAFETY_MODEL  # Hub repo id (HF cache) or local directory
+    safety_threshold: float = Field(0.5, ge=0.0, le=1.0)  # flag at this unsafe probability; 0 flags all
+    safety_check_openai: bool = False
+
+    # Outbound requests made for users (fal image_urls, webhooks) never go to loopback, private,
+    # link-local or other internal addresses, except networks listed here (CIDR, e.g. 10.1.0.0/16).
+    allowed_private_networks: Annotated[tuple[str, ...], NoDecode] = ()
+    image_fetch_timeout_s: float = Field(15.0, gt=0)
+    webhook_attempts: int = Field(5, ge=1)
+    webhook_retry_base_s: float = Field(1.0, ge=0)  # waits base, 2*base, 4*base, ... between attempts
+    webhook_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("models", "api_keys", "allowed_private_networks", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):  # KLEINSERVE_API_KEYS=a,b
@@ -81,3 +97,7 @@ class Settings(BaseSettings):
     @property
     def demo_checkpoint_dir(self) -> Path:
         return self.data_dir / "demo-checkpoint"
+
+    @property
+    def demo_safety_dir(self) -> Path:
+        return self.data_dir / "demo-safety-classifier"

@@ -77,7 +77,7 @@ class AccessMiddleware:
         try:
             caller = self._check(scope)
         except ApiError as exc:
-            return await exc.response()(scope, receive, send)
+            return await exc.response(scope.get("path", ""))(scope, receive, send)
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, self._limited(receive), send)
 
@@ -110,7 +110,7 @@ class AccessMiddleware:
             for index, key in enumerate(self.keys):
                 if hmac.compare_digest(token, key):
                     return f"key-{index}"
-        message = "a valid API key is required: send Authorization: Bearer <key>"
+        message = "a valid API key is required: send Authorization: Bearer <key> (or Key <key>)"
         raise ApiError(401, message if header else f"no API key given; {message}", code="invalid_api_key")
 
     def _limited(self, receive):

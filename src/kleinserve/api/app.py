@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import files, openai, system
+from kleinserve.api import fal, files, openai, system
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
@@ -44,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router(service))
     app.include_router(system.router(service))
     app.include_router(files.router(service))
+    app.include_router(fal.router(service))  # last: its sync route takes any POST /fal-ai/...
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     return app

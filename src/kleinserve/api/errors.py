@@ -1,5 +1,6 @@
-"""API errors: one exception type, rendered in OpenAI's shape
-`{"error": {"message", "type", "param", "code"}}`.
+"""API errors: one exception type, rendered in the shape of the dialect the path belongs to: OpenAI's
+`{"error": {"message", "type", "param", "code"}}`, or fal's `{"detail", "error_type"}` with an
+`x-fal-error-type` header (a bad field is a 422 whose detail lists `{"loc", "msg", "type"}`, as fal's).
 
 Service exceptions (unknown model, queue full, ...) map to statuses here, so every route and middleware
 answers the same way.
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException
 
 from kleinserve.batcher import QueueFull
 from kleinserve.errors import InvalidRequest, KleinserveError
+from kleinserve.outputs import ResultGone
 from kleinserve.service import GenerationFailed, ModelNotReady, ModelNotServed
 
 ERROR_TYPES = {
@@ -28,6 +30,11 @@ ERROR_TYPES = {
     503: "service_unavailable",
 }
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
+FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
+
+
+def is_fal_path(path: str) -> bool:
+    return path.startswith(FAL_PATH_PREFIXES)
 
 
 class ApiError(Exception):
@@ -62,7 +69,18 @@ class ApiError(Exception):
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
 
-    def response(self) -> JSONResponse:
+    def fal_body(self) -> tuple[int, dict]:
+        if self.status == 400 and self.param:
+            loc = ["body", *(int(p) if p.isdigit() else p for p in self.param.replace("]", "").split("["))]
+            detail = [{"loc": loc, "msg": self.message, "type": "value_error"}]
+            return 422, {"detail": detail, "error_type": "validation_error"}
+        return self.status, {"detail": self.message, "error_type": self.code or self.body()["error"]["type"]}
+
+    def response(self, path: str = "") -> JSONResponse:
+        if is_fal_path(path):
+            status, body = self.fal_body()
+            headers = {**self.headers(), "x-fal-error-type": body["error_type"]}
+            return JSONResponse(body, status_code=status, headers=headers)
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
 
 
@@ -81,15 +99,17 @@ def from_service_error(exc: KleinserveError) -> ApiError:
         return invalid(exc.field, exc.reason)
     if isinstance(exc, GenerationFailed):
         return ApiError(500, str(exc), code="generation_failed")
+    if isinstance(exc, ResultGone):
+        return ApiError(410, str(exc), code="result_gone")
     return ApiError(500, str(exc))
 
 
 def install_error_handlers(app) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
+        return exc.response(request.url.path)
 
     async def service_error(request: Request, exc: KleinserveError) -> JSONResponse:
-        return from_service_error(exc).response()
+        return from_service_error(exc).response(request.url.path)
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
@@ -97,10 +117,11 @@ def install_error_handlers(app) -> None:
             message = f"no route {request.method} {request.url.path}; see GET /v1/models and the README"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return ApiError(exc.status_code, message).response()
+        return ApiError(exc.status_code, message).response(request.url.path)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        return ApiError(500, f"internal error: {type(exc).__name__}; the server log has details").response()
+        message = f"internal error: {type(exc).__name__}; the server log has details"
+        return ApiError(500, message).response(request.url.path)
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(KleinserveError, service_error)

@@ -4,9 +4,9 @@ GET /v1/models[/{id}]. Schemas in, GenerationRequest out; results back in OpenAI
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException
 
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.errors import InvalidRequest
-from kleinserve.imaging import decode_image
+from kleinserve.imaging import base64_text, data_uri, decode_image
+from kleinserve.outputs import Generated, OutputOptions
 from kleinserve.request import build_request, parse_size
-from kleinserve.service import DEMO_LABEL, Generated, ImageService, OutputOptions, ServedModel
+from kleinserve.service import DEMO_LABEL, ImageService, ServedModel
 
 RESPONSE_FORMATS = ("url", "b64_json")
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
@@ -73,7 +74,7 @@ def _served_model(service: ImageService, http: Request, fields: dict) -> ServedM
 async def _generate(
     service: ImageService, http: Request, served: ServedModel, fields: dict, *, images: list, route: str
 ):
-    options = _output_options(fields)
+    options = replace(_output_options(fields), safety_check=service.settings.safety_check_openai)
     request = _to_request(served, fields, images)
     response_format = "url" if options.store else "b64_json"
     params = {"dialect": "openai", "route": route, "response_format": response_format}
@@ -253,8 +254,10 @@ async def _response(
     for image in generated.images:
         if image.key is not None:
             item = {"url": service.file_url(image.key, base_url)}
-        else:  # megabytes of base64: not on the event loop
-            item = {"b64_json": (await asyncio.to_thread(base64.b64encode, image.data)).decode("ascii")}
+        elif options.store:  # flagged by the safety checker: never stored, a black image inline
+            item = {"url": await data_uri(image.data, image.content_type)}
+        else:
+            item = {"b64_json": await base64_text(image.data)}
         data.append({**item, "revised_prompt": prompt})
     first = generated.images[0]
     body = {
@@ -265,6 +268,7 @@ async def _response(
         "size": f"{first.width}x{first.height}",
         "model": served.spec.id,
         "seed": generated.seed,
+        "has_nsfw_concepts": generated.has_nsfw_concepts,
         "job_id": generated.job_id,
         "timings": {stage: round(seconds, 4) for stage, seconds in generated.timings.items()},
     }

@@ -1,0 +1,209 @@
+"""Outbound HTTP the server makes on a user's behalf: downloading image_urls and delivering webhooks.
+
+A user-supplied URL is a server-side request forgery vector, so every request (and every redirect hop)
+resolves the host first and refuses loopback, private, link-local and other non-public addresses unless
+the operator allowed that network. The connection then goes to the address that was checked (the host
+name still drives the Host header and TLS verification), so DNS cannot swap in another address later.
+Downloads are bounded in time and size and must be images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import socket
+from urllib.parse import unquote_to_bytes
+
+import httpx
+from PIL import Image
+
+from kleinserve.errors import InvalidRequest
+from kleinserve.imaging import decode_image
+
+MAX_REDIRECTS = 3
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def check_networks(cidrs: tuple[str, ...] | list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr, strict=False))
+        except ValueError:
+            raise InvalidRequest(
+                "--allow-private-network",
+                f"{cidr!r} is not a network; write it like 10.1.0.0/16 or 127.0.0.1",
+            ) from None
+    return networks
+
+
+class Outbound:
+    def __init__(self, allowed_networks: tuple[str, ...], *, max_bytes: int, timeout_s: float):
+        self.allowed = check_networks(allowed_networks)
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self._client: httpx.AsyncClient | None = None
+
+    def permits(self, address: IPAddress) -> bool:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in network for network in self.allowed):
+            return True
+        return address.is_global and not address.is_multicast
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    # --- image_urls ------------------------------------------------------------------------------
+
+    async def fetch_image(self, url: object, field: str) -> Image.Image:
+        """An http(s) URL or a data URI -> a decoded image; InvalidRequest naming `field` otherwise."""
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidRequest(field, f"must be an http(s) URL or a data URI, got {url!r}")
+        url = url.strip()
+        if url[:5].lower() == "data:":
+            data = self._data_uri_bytes(url, field)
+        else:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    data = await self._download(url, field)
+            except TimeoutError:
+                raise InvalidRequest(
+                    field, f"{_short(url)} did not send the image within {self.timeout_s:g} s"
+                ) from None
+        return await asyncio.to_thread(decode_image, data, _short(url), field)
+
+    def _data_uri_bytes(self, uri: str, field: str) -> bytes:
+        header, comma, payload = uri[5:].partition(",")
+        if not comma:
+            raise InvalidRequest(field, "is a data URI without a comma; write data:image/png;base64,<data>")
+        media_type, *options = header.split(";")
+        if media_type and not media_type.lower().startswith("image/"):
+            raise InvalidRequest(field, f"is a data URI of {media_type}, not an image")
+        if len(payload) * 3 // 4 > self.max_bytes:
+            raise InvalidRequest(field, f"is larger than the {self.max_bytes // 2**20} MiB limit per image")
+        try:
+            if "base64" in (option.lower() for option in options):
+                return base64.b64decode(payload, validate=True)
+            return unquote_to_bytes(payload)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(field, f"is a data URI whose base64 payload is broken ({exc})") from None
+
+    async def _download(self, url: str, field: str) -> bytes:
+        async with self.request("GET", url, field) as response:
+            if response.status_code != 200:
+                raise InvalidRequest(
+                    field, f"{_short(url)} answered HTTP {response.status_code}; it must serve the image"
+                )
+            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            if (
+                content_type
+                and not content_type.startswith("image/")
+                and content_type != "application/octet-stream"
+            ):
+                raise InvalidRequest(field, f"{_short(url)} is {content_type}, not an image")
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > self.max_bytes:
+                raise InvalidRequest(field, f"{_short(url)} is {declared / 2**20:.1f} MiB; {self._limit()}")
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise InvalidRequest(field, f"{_short(url)} is larger than allowed; {self._limit()}")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    def _limit(self) -> str:
+        return f"images may be at most {self.max_bytes // 2**20} MiB"
+
+    # --- any request -----------------------------------------------------------------------------
+
+    def request(self, method: str, url: str, field: str, **kwargs) -> _Exchange:
+        """`async with outbound.request(...) as response`: redirects followed, every hop checked."""
+        return _Exchange(self, method, url, field, kwargs)
+
+    async def _send(self, method: str, url: str, field: str, kwargs: dict) -> httpx.Response:
+        client = self._http()
+        target = httpx.URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            if target.scheme not in ("http", "https") or not target.host:
+                raise InvalidRequest(field, f"{_short(str(target))} is not an http(s) URL")
+            address = await self.checked_address(target.host, target.port, field)
+            pinned = target.copy_with(host=str(address))
+            extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+            request = client.build_request(
+                method,
+                pinned,
+                headers={"Host": target.netloc.decode("ascii")},
+                extensions=extensions,
+                **kwargs,
+            )
+            try:
+                response = await client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise InvalidRequest(
+                    field, f"{_short(str(target))} could not be reached ({_reason(exc)})"
+                ) from None
+            if not response.is_redirect:
+                return response
+            await response.aclose()
+            target = target.join(response.headers["location"])
+        raise InvalidRequest(field, f"{_short(url)} redirected more than {MAX_REDIRECTS} times")
+
+    async def checked_address(self, host: str, port: int | None, field: str) -> IPAddress:
+        """The address to connect to; refused unless every address the host resolves to is permitted."""
+        try:
+            addresses = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port or 443, type=socket.SOCK_STREAM
+                )
+            except socket.gaierror:
+                raise InvalidRequest(field, f"the host {host!r} does not resolve") from None
+            addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        refused = [a for a in addresses if not self.permits(a)]
+        if refused or not addresses:
+            raise InvalidRequest(
+                field,
+                f"{_where(host, refused)} a loopback, private, link-local or otherwise internal address; the "
+                "server does not connect to those (an operator can allow a network with --allow-private-network)",
+            )
+        return addresses[0]
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.timeout_s)
+        return self._client
+
+
+class _Exchange:
+    def __init__(self, outbound: Outbound, method: str, url: str, field: str, kwargs: dict):
+        self._args = (method, url, field, kwargs)
+        self._outbound = outbound
+        self._response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        self._response = await self._outbound._send(*self._args)
+        return self._response
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+
+def _where(host: str, refused: list) -> str:
+    if not refused:
+        return f"{host} resolves to no address, not even"
+    return f"{host} is" if host == str(refused[0]) else f"{host} resolves to {refused[0]},"
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 80 else url[:60] + "..." + url[-12:]
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).strip() or type(exc).__name__

@@ -1,0 +1,62 @@
+"""Webhook delivery: POST a job's outcome to the URL its submitter gave, retrying with backoff.
+
+A delivery succeeds on any 2xx answer. Failures (an error status, a refused connection, a timeout) are
+retried after base, 2*base, 4*base, ... seconds, up to the configured number of attempts. Every attempt is
+written to the job's logs. Receivers must be idempotent: a slow 2xx that times out is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from kleinserve.errors import InvalidRequest
+from kleinserve.outbound import Outbound
+
+log = logging.getLogger("kleinserve")
+
+JobLog = Callable[[str, str, str], Awaitable[None]]  # (job_id, message, level)
+
+
+class WebhookSender:
+    def __init__(
+        self, outbound: Outbound, job_log: JobLog, *, attempts: int, retry_base_s: float, timeout_s: float
+    ):
+        self.outbound = outbound
+        self.job_log = job_log
+        self.attempts = attempts
+        self.retry_base_s = retry_base_s
+        self.timeout_s = timeout_s
+
+    async def deliver(self, job_id: str, url: str, body: dict) -> bool:
+        """True once the receiver answered 2xx; False after the last failed attempt."""
+        for attempt in range(1, self.attempts + 1):
+            outcome = await self._attempt(url, body)
+            if outcome is None:
+                await self.job_log(job_id, f"webhook delivered (attempt {attempt})", "INFO")
+                return True
+            if attempt == self.attempts:
+                await self.job_log(
+                    job_id, f"webhook attempt {attempt}/{self.attempts} failed: {outcome}; giving up", "ERROR"
+                )
+                log.warning("webhook for job %s not delivered: %s", job_id, outcome)
+                return False
+            delay = self.retry_base_s * 2 ** (attempt - 1)
+            message = f"webhook attempt {attempt}/{self.attempts} failed: {outcome}; retrying in {delay:g} s"
+            await self.job_log(job_id, message, "WARNING")
+            await asyncio.sleep(delay)
+        return False
+
+    async def _attempt(self, url: str, body: dict) -> str | None:
+        """None on success, else what went wrong."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self.outbound.request("POST", url, "fal_webhook", json=body) as response:
+                    if 200 <= response.status_code < 300:
+                        return None
+                    return f"HTTP {response.status_code}"
+        except TimeoutError:
+            return f"no answer within {self.timeout_s:g} s"
+        except InvalidRequest as exc:
+            return exc.reason

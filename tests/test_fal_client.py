@@ -1,0 +1,211 @@
+"""The fal dialect through the unmodified fal-client package, over TLS, against a real server."""
+
+import base64
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import random_image
+
+ENDPOINT = "fal-ai/flux-2/klein/4b"
+SMALL = {"width": 64, "height": 64}
+
+
+def fetch(server, url: str) -> Image.Image:
+    if url.startswith("data:"):
+        return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    response = httpx.get(url, verify=server.ssl_context())
+    response.raise_for_status()
+    return Image.open(io.BytesIO(response.content))
+
+
+def data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def job_dir(server, request_id: str):
+    return server.data_dir / "files" / request_id
+
+
+def test_run_returns_fal_shaped_output_with_images_of_the_requested_size(fal, fal_server):
+    size = {"width": 128, "height": 80}
+    arguments = {
+        "prompt": "a lighthouse",
+        "image_size": size,
+        "seed": 7,
+        "num_images": 2,
+        "output_format": "jpeg",
+    }
+    result = fal.run(ENDPOINT, arguments=arguments)
+    assert result["seed"] == 7 and result["prompt"] == "a lighthouse"
+    assert result["has_nsfw_concepts"] == [False, False]
+    assert result["timings"]["inference"] > 0
+    for image in result["images"]:
+        assert image["content_type"] == "image/jpeg" and (image["width"], image["height"]) == (128, 80)
+        assert image["url"].startswith(f"https://127.0.0.1:{fal_server.port}/files/")
+        picture = fetch(fal_server, image["url"])
+        assert picture.format == "JPEG" and picture.size == (128, 80)
+        assert image["file_size"] == len(httpx.get(image["url"], verify=fal_server.ssl_context()).content)
+    again = fal.run(ENDPOINT, arguments={"prompt": "a lighthouse", "image_size": "square", "seed": 7})
+    assert fetch(fal_server, again["images"][0]["url"]).size == (512, 512)
+
+
+def test_run_is_deterministic_per_seed(fal, fal_server):
+    arguments = {"prompt": "same", "image_size": SMALL, "seed": 11}
+    first, second = (fal.run(ENDPOINT, arguments=arguments) for _ in range(2))
+    pixels = [np.asarray(fetch(fal_server, r["images"][0]["url"])) for r in (first, second)]
+    assert np.array_equal(*pixels)
+
+
+def test_subscribe_reports_queue_updates_and_step_logs(fal, fal_server):
+    updates = []
+    result = fal.subscribe(ENDPOINT, arguments={"prompt": "subscribed", "image_size": "square"},
+                           with_logs=True, on_queue_update=updates.append)  # fmt: skip
+    assert fetch(fal_server, result["images"][0]["url"]).size == (512, 512)
+    assert isinstance(updates[-1], fal.Completed) and updates[-1].metrics["inference_time"] > 0
+    messages = [log["message"] for log in updates[-1].logs]
+    assert [m for m in messages if m.startswith("step")] == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
+    assert {"message", "level", "source", "timestamp"} <= set(updates[-1].logs[0])
+    assert any(isinstance(update, fal.InProgress) for update in updates)
+
+
+def test_submit_then_status_and_result_also_rebuilt_from_the_app_id(fal, fal_server):
+    handle = fal.submit(ENDPOINT, arguments={"prompt": "queued", "image_size": SMALL, "seed": 5})
+    assert handle.status_url.endswith(f"/queue/fal-ai/flux-2/requests/{handle.request_id}/status")
+    events = list(handle.iter_events(with_logs=True, interval=0.05))
+    assert isinstance(events[-1], fal.Completed) and events[-1].error is None
+    result = handle.get()
+    assert result["seed"] == 5
+    # status(app, id) and result(app, id) build the URLs themselves, from the endpoint id
+    status = fal.status(ENDPOINT + "/edit", handle.request_id, with_logs=True)
+    assert isinstance(status, fal.Completed) and status.logs[-1]["message"] == "succeeded"
+    assert fal.result(ENDPOINT, handle.request_id) == result
+
+
+def test_a_queued_job_reports_its_position_and_a_cancelled_one_never_runs(fal, fal_server):
+    busy = fal.submit(ENDPOINT, arguments={"prompt": "busy", "image_size": {"width": 1024, "height": 1024},
+                                           "num_inference_steps": 8})  # fmt: skip
+    doomed = fal.submit(ENDPOINT, arguments={"prompt": "doomed", "image_size": {"width": 512, "height": 512}})
+    status = doomed.status()
+    assert isinstance(status, fal.Queued) and status.position >= 0
+    doomed.cancel()
+    final = doomed.status(with_logs=True)
+    assert isinstance(final, fal.Completed) and final.error_type == "cancelled"
+    assert not any(log["message"].startswith(("started", "step")) for log in final.logs)
+    with pytest.raises(fal.FalClientHTTPError) as cancelled:
+        doomed.get()
+    assert cancelled.value.status_code == 400 and "cancelled" in str(cancelled.value)
+    assert busy.get()["images"]  # the other job is unaffected
+    assert not job_dir(fal_server, doomed.request_id).exists()
+    with pytest.raises(fal.FalClientHTTPError) as late:  # finished jobs answer ALREADY_COMPLETED
+        busy.cancel()
+    assert (
+        late.value.status_code == 400
+        and json.loads(late.value.response.text)["status"] == "ALREADY_COMPLETED"
+    )
+
+
+def test_a_running_job_stops_at_the_next_step_and_frees_the_engine(fal, fal_server):
+    long = {"prompt": "long", "image_size": {"width": 2048, "height": 2048}, "num_inference_steps": 8}
+    running = fal.submit(ENDPOINT, arguments=long)
+    deadline = time.monotonic() + 60
+    while not _logged(running.status(with_logs=True), "step 1/8"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cancelled_at = time.monotonic()
+    fal.cancel(ENDPOINT, running.request_id)
+    after = fal.run(ENDPOINT, arguments={"prompt": "next", "image_size": SMALL})
+    assert after["images"]
+    final = running.status(with_logs=True)
+    assert isinstance(final, fal.Completed) and final.error_type == "cancelled"
+    assert not _logged(final, "step 8/8")
+    # the small job ran as soon as the cancelled one stopped, not after 7 more 2048x2048 steps and a decode
+    steps = [log for log in final.logs if log["message"].startswith("step")]
+    assert time.monotonic() - cancelled_at < 0.5 * 8 * max(_seconds_per_step(steps), 0.5)
+    assert not job_dir(fal_server, running.request_id).exists()
+
+
+def _logged(status, message: str) -> bool:
+    return any(log["message"] == message for log in (getattr(status, "logs", None) or []))
+
+
+def _seconds_per_step(steps: list[dict]) -> float:
+    from datetime import datetime
+
+    if len(steps) < 2:
+        return 0.0
+    times = [datetime.fromisoformat(log["timestamp"]).timestamp() for log in steps]
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def test_edit_with_one_data_uri_takes_its_size(fal, fal_server):
+    reference = random_image(144, 96, seed=3)
+    result = fal.run(
+        ENDPOINT + "/edit", arguments={"prompt": "make it blue", "image_urls": [data_uri(reference)]}
+    )
+    image = result["images"][0]
+    assert (image["width"], image["height"]) == (144, 96)
+    assert fetch(fal_server, image["url"]).size == (144, 96)
+
+
+def test_edit_with_four_urls_from_a_web_server(fal, fal_server, image_host):
+    urls = [f"{image_host.url}/{name}" for name in image_host.SIZES]
+    arguments = {"prompt": "combine", "image_urls": urls, "image_size": {"width": 96, "height": 64}}
+    result = fal.subscribe(ENDPOINT + "/edit", arguments=arguments)
+    assert fetch(fal_server, result["images"][0]["url"]).size == (96, 64)
+    default_size = fal.run(ENDPOINT + "/edit", arguments={"prompt": "keep size", "image_urls": urls[:1]})
+    assert (default_size["images"][0]["width"], default_size["images"][0]["height"]) == (160, 128)
+
+
+def test_sync_mode_returns_data_uris_and_stores_nothing(fal, fal_server):
+    result = fal.run(ENDPOINT, arguments={"prompt": "inline", "image_size": SMALL, "sync_mode": True,
+                                          "output_format": "webp"})  # fmt: skip
+    image = result["images"][0]
+    assert image["url"].startswith("data:image/webp;base64,") and fetch(fal_server, image["url"]).size == (
+        64,
+        64,
+    )
+    queued = fal.submit(ENDPOINT, arguments={"prompt": "inline", "image_size": SMALL, "sync_mode": True})
+    assert queued.get()["images"][0]["url"].startswith("data:image/png;base64,")
+    for request_id in (queued.request_id, _job_id_of(fal_server, "inline")):
+        assert not job_dir(fal_server, request_id).exists()
+
+
+def _job_id_of(server, prompt: str) -> str:
+    import sqlite3
+
+    with sqlite3.connect(server.data_dir / "jobs.sqlite3") as db:
+        rows = db.execute("SELECT id, params FROM jobs ORDER BY created_at").fetchall()
+    return next(job_id for job_id, params in rows if json.loads(params)["prompt"] == prompt)
+
+
+def test_base_endpoint_takes_guidance_and_a_negative_prompt(fal, fal_server):
+    result = fal.run("fal-ai/flux-2/klein/4b/base", arguments={
+        "prompt": "base", "image_size": SMALL, "num_inference_steps": 4, "guidance_scale": 2.5,
+        "negative_prompt": "blurry"})  # fmt: skip
+    assert fetch(fal_server, result["images"][0]["url"]).size == (64, 64)
+    with pytest.raises(fal.FalClientHTTPError) as distilled:
+        fal.run(ENDPOINT, arguments={"prompt": "x", "image_size": SMALL, "guidance_scale": 2.5})
+    assert distilled.value.status_code == 422 and "guidance_scale" in str(distilled.value)
+
+
+def test_status_stream_sends_server_sent_events_until_completed(fal, fal_server):
+    handle = fal.submit(ENDPOINT, arguments={"prompt": "streamed", "image_size": "square"})
+    events = []
+    with httpx.stream("GET", handle.status_url + "/stream?logs=1", verify=fal_server.ssl_context(),
+                      headers={"Authorization": "Key x"}, timeout=60) as response:  # fmt: skip
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: ") :]))
+    statuses = [event["status"] for event in events]
+    assert statuses[-1] == "COMPLETED" and "IN_PROGRESS" in statuses
+    assert any(log["message"] == "step 4/4" for log in events[-1]["logs"])
+    assert handle.get()["images"]
