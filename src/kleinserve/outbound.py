@@ -169,8 +169,9 @@ class Outbound:
         if refused or not addresses:
             raise InvalidRequest(
                 field,
-                f"{_where(host, refused)} a loopback, private, link-local or otherwise internal address; the "
-                "server does not connect to those (an operator can allow a network with --allow-private-network)",
+                f"{_where(host, refused)} a loopback, private, link-local or otherwise internal address; "
+                "the server does not connect to those (an operator can allow a network with "
+                "--allow-private-network)",
             )
         return addresses[0]
 

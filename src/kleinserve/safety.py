@@ -81,14 +81,12 @@ def locate_safety_model(settings: Settings) -> Path:
 
 
 def _from_hub(repo_id: str, allow_download: bool) -> Path:
-    import huggingface_hub
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = not allow_download or huggingface_hub.constants.HF_HUB_OFFLINE
+    offline = not allow_download or constants.HF_HUB_OFFLINE
     try:
-        path = huggingface_hub.snapshot_download(
-            repo_id, allow_patterns=CLASSIFIER_FILES, local_files_only=offline
-        )
+        path = snapshot_download(repo_id, allow_patterns=CLASSIFIER_FILES, local_files_only=offline)
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         raise SafetyModelUnavailable(
             f"the safety classifier {repo_id} is not "

@@ -235,9 +235,8 @@ class ImageService:
         model = served.spec.id
         job = Job(new_job_id(), model, {**params, **_describe(request), "output_format": output.format})
         future = batcher.submit(job.id, request)  # raises QueueFull before anything is recorded
-        job.logs.append(
-            {"timestamp": time.time(), "level": "INFO", "message": f"queued behind {batcher.depth - 1} job(s)"}
-        )
+        queued = f"queued behind {batcher.depth - 1} job(s)"
+        job.logs.append({"timestamp": time.time(), "level": "INFO", "message": queued})
         await self.jobs.add(job)
         task = asyncio.create_task(self._complete(job, future, request, output), name=f"job-{job.id}")
         self._active[job.id] = task

@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router(service))
     app.include_router(system.router(service))
     app.include_router(files.router(service))
-    app.include_router(fal.router(service))  # last: its sync route takes any POST /fal-ai/...
+    app.include_router(fal.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     return app

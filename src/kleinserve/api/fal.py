@@ -92,8 +92,9 @@ def router(service: ImageService) -> APIRouter:
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
         return JSONResponse({"status": "CANCELLATION_REQUESTED"})
 
-    @routes.post("/{endpoint:path}")
-    async def run(endpoint: str, request: Request) -> JSONResponse:
+    @routes.post("/fal-ai/{path:path}")
+    async def run(path: str, request: Request) -> JSONResponse:
+        endpoint = f"fal-ai/{path}"
         served, generation, options, _ = await _parse(service, request, endpoint, queued=False)
         request.state.model = served.spec.id  # per-model latency stats
         generated = await service.generate(served, generation, options, _params(endpoint, options, None))
