@@ -76,7 +76,13 @@ def test_subscribe_reports_queue_updates_and_step_logs(fal, fal_server):
     assert any(isinstance(update, fal.InProgress) for update in updates)
 
 
+def succeeded_4b_jobs(server) -> int:
+    stats = httpx.get(server.url + "/v1/stats", verify=server.ssl_context()).json()
+    return stats["models"].get("flux.2-klein-4b", {}).get("succeeded", 0)
+
+
 def test_submit_then_status_and_result_also_rebuilt_from_the_app_id(fal, fal_server):
+    counted_before = succeeded_4b_jobs(fal_server)
     handle = fal.submit(ENDPOINT, arguments={"prompt": "queued", "image_size": SMALL, "seed": 5})
     assert handle.status_url.endswith(f"/queue/fal-ai/flux-2/requests/{handle.request_id}/status")
     events = list(handle.iter_events(with_logs=True, interval=0.05))
@@ -87,6 +93,7 @@ def test_submit_then_status_and_result_also_rebuilt_from_the_app_id(fal, fal_ser
     status = fal.status(ENDPOINT + "/edit", handle.request_id, with_logs=True)
     assert isinstance(status, fal.Completed) and status.logs[-1]["message"] == "succeeded"
     assert fal.result(ENDPOINT, handle.request_id) == result
+    assert succeeded_4b_jobs(fal_server) == counted_before + 1  # queue jobs count in /v1/stats too
 
 
 def test_a_queued_job_reports_its_position_and_a_cancelled_one_never_runs(fal, fal_server):

@@ -228,9 +228,11 @@ class ImageService:
         params: dict,
         *,
         on_finish: FinishCallback | None = None,
+        detached: bool = False,
     ) -> Job:
         """Record a job and queue it; it runs in the background. `on_finish(job_id)` is awaited once the
-        job has ended (succeeded, failed or cancelled) and its record is final."""
+        job has ended (succeeded, failed or cancelled) and its record is final. A detached job (a queue
+        submission) has no HTTP request waiting on it, so its latency is measured here instead."""
         batcher = self.ready_batcher(served)
         model = served.spec.id
         job = Job(new_job_id(), model, {**params, **_describe(request), "output_format": output.format})
@@ -240,7 +242,8 @@ class ImageService:
         await self.jobs.add(job)
         task = asyncio.create_task(self._complete(job, future, request, output), name=f"job-{job.id}")
         self._active[job.id] = task
-        task.add_done_callback(partial(self._job_ended, job.id, on_finish))
+        measured = (served.spec.id, time.monotonic()) if detached else None
+        task.add_done_callback(partial(self._job_ended, job.id, on_finish, measured))
         return job
 
     async def generate(
@@ -301,12 +304,17 @@ class ImageService:
         await self._record_end(job.id, job.model, JobStatus.SUCCEEDED, result=result_record(generated))
         return generated
 
-    def _job_ended(self, job_id: str, on_finish: FinishCallback | None, task: asyncio.Task) -> None:
+    def _job_ended(self, job_id: str, on_finish: FinishCallback | None, measured, task: asyncio.Task) -> None:
         self._active.pop(job_id, None)
-        if not task.cancelled():
-            task.exception()  # retrieved here: queue jobs have no caller awaiting them
-            if on_finish is not None:
-                self._spawn(on_finish(job_id))
+        if task.cancelled():  # the server is stopping
+            return
+        error = task.exception()  # retrieved here: queue jobs have no caller awaiting them
+        if measured is not None and not isinstance(error, JobCancelled):
+            model, start = measured
+            seconds = time.monotonic() - start
+            self.metrics.observe_generation_request(model, seconds, seconds, 500 if error else 200)
+        if on_finish is not None:
+            self._spawn(on_finish(job_id))
 
     async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
         """Flag unsafe images (and black them out in place) when the request asks for the checker."""

@@ -60,7 +60,7 @@ def router(service: ImageService) -> APIRouter:
         base = str(request.base_url)
         on_finish = _webhook_sender(service, webhook, base) if webhook else None
         params = _params(endpoint, options, webhook)
-        job = await service.submit(served, generation, options, params, on_finish=on_finish)
+        job = await service.submit(served, generation, options, params, on_finish=on_finish, detached=True)
         urls = _request_urls(request, endpoint, job.id)
         body = {"request_id": job.id, **urls, "queue_position": service.queue_position(job) or 0}
         return JSONResponse(body, headers=_headers(served, job.id))
