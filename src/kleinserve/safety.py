@@ -41,7 +41,8 @@ class ClassifierSafetyChecker:
         self.threshold = threshold
         self.unsafe = unsafe_label_ids(directory)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.processor = AutoImageProcessor.from_pretrained(directory)
+        # The PIL backend: images arrive as uint8 arrays on the CPU, and it needs no torchvision.
+        self.processor = AutoImageProcessor.from_pretrained(directory, backend="pil")
         self.model = AutoModelForImageClassification.from_pretrained(directory).to(self.device).eval()
 
     def scores(self, images: list[np.ndarray]) -> list[float]:
