@@ -183,6 +183,23 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--batch-wait-ms", type=float)
     serve.add_argument("--max-queue-depth", type=int)
     serve.add_argument("--max-request-bytes", type=int)
+    serve.add_argument(
+        "--prompt-cache-size", type=int, help="prompt embeddings kept per model (default 16; 0 off)"
+    )
+    serve.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="regional torch.compile of the transformer blocks (default: on for CUDA, off for CPU)",
+    )
+    serve.add_argument("--attention-backend", help="diffusers attention backend, e.g. _native_cudnn, flash")
+    serve.add_argument(
+        "--warmup-size",
+        action="append",
+        dest="warmup_sizes",
+        metavar="WxH",
+        help="generate once at start-up at this size (repeatable)",
+    )
     serve.add_argument("--device")
     serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
     serve.add_argument("--no-download", dest="allow_download", action="store_false", default=None)
@@ -222,7 +239,7 @@ def _add_safety_and_outbound_options(serve) -> None:
 SERVE_SETTINGS = (
     "models", "demo", "host", "port", "data_dir", "public_base_url", "api_keys", "ssl_certfile",
     "ssl_keyfile", "retention_hours", "rate_limit_per_minute", "max_batch_images", "batch_wait_ms",
-    "max_queue_depth",
+    "max_queue_depth", "prompt_cache_size", "compile", "attention_backend", "warmup_sizes",
     "max_request_bytes", "device", "dtype", "allow_download", "warmup", "safety_checker", "safety_model",
     "safety_threshold", "safety_check_openai", "allowed_private_networks", "image_fetch_timeout_s",
     "webhook_attempts", "webhook_retry_base_s",
@@ -236,6 +253,7 @@ def serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from kleinserve.api.app import create_app
+    from kleinserve.engine.optimize import check_attention_backend
     from kleinserve.engine.warmup import check_weights
     from kleinserve.outbound import check_networks
     from kleinserve.safety import locate_safety_model
@@ -254,9 +272,13 @@ def serve(args: argparse.Namespace) -> int:
     for spec, demo in served_specs(settings):
         if not demo:
             check_weights(spec, settings)
+    check_networks(settings.allowed_private_networks)
+    for size in settings.warmup_sizes:
+        parse_size(size, "--warmup-size")
+    if settings.attention_backend:
+        check_attention_backend(settings.attention_backend)
     if settings.safety_checker:
         locate_safety_model(settings)
-    check_networks(settings.allowed_private_networks)
     app = create_app(settings)
     uvicorn.run(
         app,

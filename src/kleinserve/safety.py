@@ -37,13 +37,16 @@ class ClassifierSafetyChecker:
         import torch
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+        from kleinserve.engine.loading import quiet_libraries
+
         self.source = directory
         self.threshold = threshold
         self.unsafe = unsafe_label_ids(directory)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         # The PIL backend: images arrive as uint8 arrays on the CPU, and it needs no torchvision.
         self.processor = AutoImageProcessor.from_pretrained(directory, backend="pil")
-        self.model = AutoModelForImageClassification.from_pretrained(directory).to(self.device).eval()
+        with quiet_libraries():
+            self.model = AutoModelForImageClassification.from_pretrained(directory).to(self.device).eval()
 
     def scores(self, images: list[np.ndarray]) -> list[float]:
         """Probability that each HxWx3 uint8 image is unsafe."""
@@ -121,6 +124,8 @@ def write_tiny_classifier(directory: Path, seed: int = 0) -> None:
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
+    from kleinserve.engine.loading import quiet_libraries
+
     config = ViTConfig(
         image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
         intermediate_size=64, id2label={0: "normal", 1: "nsfw"}, label2id={"normal": 0, "nsfw": 1},
@@ -130,7 +135,9 @@ def write_tiny_classifier(directory: Path, seed: int = 0) -> None:
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([4.0, -4.0]))
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    ViTImageProcessor(
-        size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
-    ).save_pretrained(directory)
+    with quiet_libraries():  # no progress bars, no "torchvision not installed" note
+        model.save_pretrained(directory)
+        processor = ViTImageProcessor(
+            size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+        processor.save_pretrained(directory)

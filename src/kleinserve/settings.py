@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     max_batch_images: int = 8
     batch_wait_ms: float = 10.0  # how long a lone request waits for compatible company
     max_queue_depth: int = 64  # queued jobs per model before new work gets 503
+    prompt_cache_size: int = Field(16, ge=0)  # prompt embeddings kept per model (0: off); 7.5 MiB each for 4B
+    # Speed levers (engine/optimize.py). compile None: on for CUDA, off for CPU. attention_backend None:
+    # PyTorch SDPA picks. warmup_sizes empty: 256x256, or the common sizes when compiling.
+    compile: bool | None = None
+    attention_backend: str | None = None
+    warmup_sizes: Annotated[tuple[str, ...], NoDecode] = ()
 
     stats_window_seconds: float = 3600.0
 
@@ -65,7 +71,7 @@ class Settings(BaseSettings):
     webhook_retry_base_s: float = Field(1.0, ge=0)  # waits base, 2*base, 4*base, ... between attempts
     webhook_timeout_s: float = Field(10.0, gt=0)
 
-    @field_validator("models", "api_keys", "allowed_private_networks", mode="before")
+    @field_validator("models", "api_keys", "allowed_private_networks", "warmup_sizes", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):  # KLEINSERVE_API_KEYS=a,b

@@ -24,6 +24,7 @@ from kleinserve.engine.loading import (
     locate_checkpoint,
     resolve_dtype,
 )
+from kleinserve.engine.optimize import Optimizations, apply_optimizations
 from kleinserve.engine.references import encode_references, reference_layout
 from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
 from kleinserve.engine.text import PromptEncoder, text_position_ids
@@ -45,11 +46,14 @@ ProgressCallback = Callable[[StepProgress], None]
 
 
 class Engine:
-    def __init__(self, spec: ModelSpec, components: Components, max_batch_images: int = 8):
+    def __init__(
+        self, spec: ModelSpec, components: Components, max_batch_images: int = 8, prompt_cache_size: int = 0
+    ):
         self.spec = spec
         self.components = components
         self.max_batch_images = max_batch_images
-        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder)
+        self.optimizations = Optimizations()  # none: the reference path
+        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, prompt_cache_size)
         self.codec = LatentCodec(components.vae)
         self.denoiser = Denoiser(components.transformer)
 
@@ -62,12 +66,18 @@ class Engine:
         dtype: str | torch.dtype | None = None,
         allow_download: bool = True,
         max_batch_images: int = 8,
+        prompt_cache_size: int = 0,
+        optimizations: Optimizations | None = None,
     ) -> Engine:
         device = torch.device(device) if device is not None else default_device()
         checkpoint = locate_checkpoint(spec, allow_download=allow_download)
         variant = require_variant(spec, checkpoint)
         components = load_components(checkpoint, variant, device, resolve_dtype(dtype, device))
-        return cls(spec, components, max_batch_images=max_batch_images)
+        if optimizations is not None:
+            apply_optimizations(components.transformer, optimizations)
+        engine = cls(spec, components, max_batch_images=max_batch_images, prompt_cache_size=prompt_cache_size)
+        engine.optimizations = optimizations or engine.optimizations
+        return engine
 
     @property
     def device(self) -> torch.device:

@@ -1,6 +1,12 @@
-"""Prompt encoding: Qwen3 chat template -> 512 tokens -> hidden states of layers 9, 18, 27, side by side."""
+"""Prompt encoding: Qwen3 chat template -> 512 tokens -> hidden states of layers 9, 18, 27, side by side.
+
+Embeddings of recent prompts are kept (an LRU cache of `cache_size` prompts, on the encoder's device), so a
+repeated prompt skips the text encoder. One entry is 512 x 3 x hidden values: 7.5 MiB for 4B in bf16.
+"""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 
@@ -9,9 +15,11 @@ MAX_TOKENS = 512
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer, text_encoder: torch.nn.Module):
+    def __init__(self, tokenizer, text_encoder: torch.nn.Module, cache_size: int = 0):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def tokenize(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         text = self.tokenizer.apply_chat_template(
@@ -25,9 +33,23 @@ class PromptEncoder:
         )
         return tokens["input_ids"], tokens["attention_mask"]
 
-    @torch.inference_mode()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """(len(prompts), 512, 3 * hidden) in the text encoder's dtype, on its device."""
+        if not self.cache_size:
+            return self._encode(prompts)
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            for prompt, embeds in zip(missing, self._encode(missing), strict=True):
+                self._cache[prompt] = embeds.clone()  # not a view pinning the whole batch
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+        result = torch.stack([self._cache[p] for p in prompts])
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return result
+
+    @torch.inference_mode()
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
         ids, masks = zip(*(self.tokenize(p) for p in prompts), strict=True)
         device = next(self.text_encoder.parameters()).device
         output = self.text_encoder(
