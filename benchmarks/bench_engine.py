@@ -28,23 +28,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kleinserve.engine.optimize import Optimizations, apply_optimizations
+
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    checkpoint = prepare_checkpoint(args)
+    checkpoint = None if args.full else prepare_checkpoint(args)
     engine, pipe = load_both(args, checkpoint)
+    shapes = [(size, batch, refs) for size in args.sizes for batch in args.batches for refs in args.refs]
+    # Stock diffusers first: with --full the two share modules, and the levers must not touch its run.
+    stock = [time_diffusers(args, engine, pipe, shape) for shape in shapes]
+    optimizations = Optimizations.for_device(
+        engine.device, args.compile, attention_backend=args.attention_backend
+    )
+    apply_optimizations(engine.components.transformer, optimizations)
+    engine.optimizations = optimizations
     cases = []
-    for size in args.sizes:
-        for batch in args.batches:
-            for refs in args.refs:
-                cases.append(run_case(args, engine, pipe, size, batch, refs))
-                print(json.dumps(cases[-1]), flush=True)
+    for shape, baseline in zip(shapes, stock, strict=True):
+        cases.append(time_kleinserve(args, engine, shape, baseline))
+        print(json.dumps(cases[-1]), flush=True)
     report = {
         **environment(engine.device),
         "command": "python "
         + shlex.join(sys.argv if argv is None else ["benchmarks/bench_engine.py", *argv]),
-        "checkpoint": "tiny random weights" if args.tiny else str(checkpoint),
-        "cold_start_s": cold_start(args, checkpoint) if args.cold_start else None,
+        "checkpoint": "random weights, full size"
+        if args.full
+        else "tiny random weights"
+        if args.tiny
+        else str(checkpoint),
+        "cold_start_s": cold_start(args, checkpoint) if args.cold_start and checkpoint else None,
         "cases": cases,
     }
     if args.output:
@@ -60,6 +72,7 @@ def parse_args(argv):
         "--tiny", action="store_true", help="the tiny random checkpoint (built in a temp dir)"
     )
     source.add_argument("--checkpoint", type=Path, help="a FLUX.2 [klein] checkpoint directory")
+    source.add_argument("--full", choices=["4b", "9b"], help="full-size random weights built on the device")
     parser.add_argument(
         "--model", help="the registry id the checkpoint is (default flux.2-klein-4b, or -9b-kv)"
     )
@@ -100,33 +113,34 @@ def prepare_checkpoint(args) -> Path:
     return write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="kleinserve-bench-")) / "tiny", variant)
 
 
-def load_both(args, checkpoint: Path):
+def load_both(args, checkpoint: Path | None):
     from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline
 
     from kleinserve.engine import Engine
     from kleinserve.engine.loading import default_device, resolve_dtype
-    from kleinserve.engine.optimize import Optimizations
     from kleinserve.models import resolve_model, with_local_path
 
-    spec = with_local_path(
-        resolve_model(args.model or ("flux.2-klein-9b-kv" if args.kv else "flux.2-klein-4b")), checkpoint
-    )
     device = torch.device(args.device) if args.device else default_device()
-    optimizations = Optimizations.for_device(device, args.compile, attention_backend=args.attention_backend)
-    engine = Engine.load(spec, device=device, dtype=args.dtype, optimizations=optimizations,
-                         prompt_cache_size=args.prompt_cache)  # fmt: skip
-    dtype = resolve_dtype(args.dtype, engine.device)
-    pipeline_class = Flux2KleinKVPipeline if args.kv else Flux2KleinPipeline
-    pipe = pipeline_class.from_pretrained(checkpoint, dtype=dtype).to(engine.device)
-    pipe.set_progress_bar_config(disable=True)
+    dtype = resolve_dtype(args.dtype, device)
+    if args.full:
+        import full_size
+
+        engine, pipe = full_size.build(args.full, device, dtype, kv=args.kv)
+    else:
+        name = args.model or ("flux.2-klein-9b-kv" if args.kv else "flux.2-klein-4b")
+        engine = Engine.load(with_local_path(resolve_model(name), checkpoint), device=device, dtype=dtype)
+        pipeline_class = Flux2KleinKVPipeline if args.kv else Flux2KleinPipeline
+        pipe = pipeline_class.from_pretrained(checkpoint, dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
+    engine.prompts.cache_size = args.prompt_cache
     return engine, pipe
 
 
-def run_case(args, engine, pipe, size: int, batch: int, refs: int) -> dict:
+def requests_for(engine, args, size: int, batch: int, refs: int) -> list:
     from kleinserve.request import build_request
 
     references = [_picture(args.ref_size, seed=i) for i in range(refs)]
-    requests = [
+    return [
         build_request(
             engine.spec,
             prompt=f"benchmark prompt {i}",
@@ -138,14 +152,30 @@ def run_case(args, engine, pipe, size: int, batch: int, refs: int) -> dict:
         )
         for i in range(batch)
     ]
+
+
+def time_diffusers(args, engine, pipe, shape) -> dict:
+    requests = requests_for(engine, args, *shape)
     reset_peak_memory(engine.device)
-    diffusers_runs = timed(lambda: run_diffusers(pipe, requests, "pil"), args.runs, engine.device)
-    ours_runs, stages = [], []
+    runs = timed(lambda: run_diffusers(pipe, requests, "pil"), args.runs, engine.device)
+    return {
+        "ms": 1000 * statistics.median(runs),
+        "peak_mem_gb": peak_memory_gb(engine.device),
+        "first_image": run_diffusers(pipe, requests[:1], "np")[0],
+    }
+
+
+def time_kleinserve(args, engine, shape, baseline: dict) -> dict:
+    size, batch, refs = shape
+    requests = requests_for(engine, args, *shape)
+    reset_peak_memory(engine.device)
+    seconds, stages = [], []
     for _ in range(args.runs + 1):  # the first is the warm-up
-        seconds, timings = run_kleinserve(engine, requests)
-        ours_runs.append(seconds)
+        elapsed, timings = run_kleinserve(engine, requests)
+        seconds.append(elapsed)
         stages.append(timings)
-    kleinserve_s = statistics.median(ours_runs[1:])
+    kleinserve_s = statistics.median(seconds[1:])
+    ours = engine.generate(requests[:1], output="float")[0].images[0]
     return {
         "arch": engine.spec.id + (" (tiny)" if args.tiny else ""),
         "levers": engine.optimizations.describe() + f", prompt_cache={args.prompt_cache}",
@@ -156,13 +186,14 @@ def run_case(args, engine, pipe, size: int, batch: int, refs: int) -> dict:
         "refs": refs,
         "kv": bool(args.kv),
         "precision": str(engine.components.dtype).removeprefix("torch."),
-        "diffusers_ms": round(1000 * statistics.median(diffusers_runs), 2),
+        "diffusers_ms": round(baseline["ms"], 2),
         "kleinserve_ms": round(1000 * kleinserve_s, 2),
-        "speedup": round(statistics.median(diffusers_runs) / kleinserve_s, 3),
+        "speedup": round(baseline["ms"] / 1000 / kleinserve_s, 3),
         "stages_ms": {k: round(1000 * statistics.median(s[k] for s in stages[1:]), 2) for k in stages[1]},
         "images_per_s": round(batch / kleinserve_s, 3),
         "peak_mem_gb": peak_memory_gb(engine.device),
-        "max_abs_diff_vs_diffusers": agreement(engine, pipe, requests[0]),
+        "diffusers_peak_mem_gb": baseline["peak_mem_gb"],
+        "max_abs_diff_vs_diffusers": float(np.abs(ours.astype(np.float64) - baseline["first_image"]).max()),
     }
 
 
@@ -191,12 +222,6 @@ def run_kleinserve(engine, requests) -> tuple[float, dict[str, float]]:
             encode_image(image, "png")
     end = time.perf_counter()
     return end - start, {**results[0].timings, "encode": end - encode_start}
-
-
-def agreement(engine, pipe, request) -> float:
-    ours = engine.generate([request], output="float")[0].images[0]
-    theirs = run_diffusers(pipe, [request], "np")[0]
-    return float(np.abs(ours.astype(np.float64) - theirs.astype(np.float64)).max())
 
 
 def timed(function, runs: int, device: torch.device) -> list[float]:

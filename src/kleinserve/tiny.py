@@ -59,7 +59,7 @@ def write_tiny_checkpoint(directory: Path | str, variant: Variant = Variant.DIST
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    tokenizer = _tokenizer()
+    tokenizer = byte_tokenizer()
     tokenizer.save_pretrained(directory / "tokenizer")
     with quiet_libraries():
         _text_encoder(len(tokenizer)).save_pretrained(directory / "text_encoder")
@@ -86,7 +86,7 @@ def _model_index(variant: Variant) -> dict:
     return index
 
 
-def _tokenizer():
+def byte_tokenizer():
     """A byte-level BPE Qwen2 tokenizer: 256 byte symbols, a few merges, Qwen's special tokens."""
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import Qwen2Tokenizer
