@@ -46,3 +46,11 @@ def test_compiling_warms_the_common_sizes(tmp_path):
     assert (1024, 1024) in warmup_sizes(compiled, optimizations_for(compiled))
     chosen = Settings(data_dir=tmp_path, device="cpu", warmup_sizes=("512x384",), safety_checker=False)
     assert warmup_sizes(chosen, optimizations_for(chosen)) == [(512, 384)]
+
+
+def test_an_attention_backend_stays_on_its_own_model(checkpoints, engine):
+    """diffusers' set_attention_backend also sets a process-wide default; another model must not change."""
+    before = image(engine)
+    Engine.load(resolve_model(str(engine.spec.source)), device="cpu",
+                optimizations=Optimizations(attention_backend="_native_math"))  # fmt: skip
+    assert np.array_equal(image(engine), before)

@@ -42,11 +42,23 @@ class Optimizations:
 
 def apply_optimizations(transformer: torch.nn.Module, options: Optimizations) -> None:
     if options.attention_backend:
-        transformer.set_attention_backend(check_attention_backend(options.attention_backend))
+        set_attention_backend(transformer, check_attention_backend(options.attention_backend))
     if options.compile:
         if options.compile_cache_dir is not None:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(options.compile_cache_dir))
         transformer.compile_repeated_blocks(fullgraph=True)
+
+
+def set_attention_backend(transformer: torch.nn.Module, name: str) -> None:
+    """On this model's attention processors only. diffusers' set_attention_backend also changes the
+    process-wide default, which would switch every other model (and stock pipelines) with it."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    default = _AttentionBackendRegistry._active_backend
+    try:
+        transformer.set_attention_backend(name)
+    finally:
+        _AttentionBackendRegistry.set_active_backend(default)
 
 
 def check_attention_backend(name: str) -> str:
