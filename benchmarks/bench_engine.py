@@ -100,7 +100,10 @@ def parse_args(argv):
     )
     parser.add_argument("--cold-start", action="store_true", help="also time process start to first image")
     parser.add_argument("--output", help="write the JSON report here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.kv and args.full == "4b":
+        parser.error("--kv: the KV variant is 9B only; use --full 9b --kv")
+    return args
 
 
 def prepare_checkpoint(args) -> Path:
