@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from kleinserve.api.errors import ApiError, invalid
+from kleinserve.api.json_body import json_object
 from kleinserve.errors import InvalidRequest, UnknownModel
 from kleinserve.imaging import data_uri
 from kleinserve.jobs import Job, JobStatus
@@ -109,7 +110,7 @@ def router(service: ImageService) -> APIRouter:
 
 async def _parse(service: ImageService, http: Request, endpoint: str, *, queued: bool):
     served, edit = _endpoint(service, endpoint)
-    fields = await _json_object(http)
+    fields = await json_object(http)
     webhook = http.query_params.get("fal_webhook") if queued else None
     if webhook is not None:
         await _check_webhook(service, webhook)
@@ -147,19 +148,6 @@ def _served_endpoints(service: ImageService) -> str:
 
 def _fal_endpoint(served: ServedModel) -> str | None:
     return next((a for a in served.spec.aliases if a.startswith(ENDPOINT_PREFIX)), None)
-
-
-async def _json_object(http: Request) -> dict:
-    body = await http.body()
-    try:
-        fields = json.loads(body) if len(body) < 2**20 else await asyncio.to_thread(json.loads, body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(fields, dict):
-        raise ApiError(
-            400, f"the body must be a JSON object, got {type(fields).__name__}", code="invalid_json"
-        )
-    return fields
 
 
 def _image_size(value: Any, edit: bool) -> tuple[int | None, int | None]:

@@ -4,7 +4,6 @@ GET /v1/models[/{id}]. Schemas in, GenerationRequest out; results back in OpenAI
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import replace
 from typing import Any
@@ -15,6 +14,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from kleinserve.api.errors import ApiError, invalid
+from kleinserve.api.json_body import json_object
 from kleinserve.errors import InvalidRequest
 from kleinserve.imaging import base64_text, data_uri, decode_image
 from kleinserve.outputs import Generated, OutputOptions
@@ -185,16 +185,7 @@ async def _json_body(request: Request) -> dict:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/"):
         raise ApiError(415, "send the request as JSON (Content-Type: application/json)")
-    body = await request.body()
-    try:
-        fields = json.loads(body) if len(body) < 2**20 else await asyncio.to_thread(json.loads, body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(fields, dict):
-        raise ApiError(
-            400, f"the body must be a JSON object, got {type(fields).__name__}", code="invalid_json"
-        )
-    return _check_fields(fields)
+    return _check_fields(await json_object(request))
 
 
 async def _multipart_body(request: Request) -> tuple[dict, list[UploadFile]]:
