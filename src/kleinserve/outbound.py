@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import socket
+from collections.abc import AsyncIterator
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -121,9 +123,14 @@ class Outbound:
 
     # --- any request -----------------------------------------------------------------------------
 
-    def request(self, method: str, url: str, field: str, **kwargs) -> _Exchange:
+    @contextlib.asynccontextmanager
+    async def request(self, method: str, url: str, field: str, **kwargs) -> AsyncIterator[httpx.Response]:
         """`async with outbound.request(...) as response`: redirects followed, every hop checked."""
-        return _Exchange(self, method, url, field, kwargs)
+        response = await self._send(method, url, field, kwargs)
+        try:
+            yield response
+        finally:
+            await response.aclose()
 
     async def _send(self, method: str, url: str, field: str, kwargs: dict) -> httpx.Response:
         client = self._http()
@@ -179,21 +186,6 @@ class Outbound:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.timeout_s)
         return self._client
-
-
-class _Exchange:
-    def __init__(self, outbound: Outbound, method: str, url: str, field: str, kwargs: dict):
-        self._args = (method, url, field, kwargs)
-        self._outbound = outbound
-        self._response: httpx.Response | None = None
-
-    async def __aenter__(self) -> httpx.Response:
-        self._response = await self._outbound._send(*self._args)
-        return self._response
-
-    async def __aexit__(self, *exc_info) -> None:
-        if self._response is not None:
-            await self._response.aclose()
 
 
 def _where(host: str, refused: list) -> str:
