@@ -191,3 +191,49 @@ def test_stats_report_what_gateways_show(client, server):
     assert stats["requests"] >= 2 and stats["rejected"] >= 1 and stats["success_rate"] == 1.0
     for key in ("generation_ms", "time_to_first_byte_ms"):
         assert 0 < stats[key]["p50"] <= stats[key]["p95"]
+
+
+def test_response_format_omitted_gives_b64_json_and_the_stored_url(client, engine):
+    raw = client.images.with_raw_response.generate(
+        prompt="a lighthouse", size="96x64", n=2, extra_body={"seed": 8}
+    )
+    result = raw.parse()
+    expected = engine_images(engine, prompt="a lighthouse", width=96, height=64, seed=8, num_images=2)
+    for item, pixels in zip(result.data, expected, strict=True):
+        inline = base64.b64decode(item.b64_json)
+        assert httpx.get(item.url).content == inline  # the same file, inline and stored
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(inline))), pixels)
+    assert raw.headers["x-request-id"] == result.model_extra["job_id"]
+    assert result.quality == "auto"
+
+
+def test_usage_counts_text_reference_and_output_tokens(client, engine):
+    prompt = "a small red boat on a calm lake at dawn"
+    text_tokens = engine.prompts.count_tokens(prompt)
+    assert 10 < text_tokens < 60  # the chat template and the prompt, no padding
+    result = client.images.generate(prompt=prompt, size="128x96", n=2, quality="high")
+    assert result.quality == "high"
+    output = 2 * (128 // 16) * (96 // 16)
+    assert result.usage.model_dump() == {
+        "input_tokens": text_tokens, "output_tokens": output, "total_tokens": text_tokens + output,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+        "output_tokens_details": {"text_tokens": 0, "image_tokens": output},
+    }  # fmt: skip
+    references = [random_image(160, 80, seed=1), random_image(64, 64, seed=2)]
+    files = [(f"r{i}.png", png_bytes(image), "image/png") for i, image in enumerate(references)]
+    edit = client.images.edit(image=files, prompt=prompt, response_format="b64_json")
+    assert edit.data[0].url is None and edit.data[0].b64_json
+    assert edit.usage.input_tokens_details.image_tokens == 10 * 5 + 4 * 4
+    assert edit.usage.output_tokens == 10 * 5  # the first reference's size
+
+
+def test_every_response_has_a_request_id(client, server):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.images.generate(prompt="x", size="100x100")
+    assert caught.value.param == "size" and caught.value.request_id.startswith("req_")
+    bad_quality = {"prompt": "x", "quality": "ultra"}
+    responses = [httpx.get(server.url + "/v1/models"), httpx.get(server.url + "/health"),
+                 httpx.post(server.url + "/v1/images/generations", json=bad_quality)]  # fmt: skip
+    for response in responses:
+        assert response.headers["x-request-id"]
+    assert response.status_code == 400 and response.json()["error"]["param"] == "quality"

@@ -20,6 +20,7 @@ from kleinserve.imaging import encode_image
 from kleinserve.jobs import Job
 from kleinserve.request import GenerationRequest
 from kleinserve.storage import CONTENT_TYPES, Store, image_key
+from kleinserve.usage import Usage
 
 INLINE_RESULTS_KEPT = 16
 
@@ -54,6 +55,7 @@ class Generated:
     seed: int
     images: list[OutputImage]
     timings: dict[str, float]
+    usage: Usage | None = None
 
     @property
     def has_nsfw_concepts(self) -> list[bool]:
@@ -124,7 +126,8 @@ class Outputs:
                     bool(item.get("nsfw")),
                 )
             )
-        return Generated(job.id, job.model, record.get("seed", 0), images, record.get("timings", {}))
+        usage = Usage(**record["usage"]) if record.get("usage") else None
+        return Generated(job.id, job.model, record.get("seed", 0), images, record.get("timings", {}), usage)
 
 
 @lru_cache(maxsize=32)
@@ -137,6 +140,7 @@ def result_record(generated: Generated) -> dict:
     return {
         "seed": generated.seed,
         "timings": generated.timings,
+        "usage": generated.usage.record() if generated.usage else None,
         "images": [
             {
                 "key": i.key,

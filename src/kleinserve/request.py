@@ -45,6 +45,7 @@ class GenerationResult:
     width: int
     height: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for the batch it ran in
+    text_tokens: int = 0  # prompt tokens the text encoder saw (+ the negative prompt's under CFG)
 
 
 def reference_resize_size(width: int, height: int) -> tuple[int, int]:

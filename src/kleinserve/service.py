@@ -30,6 +30,7 @@ from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record
 from kleinserve.request import GenerationRequest
 from kleinserve.settings import Settings
 from kleinserve.storage import LocalFile, Store
+from kleinserve.usage import request_usage
 from kleinserve.webhooks import WebhookSender
 
 if TYPE_CHECKING:
@@ -298,7 +299,8 @@ class ImageService:
         self.metrics.observe_stages(
             job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
         )
-        generated = Generated(job.id, job.model, result.seed, images, timings)
+        usage = request_usage(request, result.text_tokens)
+        generated = Generated(job.id, job.model, result.seed, images, timings, usage)
         if not output.store:
             self._outputs.hold_inline(generated)
         await self._record_end(job.id, job.model, JobStatus.SUCCEEDED, result=result_record(generated))

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from kleinserve.api.request_ids import new_request_id
 from kleinserve.batcher import QueueFull
 from kleinserve.errors import InvalidRequest, KleinserveError
 from kleinserve.outputs import ResultGone
@@ -121,7 +122,9 @@ def install_error_handlers(app) -> None:
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         message = f"internal error: {type(exc).__name__}; the server log has details"
-        return ApiError(500, message).response(request.url.path)
+        response = ApiError(500, message).response(request.url.path)
+        response.headers["x-request-id"] = new_request_id()
+        return response
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(KleinserveError, service_error)

@@ -22,13 +22,14 @@ from kleinserve.request import build_request, parse_size
 from kleinserve.service import DEMO_LABEL, ImageService, ServedModel
 
 RESPONSE_FORMATS = ("url", "b64_json")
+QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
 OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 SUPPORTED = {
     "prompt", "model", "n", "size", "response_format", "output_format", "output_compression",
-    "seed", "num_inference_steps", "guidance_scale", "negative_prompt",
+    "seed", "num_inference_steps", "guidance_scale", "negative_prompt", "quality",
 }  # fmt: skip
 # OpenAI parameters that do not change what this model does: accepted and ignored.
-IGNORED = {"quality", "style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity",
+IGNORED = {"style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity",
            "partial_images"}  # fmt: skip
 # Our internal field names -> the OpenAI parameter a user sent.
 PARAMS = {"num_images": "n", "steps": "num_inference_steps", "guidance": "guidance_scale", "width": "size",
@@ -74,12 +75,18 @@ def _served_model(service: ImageService, http: Request, fields: dict) -> ServedM
 async def _generate(
     service: ImageService, http: Request, served: ServedModel, fields: dict, *, images: list, route: str
 ):
-    options = replace(_output_options(fields), safety_check=service.settings.safety_check_openai)
+    response_format = _response_format(fields)
+    options = _output_options(fields, response_format)
+    options = replace(options, safety_check=service.settings.safety_check_openai)
+    quality = _quality(fields)
     request = _to_request(served, fields, images)
-    response_format = "url" if options.store else "b64_json"
-    params = {"dialect": "openai", "route": route, "response_format": response_format}
+    params = {"dialect": "openai", "route": route, "response_format": response_format or "url+b64_json"}
     generated = await service.generate(served, request, options, params)
-    return await _response(service, http, served, generated, options, fields.get("prompt"))
+    body = await _response_body(service, http, generated, options, response_format, fields.get("prompt"))
+    headers = {"x-request-id": generated.job_id, "x-kleinserve-job-id": generated.job_id}
+    if served.demo:
+        headers["x-kleinserve-warning"] = DEMO_LABEL
+    return JSONResponse({**body, "quality": quality, "model": served.spec.id}, headers=headers)
 
 
 def _to_request(served: ServedModel, fields: dict, images: list):
@@ -140,10 +147,24 @@ def _optional_str(fields: dict, name: str) -> str | None:
     return value
 
 
-def _output_options(fields: dict) -> OutputOptions:
-    response_format = fields.get("response_format") or "url"
-    if response_format not in RESPONSE_FORMATS:
+def _response_format(fields: dict) -> str | None:
+    """'url', 'b64_json', or None when omitted (then both: OpenAI's image models answer b64_json, clients
+    written for DALL-E read url)."""
+    response_format = fields.get("response_format")
+    if response_format is not None and response_format not in RESPONSE_FORMATS:
         raise invalid("response_format", f"must be 'url' or 'b64_json', got {response_format!r}")
+    return response_format
+
+
+def _quality(fields: dict) -> str:
+    """Accepted for compatibility and echoed: FLUX.2 [klein] has one quality (steps set the effort)."""
+    quality = fields.get("quality") or "auto"
+    if quality not in QUALITIES:
+        raise invalid("quality", f"must be one of {', '.join(QUALITIES)}, got {quality!r}")
+    return quality
+
+
+def _output_options(fields: dict, response_format: str | None) -> OutputOptions:
     fmt = fields.get("output_format") or "png"
     if not isinstance(fmt, str) or fmt.lower() not in OUTPUT_FORMATS:
         raise invalid("output_format", f"must be png, jpeg or webp, got {fmt!r}")
@@ -154,7 +175,7 @@ def _output_options(fields: dict) -> OutputOptions:
     ):
         raise invalid("output_compression", f"must be an integer from 0 to 100, got {compression!r}")
     quality = compression if fmt != "png" else None  # PNG is lossless: compression does not apply
-    return OutputOptions(format=fmt, quality=quality, store=response_format == "url")
+    return OutputOptions(format=fmt, quality=quality, store=response_format != "b64_json")
 
 
 def _check_fields(fields: dict) -> dict:
@@ -232,41 +253,40 @@ async def _decode_uploads(uploads: list[UploadFile], max_bytes: int, max_images:
     return images
 
 
-async def _response(
+async def _response_body(
     service: ImageService,
     http: Request,
-    served: ServedModel,
     generated: Generated,
     options: OutputOptions,
+    response_format: str | None,
     prompt: str,
-) -> JSONResponse:
+) -> dict:
     base_url = str(http.base_url)
     data = []
     for image in generated.images:
-        if image.key is not None:
-            item = {"url": service.file_url(image.key, base_url)}
-        elif options.store:  # flagged by the safety checker: never stored, a black image inline
-            item = {"url": await data_uri(image.data, image.content_type)}
-        else:
-            item = {"b64_json": await base64_text(image.data)}
+        item: dict[str, Any] = {}
+        if response_format in (None, "b64_json"):
+            item["b64_json"] = await base64_text(image.data)
+        if response_format in (None, "url"):  # a flagged image is never stored: a black image inline
+            item["url"] = (
+                service.file_url(image.key, base_url)
+                if image.key
+                else await data_uri(image.data, image.content_type)
+            )
         data.append({**item, "revised_prompt": prompt})
     first = generated.images[0]
-    body = {
+    return {
         "created": int(time.time()),
         "data": data,
         "background": "opaque",
         "output_format": options.format,
         "size": f"{first.width}x{first.height}",
-        "model": served.spec.id,
+        "usage": generated.usage.openai() if generated.usage else None,
         "seed": generated.seed,
         "has_nsfw_concepts": generated.has_nsfw_concepts,
         "job_id": generated.job_id,
         "timings": {stage: round(seconds, 4) for stage, seconds in generated.timings.items()},
     }
-    headers = {"x-kleinserve-job-id": generated.job_id}
-    if served.demo:
-        headers["x-kleinserve-warning"] = DEMO_LABEL
-    return JSONResponse(body, headers=headers)
 
 
 def _model_entry(served: ServedModel) -> dict:

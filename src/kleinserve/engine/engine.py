@@ -153,9 +153,22 @@ class Engine:
             chunk = images[offset : offset + request.num_images]
             offset += request.num_images
             results.append(
-                GenerationResult(chunk, request.seed, request.width, request.height, dict(timings))
+                GenerationResult(
+                    chunk,
+                    request.seed,
+                    request.width,
+                    request.height,
+                    dict(timings),
+                    self._text_tokens(request),
+                )
             )
         return results
+
+    def _text_tokens(self, request: GenerationRequest) -> int:
+        tokens = self.prompts.count_tokens(request.prompt)
+        if self.spec.uses_cfg and request.guidance > 1.0:
+            tokens += self.prompts.count_tokens(request.negative_prompt)
+        return tokens
 
     def _encode_prompts(self, requests: list[GenerationRequest]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt (and, with CFG, negative prompt) embeddings, one row per image."""

@@ -33,6 +33,10 @@ class PromptEncoder:
         )
         return tokens["input_ids"], tokens["attention_mask"]
 
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens of the prompt the text encoder attends to (chat template included, padding not)."""
+        return int(self.tokenize(prompt)[1].sum())
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """(len(prompts), 512, 3 * hidden) in the text encoder's dtype, on its device."""
         if not self.cache_size:
