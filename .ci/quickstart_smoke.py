@@ -155,7 +155,7 @@ def main() -> None:
                     fail(f"{curl}\n  {exc}", log)
         finally:
             stop(server)
-    print(f"quickstart smoke: the server started and {len(curls)} README curl example(s) answered with images")
+    print(f"quickstart smoke: the server started; {len(curls)} README curl example(s) answered with images")
 
 
 if __name__ == "__main__":
