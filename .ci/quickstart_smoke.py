@@ -41,7 +41,9 @@ def copy_tree(destination: Path) -> None:
     """Tracked and untracked-but-not-ignored files, as a fresh clone of this work tree would have."""
     names = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     ).stdout.split(b"\0")
     for name in filter(None, names):
         source = ROOT / name.decode()
@@ -143,7 +145,11 @@ def main() -> None:
         print(f"quickstart smoke: {command}  (in a fresh copy, port {port})", flush=True)
         with log.open("w") as out:
             server = subprocess.Popen(
-                ["bash", "-c", command], cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
+                ["bash", "-c", command],
+                cwd=tree,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         try:
