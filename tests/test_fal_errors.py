@@ -59,10 +59,17 @@ def test_field_errors_name_the_field(fal, image_host):
         (edit, urls("data:text/plain;base64,aGVsbG8="), FIRST, "not an image"),
         (edit, urls("data:image/png;base64," + base64.b64encode(b"nope").decode()), FIRST, "known format"),
         (edit, urls("data:image/png;base64,@@@"), FIRST, "base64"),
+        (edit, {"prompt": "x", "image_url": 5}, ["body", "image_url"], "one image URL"),
+        (edit, {"prompt": "x", "image_url": f"{url}/a.png", "image_urls": [f"{url}/a.png"]},
+         ["body", "image_url"], "not both"),
+        (edit, {"prompt": "x", "image_url": f"{url}/missing.png"}, ["body", "image_url"], "HTTP 404"),
+        (edit, {"prompt": "x", "image_url": "data:image/png;base64,@@@"}, ["body", "image_url"], "base64"),
+        (ENDPOINT, {"prompt": "x", "image_url": f"{url}/a.png"}, ["body", "image_url"], "/edit"),
     ]  # fmt: skip
     for endpoint, arguments, loc, words in cases:
         got_loc, message = field_error(fal, endpoint, arguments)
         assert got_loc == loc and words in message, (arguments, got_loc, message)
+        assert not message.startswith(f"{loc[1]}:"), f"msg repeats the field that loc names: {message}"
 
 
 def test_routing_errors(fal, fal_server):

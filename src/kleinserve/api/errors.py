@@ -47,10 +47,12 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         retry_after: int | None = None,
+        reason: str | None = None,
     ):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.reason = reason or message  # without the field name, where the error's shape names it apart
         self.param = param
         self.code = code or ERROR_CODES.get(status)
         self.retry_after = retry_after
@@ -73,9 +75,11 @@ class ApiError(Exception):
     def fal_body(self) -> tuple[int, dict]:
         if self.status == 400 and self.param:
             loc = ["body", *(int(p) if p.isdigit() else p for p in self.param.replace("]", "").split("["))]
-            detail = [{"loc": loc, "msg": self.message, "type": "value_error"}]
-            return 422, {"detail": detail, "error_type": "validation_error"}
-        return self.status, {"detail": self.message, "error_type": self.code or self.body()["error"]["type"]}
+            detail = [{"loc": loc, "msg": self.reason, "type": "value_error"}]
+            return 422, {"detail": detail, "error_type": "validation_error", "message": self.message}
+        error_type = self.code or self.body()["error"]["type"]
+        # `message` too: @fal-ai/client shows body.message (else only the HTTP status text)
+        return self.status, {"detail": self.message, "error_type": error_type, "message": self.message}
 
     def response(self, path: str = "") -> JSONResponse:
         if is_fal_path(path):
@@ -86,7 +90,7 @@ class ApiError(Exception):
 
 
 def invalid(param: str, message: str) -> ApiError:
-    return ApiError(400, f"{param}: {message}", param=param)
+    return ApiError(400, f"{param}: {message}", param=param, reason=message)
 
 
 def from_service_error(exc: KleinserveError) -> ApiError:
