@@ -4,7 +4,9 @@ import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
+import numpy as np
 import pytest
 
 from kleinserve.batcher import Batcher, JobCancelled, QueueFull
@@ -22,7 +24,12 @@ class RecordingEngine:
         self.seconds = seconds
         self.batches: list[list[str]] = []
         self.steps_run = 0
+        self.previews_rendered = 0
         self.threads: set[str] = set()
+
+    def render(self, images: int) -> list[np.ndarray]:
+        self.previews_rendered += 1
+        return [np.full((2, 2, 3), i, np.uint8) for i in range(images)]  # image i's preview is all i
 
     def batch_key(self, request: GenerationRequest) -> tuple:
         return request.width, request.height, request.steps
@@ -34,7 +41,8 @@ class RecordingEngine:
             time.sleep(self.seconds / 4)
             self.steps_run += 1
             if on_step is not None:
-                on_step(StepProgress(tuple(range(len(requests))), step, 4))
+                images = sum(r.num_images for r in requests)
+                on_step(StepProgress(tuple(range(len(requests))), step, 4, partial(self.render, images)))
         if any(r.prompt == "boom" for r in requests):
             raise RuntimeError("out of memory")
         return [
@@ -45,13 +53,13 @@ class RecordingEngine:
 
 class Listener:
     def __init__(self):
-        self.started, self.finished = [], []
+        self.started, self.finished, self.previews = [], [], []
 
     def batch_started(self, works):
         self.started.append([w.job_id for w in works])
 
-    def batch_step(self, works, step, total):
-        pass
+    def batch_step(self, works, step, total, previews):
+        self.previews.append({job: [int(p[0, 0, 0]) for p in pictures] for job, pictures in previews.items()})
 
     def batch_finished(self, works, timings):
         self.finished.append([w.job_id for w in works])
@@ -63,9 +71,10 @@ def request(prompt: str, size: int = 64, n: int = 1) -> GenerationRequest:
 
 async def run_batcher(engine, calls, **options):
     """Start a batcher, let `calls(batcher)` submit work, and return what it yields."""
+    listener = options.pop("listener", None) or Listener()
     settings = {"max_batch_images": 4, "max_wait_s": 0.05, "max_queue_depth": 16, **options}
     with ThreadPoolExecutor(1, thread_name_prefix="gpu") as gpu:
-        batcher = Batcher(engine, gpu, Listener(), **settings)
+        batcher = Batcher(engine, gpu, listener, **settings)
         task = asyncio.create_task(batcher.run())
         try:
             return await calls(batcher)
@@ -191,3 +200,22 @@ def test_an_engine_failure_fails_its_batch_only():
         return await batcher.submit("y", request("fine"))
 
     assert asyncio.run(run_batcher(engine, calls)).images == ["fine"]
+
+
+def test_step_previews_reach_only_the_jobs_that_asked_for_them():
+    engine, listener = RecordingEngine(seconds=0), Listener()
+
+    async def calls(batcher):
+        futures = [
+            batcher.submit("a", request("a", n=2), previews=True),  # images 0, 1
+            batcher.submit("b", request("b")),  # image 2
+            batcher.submit("c", request("c"), previews=True),  # image 3
+        ]
+        await asyncio.gather(*futures)
+        await batcher.submit("d", request("d"))  # nobody asks: none rendered
+        await asyncio.sleep(0.05)
+
+    asyncio.run(run_batcher(engine, calls, listener=listener))
+    assert engine.batches == [["a", "b", "c"], ["d"]]
+    assert listener.previews == [{"a": [0, 1], "c": [3]}] * 4 + [{}] * 4
+    assert engine.previews_rendered == 4  # rendered only for the batch with jobs that asked

@@ -46,13 +46,16 @@ class Work:
     future: asyncio.Future[GenerationResult]
     enqueued_at: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # read by the engine thread at each step boundary
+    wants_previews: bool = False  # step previews of its images are computed for it (a progress stream)
 
 
 class BatchListener(Protocol):
     """Told what happens to queued work; every call arrives on the event loop."""
 
     def batch_started(self, works: list[Work]) -> None: ...
-    def batch_step(self, works: list[Work], step: int, total: int) -> None: ...
+    def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
+        """`previews`: job id -> its images' step previews (HxWx3 uint8), for the works that want them."""
+
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None: ...
 
 
@@ -83,12 +86,13 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, job_id: str, request: GenerationRequest) -> asyncio.Future[GenerationResult]:
+    def submit(
+        self, job_id: str, request: GenerationRequest, *, previews: bool = False
+    ) -> asyncio.Future[GenerationResult]:
         if len(self._queue) >= self.max_queue_depth:
             raise QueueFull(self.model, len(self._queue), self.retry_after())
-        work = Work(
-            job_id, request, self.engine.batch_key(request), asyncio.get_running_loop().create_future()
-        )
+        future = asyncio.get_running_loop().create_future()
+        work = Work(job_id, request, self.engine.batch_key(request), future, wants_previews=previews)
         self._queue.append(work)
         self._arrived.set()
         return work.future
@@ -154,7 +158,10 @@ class Batcher:
         def on_step(progress: StepProgress) -> None:  # on the engine thread
             if all(work.cancelled for work in batch):
                 raise _BatchCancelled
-            loop.call_soon_threadsafe(self._listener.batch_step, batch, progress.step, progress.total_steps)
+            previews = _previews_by_job(batch, progress) if any(w.wants_previews for w in batch) else {}
+            loop.call_soon_threadsafe(
+                self._listener.batch_step, batch, progress.step, progress.total_steps, previews
+            )
 
         requests = [work.request for work in batch]
         start = time.monotonic()
@@ -177,3 +184,14 @@ class Batcher:
         for work, result in zip(batch, results, strict=True):
             if not work.future.done():
                 work.future.set_result(result)
+
+
+def _previews_by_job(batch: list[Work], progress: StepProgress) -> dict[str, list]:
+    """The batch's previews (one per image, in request order) split among the works that want them."""
+    pictures, offset, by_job = progress.previews(), 0, {}
+    for index in progress.request_indices:
+        work = batch[index]
+        if work.wants_previews:
+            by_job[work.job_id] = pictures[offset : offset + work.request.num_images]
+        offset += work.request.num_images
+    return by_job

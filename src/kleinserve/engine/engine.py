@@ -11,9 +11,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from typing import Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -25,6 +26,7 @@ from kleinserve.engine.loading import (
     resolve_dtype,
 )
 from kleinserve.engine.optimize import Optimizations, apply_optimizations
+from kleinserve.engine.previews import LatentPreviewer
 from kleinserve.engine.references import encode_references, reference_layout
 from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
 from kleinserve.engine.text import PromptEncoder, text_position_ids
@@ -40,6 +42,9 @@ class StepProgress:
     request_indices: tuple[int, ...]  # positions in the list given to generate()
     step: int  # 1-based, after the step finished
     total_steps: int
+    # Small RGB pictures of the current estimate, one per image of the batch in request order; computed
+    # only when called, and only valid during the callback (on the engine thread).
+    previews: Callable[[], list[np.ndarray]]
 
 
 ProgressCallback = Callable[[StepProgress], None]
@@ -78,6 +83,11 @@ class Engine:
         engine = cls(spec, components, max_batch_images=max_batch_images, prompt_cache_size=prompt_cache_size)
         engine.optimizations = optimizations or engine.optimizations
         return engine
+
+    @cached_property
+    def previewer(self) -> LatentPreviewer:
+        """Fitted on first use (the server's warm-up), on the engine thread."""
+        return LatentPreviewer.fit(self.codec)
 
     @property
     def device(self) -> torch.device:
@@ -144,8 +154,14 @@ class Engine:
             reference_ids=reference_ids,
             kv_cache_references=self.components.variant is Variant.KV,
         )
+        step_callback = None
+        if on_step is not None:
+
+            def step_callback(step: int, total: int, denoised) -> None:
+                on_step(step, total, lambda: self.previewer.render(denoised(), height, width))
+
         with self._stage(timings, "denoise"):
-            latents = self.denoiser.run(batch, on_step)
+            latents = self.denoiser.run(batch, step_callback)
         with self._stage(timings, "decode"):
             images = _to_output(self.codec.decode(unpack(latents, height, width)), output)
         results, offset = [], 0
@@ -204,8 +220,10 @@ class Engine:
         timings[name] = time.perf_counter() - start
 
 
-def _report_step(on_step: ProgressCallback, indices: tuple[int, ...], step: int, total: int) -> None:
-    on_step(StepProgress(indices, step, total))
+def _report_step(
+    on_step: ProgressCallback, indices: tuple[int, ...], step: int, total: int, previews
+) -> None:
+    on_step(StepProgress(indices, step, total, previews))
 
 
 def _to_output(pixels: torch.Tensor, output: OutputType) -> list:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -67,7 +68,14 @@ class DenoiseBatch:
         return self.negative_embeds is not None
 
 
-StepCallback = Callable[[int, int], None]
+# (step, total steps, denoised): `denoised()` computes the current estimate of the clean latents (B, N, C)
+# only when called, so a progress listener that wants no preview costs nothing.
+StepCallback = Callable[[int, int, Callable[[], torch.Tensor]], None]
+
+
+def denoised_estimate(latents: torch.Tensor, velocity: torch.Tensor, sigma) -> torch.Tensor:
+    """x0 = x_sigma - sigma * v: where the flow would land if it went straight from here."""
+    return latents.to(torch.float32) - sigma * velocity.to(torch.float32)
 
 
 class Denoiser:
@@ -91,9 +99,11 @@ class Denoiser:
                 velocity, kv_cache = self._predict_kv(batch, latents, latent_ids, timestep, kv_cache)
             else:
                 velocity = self._predict(batch, latents, latent_ids, timestep)
+            if on_step is not None:
+                denoised = partial(denoised_estimate, latents, velocity, sigmas[step])
             latents = euler_step(latents, velocity, sigmas[step], sigmas[step + 1])
             if on_step is not None:
-                on_step(step + 1, batch.steps)
+                on_step(step + 1, batch.steps, denoised)
         return latents
 
     def _predict(self, batch, latents, latent_ids, timestep) -> torch.Tensor:

@@ -72,6 +72,7 @@ def check_weights(spec: ModelSpec, settings: Settings) -> None:
 
 def warm_up(engine: Engine, sizes: list[tuple[int, int]]) -> None:
     """A generation per size, so the first user does not pay for lazy initialisation or compiling."""
+    engine.previewer  # noqa: B018 (fits the step-preview map now, not on the first streamed request)
     for width, height in sizes:
         start = time.perf_counter()
         request = build_request(engine.spec, prompt="warm-up", width=width, height=height, seed=0)
