@@ -162,6 +162,33 @@ def test_edit_with_one_data_uri_takes_its_size(fal, fal_server):
     assert fetch(fal_server, image["url"]).size == (144, 96)
 
 
+def test_edit_takes_one_image_url_as_ai_sdk_fal_sends_it(fal, fal_server):
+    reference = random_image(112, 80, seed=4)
+    result = fal.run(
+        ENDPOINT + "/edit", arguments={"prompt": "make it red", "image_url": data_uri(reference)}
+    )
+    assert fetch(fal_server, result["images"][0]["url"]).size == (112, 80)
+
+
+def test_request_id_headers_on_sync_and_queue_results(fal_server):
+    verify, headers = fal_server.ssl_context(), {"Authorization": "Key x"}
+    sync = httpx.post(
+        f"{fal_server.url}/{ENDPOINT}", json={"prompt": "h", "image_size": SMALL}, verify=verify
+    )
+    assert (
+        sync.headers["x-fal-request-id"]
+        and sync.headers["x-fal-request-id"] in sync.json()["images"][0]["url"]
+    )
+    queued = httpx.post(f"{fal_server.url}/queue/{ENDPOINT}", json={"prompt": "h", "image_size": SMALL},
+                        verify=verify, headers=headers).json()  # fmt: skip
+    deadline = time.monotonic() + 60
+    while httpx.get(queued["status_url"], verify=verify).json()["status"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    result = httpx.get(queued["response_url"], verify=verify)
+    assert result.headers["x-fal-request-id"] == queued["request_id"]
+
+
 def test_edit_with_four_urls_from_a_web_server(fal, fal_server, image_host):
     urls = [f"{image_host.url}/{name}" for name in image_host.SIZES]
     arguments = {"prompt": "combine", "image_urls": urls, "image_size": {"width": 96, "height": 64}}
@@ -216,3 +243,93 @@ def test_status_stream_sends_server_sent_events_until_completed(fal, fal_server)
     assert statuses[-1] == "COMPLETED" and "IN_PROGRESS" in statuses
     assert any(log["message"] == "step 4/4" for log in events[-1]["logs"])
     assert handle.get()["images"]
+
+
+def preview_sizes(event) -> list[tuple[int, int]]:
+    sizes = []
+    for image in event["images"]:
+        assert image["url"].startswith("data:image/jpeg;base64,") and image["content_type"] == "image/jpeg"
+        picture = fetch(None, image["url"])
+        assert picture.size == (image["width"], image["height"])
+        sizes.append(picture.size)
+    return sizes
+
+
+def test_stream_sends_a_preview_per_step_then_the_output(fal, fal_server):
+    arguments = {"prompt": "streamed", "image_size": {"width": 128, "height": 96}, "num_images": 2, "seed": 3}
+    events = list(fal.stream(ENDPOINT, arguments=arguments))
+    *progress, output = events
+    assert [e["step"] for e in progress] == [1, 2, 3, 4] and progress[-1]["progress"] == 1.0
+    assert all(e["status"] == "IN_PROGRESS" and e["num_inference_steps"] == 4 for e in progress)
+    assert all(preview_sizes(e) == [(16, 12)] * 2 for e in progress)  # 1/8 of the image, per image
+    assert progress[0]["request_id"] == progress[-1]["request_id"] and output["seed"] == 3
+    assert [fetch(fal_server, image["url"]).size for image in output["images"]] == [(128, 96)] * 2
+    again = fal.run(ENDPOINT, arguments=arguments)  # streaming changes no pixel
+    for streamed, ran in zip(output["images"], again["images"], strict=True):
+        assert np.array_equal(
+            np.asarray(fetch(fal_server, streamed["url"])), np.asarray(fetch(fal_server, ran["url"]))
+        )
+
+
+def test_stream_async_and_an_edit(fal, fal_server):
+    import asyncio
+
+    async def collect():
+        arguments = {
+            "prompt": "edit",
+            "image_urls": [data_uri(random_image(96, 64, seed=1))],
+            "sync_mode": True,
+        }
+        return [event async for event in fal.stream_async(ENDPOINT + "/edit", arguments=arguments)]
+
+    *progress, output = asyncio.run(collect())
+    assert len(progress) == 4 and preview_sizes(progress[0]) == [(12, 8)]
+    assert output["images"][0]["url"].startswith("data:image/png") and output["images"][0]["width"] == 96
+
+
+def test_stream_refuses_bad_input_before_streaming(fal_server):
+    response = httpx.post(f"{fal_server.url}/{ENDPOINT}/stream", json={"prompt": "x", "num_images": 9},
+                          verify=fal_server.ssl_context())  # fmt: skip
+    assert response.status_code == 422 and response.headers["content-type"] == "application/json"
+    assert response.json()["detail"][0]["loc"] == ["body", "num_images"]
+
+
+def test_a_client_that_hangs_up_on_a_stream_cancels_its_job(fal_server):
+    verify = fal_server.ssl_context()
+    arguments = {"prompt": "abandoned", "image_size": "square_hd", "num_inference_steps": 8}
+    with httpx.stream("POST", f"{fal_server.url}/{ENDPOINT}/stream", json=arguments, verify=verify,
+                      timeout=60) as response:  # fmt: skip
+        first = json.loads(next(line for line in response.iter_lines() if line.startswith("data: "))[6:])
+    assert first["step"] == 1
+    deadline = time.monotonic() + 30
+    while (job := httpx.get(f"{fal_server.url}/v1/jobs/{first['request_id']}", verify=verify).json())[
+        "status"
+    ] not in ("cancelled", "failed", "succeeded"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert job["status"] == "cancelled"
+    assert "step 8/8" not in [entry["message"] for entry in job["logs"]]
+
+
+def test_the_fal_proxy_routes_only_fal_targets(fal_server):
+    verify, proxy = fal_server.ssl_context(), f"{fal_server.url}/fal/proxy"
+
+    def via_proxy(method: str, target: str, **kwargs) -> httpx.Response:
+        headers = {"x-fal-target-url": target, "Authorization": "Key x"}
+        return httpx.request(method, proxy, headers=headers, verify=verify, timeout=60, **kwargs)
+
+    ran = via_proxy("POST", f"https://fal.run/{ENDPOINT}", json={"prompt": "p", "image_size": SMALL})
+    assert ran.status_code == 200 and ran.headers["x-fal-request-id"]
+    submitted = via_proxy(
+        "POST", f"https://queue.fal.run/{ENDPOINT}", json={"prompt": "q", "image_size": SMALL}
+    )
+    request_id = submitted.json()["request_id"]
+    status = via_proxy("GET", f"https://queue.fal.run/fal-ai/flux-2/requests/{request_id}/status?logs=1")
+    assert status.status_code == 200 and status.json()["request_id"] == request_id
+    for target in ("https://example.com/fal-ai/flux-2/klein/4b", "https://fal.run/v1/images/generations",
+                   "https://rest.fal.ai/storage/upload/initiate", "http://fal.run/fal-ai/flux-2/klein/4b",
+                   "https://fal.run/fal-ai/../v1/models", ""):  # fmt: skip
+        refused = via_proxy("POST", target, json={"prompt": "x"})
+        assert refused.status_code == 400 and refused.json()["error_type"] == (
+            "proxy_target_refused" if target else "invalid_request_error"
+        ), (target, refused.text)

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     from kleinserve.safety import SafetyChecker
 
 FinishCallback = Callable[[str], Awaitable[None]]
+# (step, total steps, previews): called on the event loop after each denoising step of a watched job, with
+# small HxWx3 uint8 pictures of the current estimate, one per image of the job.
+StepListener = Callable[[int, int, list[np.ndarray]], None]
 
 log = logging.getLogger("kleinserve")
 
@@ -121,6 +124,7 @@ class ImageService:
         self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-engine")
         self._tasks: list[asyncio.Task] = []
         self._active: dict[str, asyncio.Task[Generated]] = {}  # job id -> the task that completes it
+        self._step_listeners: dict[str, StepListener] = {}  # job id -> who watches its steps
         self._background: set[asyncio.Future] = set()  # fire-and-forget work (finish callbacks)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -229,35 +233,55 @@ class ImageService:
         params: dict,
         *,
         on_finish: FinishCallback | None = None,
+        on_step: StepListener | None = None,
         detached: bool = False,
     ) -> Job:
         """Record a job and queue it; it runs in the background. `on_finish(job_id)` is awaited once the
-        job has ended (succeeded, failed or cancelled) and its record is final. A detached job (a queue
-        submission) has no HTTP request waiting on it, so its latency is measured here instead."""
+        job has ended (succeeded, failed or cancelled) and its record is final; `on_step` hears each
+        denoising step, with previews. A detached job (a queue submission) has no HTTP request waiting on
+        it, so its latency is measured here instead."""
         batcher = self.ready_batcher(served)
         model = served.spec.id
         job = Job(new_job_id(), model, {**params, **_describe(request), "output_format": output.format})
-        future = batcher.submit(job.id, request)  # raises QueueFull before anything is recorded
+        future = batcher.submit(job.id, request, previews=on_step is not None)  # QueueFull: nothing recorded
         queued = f"queued behind {batcher.depth - 1} job(s)"
         job.logs.append({"timestamp": time.time(), "level": "INFO", "message": queued})
         await self.jobs.add(job)
         task = asyncio.create_task(self._complete(job, future, request, output), name=f"job-{job.id}")
         self._active[job.id] = task
+        if on_step is not None:
+            self._step_listeners[job.id] = on_step
         measured = (served.spec.id, time.monotonic()) if detached else None
         task.add_done_callback(partial(self._job_ended, job.id, on_finish, measured))
         return job
 
     async def generate(
-        self, served: ServedModel, request: GenerationRequest, output: OutputOptions, params: dict
+        self,
+        served: ServedModel,
+        request: GenerationRequest,
+        output: OutputOptions,
+        params: dict,
+        *,
+        on_step: StepListener | None = None,
     ) -> Generated:
         """Run one request as a job and return its encoded images (stored unless output.store is False)."""
-        job = await self.submit(served, request, output, params)
-        task = self._active[job.id]
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:  # the caller went away: the job stops too
-            served.batcher.cancel(job.id, "the client went away before the job finished")
-            raise
+        job = await self.submit(served, request, output, params, on_step=on_step)
+        return await self.outcome(job)
+
+    def outcome(self, job: Job) -> Awaitable[Generated]:
+        """The outcome of a job just submitted, for a caller that waits on it. If that caller goes away
+        (is cancelled), the job is cancelled too: nobody waits for it any more."""
+        task = self._active[job.id]  # taken now: the task leaves _active as soon as it ends
+        batcher = self._by_name[job.model.lower()].batcher
+
+        async def wait() -> Generated:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                batcher.cancel(job.id, "the client went away before the job finished")
+                raise
+
+        return wait()
 
     async def cancel(self, job_id: str) -> str | None:
         """ "requested" (the job ends as cancelled), "finished" (too late), or None for an unknown job."""
@@ -270,6 +294,10 @@ class ImageService:
         if not served.batcher.cancel(job_id, "cancelled at the client's request"):
             return "finished"  # its images are being encoded; it is about to succeed
         return "requested"
+
+    def step_taken(self, job_id: str, step: int, total: int, previews: list) -> None:
+        if (listener := self._step_listeners.get(job_id)) is not None:
+            listener(step, total, previews)
 
     def queue_position(self, job: Job) -> int | None:
         served = self._by_name.get(job.model.lower())
@@ -308,6 +336,7 @@ class ImageService:
 
     def _job_ended(self, job_id: str, on_finish: FinishCallback | None, measured, task: asyncio.Task) -> None:
         self._active.pop(job_id, None)
+        self._step_listeners.pop(job_id, None)
         if task.cancelled():  # the server is stopping
             return
         error = task.exception()  # retrieved here: queue jobs have no caller awaiting them
@@ -373,9 +402,11 @@ class _JobEvents:
             self._spawn(self.service.jobs.mark_running(work.job_id))
             self._spawn(self.service.jobs.log(work.job_id, f"started in a batch of {images} image(s)"))
 
-    def batch_step(self, works: list[Work], step: int, total: int) -> None:
+    def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
         for work in works:
             self._spawn(self.service.jobs.log(work.job_id, f"step {step}/{total}"))
+            if not work.future.done():
+                self.service.step_taken(work.job_id, step, total, previews.get(work.job_id, []))
 
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None:
         images = sum(w.request.num_images for w in works)

@@ -11,6 +11,7 @@ from kleinserve import __version__
 from kleinserve.api import fal, files, openai, system
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
+from kleinserve.api.fal_proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
 from kleinserve.jobs import SQLiteJobStore
@@ -48,7 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fal.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: sees every answer
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # sees every answer
+    app.add_middleware(FalProxyMiddleware)  # outermost: the others see the route a proxied call maps to
     return app
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from kleinserve.api import fal_stream
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
 from kleinserve.errors import InvalidRequest, UnknownModel
@@ -82,7 +84,8 @@ def router(service: ImageService) -> APIRouter:
     @routes.get("/queue/{app:path}/requests/{request_id}")
     async def result(app: str, request_id: str, request: Request) -> JSONResponse:
         job = await _job(service, request_id)
-        return JSONResponse(await _finished_output(service, job, str(request.base_url)))
+        output = await _finished_output(service, job, str(request.base_url))
+        return JSONResponse(output, headers={"x-fal-request-id": job.id})
 
     @routes.put("/queue/{app:path}/requests/{request_id}/cancel")
     async def cancel(app: str, request_id: str) -> JSONResponse:
@@ -92,6 +95,22 @@ def router(service: ImageService) -> APIRouter:
         if outcome == "finished":
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
         return JSONResponse({"status": "CANCELLATION_REQUESTED"})
+
+    @routes.post("/fal-ai/{path:path}/stream")
+    async def stream(path: str, request: Request) -> StreamingResponse:
+        endpoint = f"fal-ai/{path}"
+        served, generation, options, _ = await _parse(service, request, endpoint, queued=False)
+        request.state.model = served.spec.id
+        steps: asyncio.Queue = asyncio.Queue()
+        params = {**_params(endpoint, options, None), "stream": True}
+        job = await service.submit(
+            served, generation, options, params, on_step=lambda *step: steps.put_nowait(step)
+        )
+        outcome = asyncio.ensure_future(service.outcome(job))
+        output = partial(_output, service, prompt=generation.prompt, base_url=str(request.base_url))
+        events = fal_stream.events(job.id, generation.seed, steps, outcome, output)
+        return StreamingResponse(events, media_type="text/event-stream", headers={**_headers(served, job.id),
+                                 "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
     @routes.post("/fal-ai/{path:path}")
     async def run(path: str, request: Request) -> JSONResponse:
@@ -116,10 +135,11 @@ async def _parse(service: ImageService, http: Request, endpoint: str, *, queued:
         await _check_webhook(service, webhook)
     width, height = _image_size(fields.get("image_size"), edit)
     options = _output_options(fields)
-    urls = _image_urls(fields.get("image_urls"), edit, endpoint, served.spec.max_reference_images)
+    urls = _image_urls(fields, edit, endpoint, served.spec.max_reference_images)
     _precheck(served, fields, width, height)  # cheap checks before any download
+    names = ["image_url"] if "image_url" in fields else [f"image_urls[{i}]" for i in range(len(urls))]
     images = await asyncio.gather(
-        *(service.outbound.fetch_image(url, f"image_urls[{i}]") for i, url in enumerate(urls))
+        *(service.outbound.fetch_image(url, name) for url, name in zip(urls, names, strict=True))
     )
     return served, _to_request(served, fields, list(images), width, height), options, webhook
 
@@ -163,11 +183,20 @@ def _image_size(value: Any, edit: bool) -> tuple[int | None, int | None]:
     raise invalid("image_size", f'must be a preset name or {{"width": W, "height": H}}, got {value!r}')
 
 
-def _image_urls(value: Any, edit: bool, endpoint: str, limit: int) -> list:
+def _image_urls(fields: dict, edit: bool, endpoint: str, limit: int) -> list:
+    """`image_urls`, or one `image_url` (what @ai-sdk/fal sends)."""
+    value, single = fields.get("image_urls"), fields.get("image_url")
     if not edit:
-        if value:
-            raise invalid("image_urls", f"only edit endpoints take reference images; POST to {endpoint}/edit")
+        if value or single:
+            name = "image_urls" if value else "image_url"
+            raise invalid(name, f"only edit endpoints take reference images; POST to {endpoint}/edit")
         return []
+    if single is not None:
+        if value is not None:
+            raise invalid("image_url", "give the reference images as image_urls or one image_url, not both")
+        if not isinstance(single, str):
+            raise invalid("image_url", f"must be one image URL or data URI, got {repr(single)[:80]}")
+        return [single]
     if value is None:
         raise invalid("image_urls", f"is required by {endpoint}: give 1 to {limit} image URLs or data URIs")
     if not isinstance(value, list) or not value or len(value) > limit:
@@ -219,6 +248,8 @@ def _to_request(served: ServedModel, fields: dict, images: list, width, height) 
     except InvalidRequest as exc:
         name = exc.field.split("[")[0]
         field = FIELDS.get(name, name) + exc.field[len(name) :]
+        if name == "images" and "image_url" in fields:
+            field = "image_url"
         raise invalid(
             field, f"{exc.field} {exc.reason}" if name in ("width", "height") else exc.reason
         ) from exc

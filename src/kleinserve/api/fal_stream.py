@@ -1,0 +1,84 @@
+"""fal streaming (`POST /{endpoint}/stream`, what fal_client.stream and @fal-ai/client's fal.stream call):
+server-sent events while the job runs, each `data:` one JSON object.
+
+    {"request_id", "status": "IN_PROGRESS", "step", "num_inference_steps", "progress", "seed",
+     "images": [{"url": "data:image/jpeg;base64,...", "content_type", "width", "height"}]}  per step
+    the endpoint's output JSON, exactly as the synchronous call returns it                      last
+    {"request_id", "status": "ERROR", "status_code", "detail", "error_type"}            last, if it fails
+
+The previews show the current estimate of the finished image at 1/8 of its size. Both clients take the
+last event as the output (JS `stream.done()`). Bad input is refused before the stream starts, as a plain
+HTTP error. A client that hangs up cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from kleinserve.api.errors import ApiError, from_service_error
+from kleinserve.errors import KleinserveError
+from kleinserve.imaging import data_uri, encode_image
+from kleinserve.outputs import Generated
+
+KEEP_ALIVE_S = 15.0  # an SSE comment while a streamed job waits, so idle proxies keep the connection
+PREVIEW_QUALITY = 80
+
+
+async def events(
+    job_id: str,
+    seed: int,
+    steps: asyncio.Queue,
+    outcome: asyncio.Future[Generated],
+    output: Callable[[Generated], Awaitable[dict]],
+) -> AsyncIterator[str]:
+    """`steps` receives (step, total, previews) tuples; `outcome` ends with the job."""
+    try:
+        while True:
+            next_step = asyncio.ensure_future(steps.get())
+            await asyncio.wait(
+                {next_step, outcome}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if next_step.done():
+                yield _event(await _progress(job_id, seed, *next_step.result()))
+                continue
+            next_step.cancel()
+            if outcome.done():
+                break
+            yield ": keep-alive\n\n"
+        while not steps.empty():  # steps are reported before the outcome is set: none is lost
+            yield _event(await _progress(job_id, seed, *steps.get_nowait()))
+        yield _event(await _last(job_id, outcome, output))
+    finally:
+        outcome.cancel()  # a no-op once done; otherwise the client left, and the job is cancelled
+
+
+async def _progress(job_id: str, seed: int, step: int, total: int, previews: list) -> dict:
+    encoded = await asyncio.gather(
+        *(asyncio.to_thread(encode_image, picture, "jpeg", PREVIEW_QUALITY) for picture in previews)
+    )
+    images = [
+        {"url": await data_uri(data, "image/jpeg"), "content_type": "image/jpeg",
+         "width": picture.shape[1], "height": picture.shape[0]}
+        for data, picture in zip(encoded, previews, strict=True)
+    ]  # fmt: skip
+    return {"request_id": job_id, "status": "IN_PROGRESS", "step": step, "num_inference_steps": total,
+            "progress": round(step / total, 4), "seed": seed, "images": images}  # fmt: skip
+
+
+async def _last(job_id: str, outcome: asyncio.Future, output) -> dict:
+    try:
+        return await output(outcome.result())
+    except KleinserveError as exc:
+        error = from_service_error(exc)
+    except ApiError as exc:
+        error = exc
+    except Exception as exc:
+        error = ApiError(500, f"generation failed: {exc}")
+    status, body = error.fal_body()
+    return {"request_id": job_id, "status": "ERROR", "status_code": status, **body}
+
+
+def _event(data: dict) -> str:
+    return f"data: {json.dumps(data)}\n\n"
