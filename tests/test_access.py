@@ -45,7 +45,7 @@ def test_local_store_keys_and_paths(tmp_path):
         assert store.local_file(bad) is None
         with pytest.raises(ValueError):
             store.put(bad, b"x")
-    store.delete_job("0" * 32)
+    store.delete_folder("0" * 32)
     assert store.local_file(key) is None
     assert not list(tmp_path.glob("**/.partial-*"))
 

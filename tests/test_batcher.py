@@ -219,3 +219,16 @@ def test_step_previews_reach_only_the_jobs_that_asked_for_them():
     assert engine.batches == [["a", "b", "c"], ["d"]]
     assert listener.previews == [{"a": [0, 1], "c": [3]}] * 4 + [{}] * 4
     assert engine.previews_rendered == 4  # rendered only for the batch with jobs that asked
+
+
+def test_a_request_that_fails_its_batch_fails_alone_and_its_batch_mates_succeed():
+    engine = RecordingEngine(seconds=0)
+
+    async def calls(batcher):
+        futures = [batcher.submit(name, request(name)) for name in ("a", "boom", "c")]
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    a, boom, c = asyncio.run(run_batcher(engine, calls))
+    assert a.images == ["a"] and c.images == ["c"]
+    assert isinstance(boom, RuntimeError) and "out of memory" in str(boom)
+    assert engine.batches == [["a", "boom", "c"], ["a"], ["boom"], ["c"]]

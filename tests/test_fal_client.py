@@ -175,10 +175,9 @@ def test_request_id_headers_on_sync_and_queue_results(fal_server):
     sync = httpx.post(
         f"{fal_server.url}/{ENDPOINT}", json={"prompt": "h", "image_size": SMALL}, verify=verify
     )
-    assert (
-        sync.headers["x-fal-request-id"]
-        and sync.headers["x-fal-request-id"] in sync.json()["images"][0]["url"]
-    )
+    request_id, url = sync.headers["x-fal-request-id"], sync.json()["images"][0]["url"]
+    assert request_id and url.startswith(f"{fal_server.url}/files/")
+    assert request_id not in url  # a file URL reveals no job id
     queued = httpx.post(f"{fal_server.url}/queue/{ENDPOINT}", json={"prompt": "h", "image_size": SMALL},
                         verify=verify, headers=headers).json()  # fmt: skip
     deadline = time.monotonic() + 60

@@ -1,15 +1,16 @@
-"""The image service in-process: a failure after the engine (here: storage) fails the job, recorded."""
+"""The image service in-process: failures (storage, engine, the batch loop itself) end jobs truthfully."""
 
 import asyncio
 
 import pytest
 
+from kleinserve.errors import StorageFull
 from kleinserve.jobs import JobStatus, SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant
 from kleinserve.outputs import OutputOptions
 from kleinserve.request import build_request
-from kleinserve.service import GenerationFailed, ImageService
+from kleinserve.service import BATCHER_RESTARTS, GenerationFailed, ImageService
 from kleinserve.settings import Settings
 from kleinserve.storage import LocalStore
 
@@ -34,7 +35,7 @@ def test_a_storage_failure_fails_the_job_with_its_reason(checkpoints, tmp_path):
                 await asyncio.sleep(0.05)
             served = service.model("FLUX-2-klein-4b")
             request = build_request(served.spec, prompt="x", width=64, height=64, seed=1)
-            with pytest.raises(GenerationFailed, match="No space left on device"):
+            with pytest.raises(StorageFull, match="disk is full"):
                 await service.generate(served, request, OutputOptions(), {})
             stored_nothing = await service.generate(served, request, OutputOptions(store=False), {})
             jobs = [await service.job(job_id) for job_id in _all_job_ids(settings.database_path)]
@@ -46,8 +47,9 @@ def test_a_storage_failure_fails_the_job_with_its_reason(checkpoints, tmp_path):
     inline, jobs = asyncio.run(scenario())
     assert inline.images[0].key is None and inline.images[0].data.startswith(b"\x89PNG")
     failed = next(job for job in jobs if job.status is JobStatus.FAILED)
-    assert "No space left on device" in failed.error["message"]
-    assert failed.logs[-1]["message"].startswith("failed: generation failed")
+    assert "disk is full" in failed.error["message"] and failed.error["type"] == "storage_full"
+    assert failed.logs[-1]["message"].startswith("failed: the server's disk is full")
+    assert not list(tmp_path.glob("**/.partial-*"))
     assert sum(job.status is JobStatus.SUCCEEDED for job in jobs) == 1
 
 
@@ -56,3 +58,69 @@ def _all_job_ids(database) -> list[str]:
 
     with sqlite3.connect(database) as db:
         return [row[0] for row in db.execute("SELECT id FROM jobs")]
+
+
+async def _started(settings, tmp_path) -> ImageService:
+    service = ImageService(settings, SQLiteJobStore(settings.database_path), LocalStore(tmp_path), Metrics())
+    await service.start()
+    while not service.ready:
+        await asyncio.sleep(0.05)
+    return service
+
+
+async def _stopped(service: ImageService) -> None:
+    await service.stop()
+    await service.jobs.close()
+
+
+def test_an_engine_failure_tells_the_client_no_internals(checkpoints, tmp_path):
+    settings = Settings(models=(f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",), data_dir=tmp_path)
+
+    async def scenario():
+        service = await _started(settings, tmp_path)
+        served = service.model(None)
+
+        def broken(requests, **kwargs):
+            raise RuntimeError("CUDA error at /opt/secret/kernels.cu:42")
+
+        served.batcher.engine.generate = broken
+        try:
+            request = build_request(served.spec, prompt="x", width=64, height=64, seed=1)
+            with pytest.raises(GenerationFailed) as caught:
+                await service.generate(served, request, OutputOptions(), {})
+            return str(caught.value)
+        finally:
+            await _stopped(service)
+
+    message = asyncio.run(scenario())
+    assert "RuntimeError" in message and "secret" not in message and "server log" in message
+
+
+def test_a_dying_batcher_is_restarted_then_its_model_is_marked_failed(checkpoints, tmp_path):
+    settings = Settings(models=(f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",), data_dir=tmp_path)
+
+    async def scenario():
+        service = await _started(settings, tmp_path)
+        served = service.model(None)
+        crashes = []
+
+        async def crashing_run_batch(batch):
+            crashes.append(len(batch))
+            raise RuntimeError("a bug in the batch loop")
+
+        served.batcher._run_batch = crashing_run_batch
+        request = build_request(served.spec, prompt="x", width=64, height=64, seed=1)
+        try:
+            outcomes = []
+            for _ in range(BATCHER_RESTARTS + 1):
+                with pytest.raises(GenerationFailed, match="BatcherFailed") as caught:
+                    await service.generate(served, request, OutputOptions(), {})
+                outcomes.append(str(caught.value))
+            await asyncio.sleep(0.1)
+            return crashes, served.state, service.ready
+        finally:
+            await _stopped(service)
+
+    crashes, state, ready = asyncio.run(scenario())
+    assert crashes == [1] * (BATCHER_RESTARTS + 1)  # each crash failed its job; the loop came back
+    assert state == "failed" and not ready

@@ -32,6 +32,10 @@ class _BatchCancelled(Exception):
     """Raised on the engine thread at a step boundary when every job in the batch was cancelled."""
 
 
+class BatcherFailed(KleinserveError):
+    """The loop feeding the engine died; the jobs it held fail with this."""
+
+
 class QueueFull(KleinserveError):
     def __init__(self, model: str, depth: int, retry_after: int):
         super().__init__(f"{model} has {depth} jobs queued, its limit; retry in about {retry_after} s")
@@ -89,13 +93,16 @@ class Batcher:
     def submit(
         self, job_id: str, request: GenerationRequest, *, previews: bool = False
     ) -> asyncio.Future[GenerationResult]:
-        if len(self._queue) >= self.max_queue_depth:
-            raise QueueFull(self.model, len(self._queue), self.retry_after())
+        self.check_room()
         future = asyncio.get_running_loop().create_future()
         work = Work(job_id, request, self.engine.batch_key(request), future, wants_previews=previews)
         self._queue.append(work)
         self._arrived.set()
         return work.future
+
+    def check_room(self) -> None:
+        if len(self._queue) >= self.max_queue_depth:
+            raise QueueFull(self.model, len(self._queue), self.retry_after())
 
     def position(self, job_id: str) -> int | None:
         """0-based place in the queue, None once the job has left it."""
@@ -114,6 +121,21 @@ class Batcher:
                 return True
         return False
 
+    def fail_queued(self, error: Exception) -> None:
+        """Every queued job fails with `error`; running ones go on."""
+        for work in self._queue:
+            if not work.future.done():
+                work.future.set_exception(error)
+        self._queue = []
+
+    def fail_all(self, error: Exception) -> None:
+        """Every queued and running job fails with `error`; a running batch stops at its next step."""
+        self.fail_queued(error)
+        for work in self._running:
+            if not work.future.done():
+                work.future.set_exception(error)
+            work.cancelled = True
+
     def retry_after(self) -> int:
         batches_ahead = math.ceil((len(self._queue) + 1) / self.max_batch_images)
         return max(1, math.ceil(batches_ahead * self._seconds_per_batch))
@@ -121,6 +143,7 @@ class Batcher:
     async def run(self) -> None:
         while True:
             batch = await self._next_batch()
+            self._running = batch  # from here on fail_all() reaches it, even if running it breaks
             await self._run_batch(batch)
 
     async def _next_batch(self) -> list[Work]:
@@ -172,10 +195,15 @@ class Batcher:
             )
         except _BatchCancelled:  # every future already holds JobCancelled
             return
-        except Exception as exc:  # the engine failed (e.g. out of memory): every job in the batch fails
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            # One request can fail a whole batch: run each alone, so only the culprit fails.
             for work in batch:
                 if not work.future.done():
-                    work.future.set_exception(exc)
+                    await self._run_batch([work])
             return
         finally:
             self._running = []

@@ -206,6 +206,29 @@ def _add_serve_parser(commands) -> None:
     serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_safety_and_outbound_options(serve)
+    _add_network_options(serve)
+
+
+def _add_network_options(serve) -> None:
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        dest="allowed_hosts",
+        metavar="NAME",
+        help="a host name clients use for this server (repeatable); others get 400 (default: any)",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        dest="trusted_proxies",
+        metavar="ADDRESS",
+        help="believe X-Forwarded-For/-Proto only from this proxy (repeatable; default: from none)",
+    )
+    serve.add_argument("--header-timeout-s", type=float, help="time to send the request head (default 10)")
+    serve.add_argument("--body-timeout-s", type=float, help="longest pause while sending a body (default 30)")
+    serve.add_argument(
+        "--shutdown-grace-s", type=float, help="on SIGTERM, time for running batches to finish (default 30)"
+    )
 
 
 def _add_safety_and_outbound_options(serve) -> None:
@@ -242,14 +265,14 @@ SERVE_SETTINGS = (
     "max_queue_depth", "prompt_cache_size", "compile", "attention_backend", "warmup_sizes",
     "max_request_bytes", "device", "dtype", "allow_download", "warmup", "safety_checker", "safety_model",
     "safety_threshold", "safety_check_openai", "allowed_private_networks", "image_fetch_timeout_s",
-    "webhook_attempts", "webhook_retry_base_s",
+    "webhook_attempts", "webhook_retry_base_s", "allowed_hosts", "trusted_proxies", "header_timeout_s",
+    "body_timeout_s", "shutdown_grace_s",
 )  # fmt: skip
 
 
 def serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
     from pydantic import ValidationError
 
     from kleinserve.api.app import create_app
@@ -279,16 +302,9 @@ def serve(args: argparse.Namespace) -> int:
         check_attention_backend(settings.attention_backend)
     if settings.safety_checker:
         locate_safety_model(settings)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=settings.ssl_certfile,
-        ssl_keyfile=settings.ssl_keyfile,
-        log_level=args.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    from kleinserve import server
+
+    server.run(create_app(settings), settings, args.log_level)
     return 0
 
 

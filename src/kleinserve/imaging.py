@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
+import ctypes.util
 import io
 import warnings
 from pathlib import Path
@@ -12,14 +14,26 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kleinserve.errors import InvalidRequest
+from kleinserve.request import reference_resize_size
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("c") else None
+if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):
+    _LIBC = None
 
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 MAX_INPUT_PIXELS = 64 * 1024 * 1024  # references are shrunk to 1 MP anyway; refuse decompression bombs
+LARGE_PIXELS = 4 * 1024 * 1024
+DECODE_SLOTS = 2  # reference decodes at once, server-wide: peak ~ 2 x (decoded + upright copy) of 64 MP
 
 
 def decode_image(data: bytes, name: str, field: str = "image") -> Image.Image:
-    """Bytes of a png/jpeg/webp/... file -> an upright PIL image, fully decoded. `name` appears in errors."""
+    """Bytes of a png/jpeg/webp/... reference image -> an upright PIL image, fully decoded and at once reduced
+    to what the engine uses (at most 1 MP; the engine's own first step, so its pixels are unchanged). The
+    memory a large image took is handed back to the system at once. `name` appears in errors.
+
+    The server runs this on DECODE_SLOTS threads only (ImageService), so peak memory stays bounded however
+    many large images arrive together: each thread's allocator keeps what it used."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -29,6 +43,9 @@ def decode_image(data: bytes, name: str, field: str = "image") -> Image.Image:
                     field, f"{name} is {image.width}x{image.height}; images may have at most 64 megapixels"
                 )
             image.load()
+            large = image.width * image.height > LARGE_PIXELS
+            ImageOps.exif_transpose(image, in_place=True)  # no copy of the full-size image
+            image = reduced_reference(image)
     except UnidentifiedImageError as exc:
         raise InvalidRequest(
             field, f"{name} is not an image in a known format (png, jpeg, webp, ...)"
@@ -37,7 +54,22 @@ def decode_image(data: bytes, name: str, field: str = "image") -> Image.Image:
         raise InvalidRequest(field, f"{name} is too large to decode safely ({_reason(exc)})") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise InvalidRequest(field, f"{name} is a broken image ({_reason(exc)})") from exc
-    return ImageOps.exif_transpose(image)
+    if large:
+        release_free_memory()
+    return image
+
+
+def release_free_memory() -> None:
+    """Return memory freed inside the C allocator's arenas to the system (glibc; elsewhere a no-op):
+    without it, every thread that once decoded a 64 MP image keeps its hundreds of MiB."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def reduced_reference(image: Image.Image) -> Image.Image:
+    """Downscaled (Lanczos) to at most 1 MP, as the engine's reference preparation begins; idempotent."""
+    size = reference_resize_size(*image.size)
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 
 def read_image_file(path: str | Path, field: str = "image") -> Image.Image:

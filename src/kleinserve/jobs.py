@@ -42,6 +42,7 @@ class Job:
     result: dict[str, Any] | None = None  # images (storage keys, sizes), seed, timings
     error: dict[str, Any] | None = None  # {"type", "message", "param"}
     logs: list[dict[str, Any]] = field(default_factory=list)  # {"timestamp", "level", "message"}
+    owner: str | None = None  # who made it (an API key's fingerprint); None on an open server
 
 
 def new_job_id() -> str:
@@ -84,8 +85,10 @@ CREATE TABLE IF NOT EXISTS job_logs (
 );
 CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id);
 """
+_COLUMNS_ADDED = {"owner": "ALTER TABLE jobs ADD COLUMN owner TEXT"}  # to databases made before them
 
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+_FIELDS = "id, model, status, created_at, started_at, finished_at, params, result, error, owner"
 
 
 class SQLiteJobStore:
@@ -96,6 +99,10 @@ class SQLiteJobStore:
         self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait on the writer
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, statement in _COLUMNS_ADDED.items():
+            if column not in columns:
+                self._db.execute(statement)
 
     async def _run(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -109,7 +116,8 @@ class SQLiteJobStore:
             [(job.id, e["timestamp"], e["level"], e["message"]) for e in job.logs],
         )
         self._db.execute(
-            "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, model, status, created_at, started_at, finished_at, params, result, error,"
+            " owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job.id,
                 job.model,
@@ -120,6 +128,7 @@ class SQLiteJobStore:
                 json.dumps(job.params),
                 _dump(job.result),
                 _dump(job.error),
+                job.owner,
             ),
         )
 
@@ -127,7 +136,7 @@ class SQLiteJobStore:
         return await self._run(self._get, job_id)
 
     def _get(self, job_id: str) -> Job | None:
-        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._db.execute(f"SELECT {_FIELDS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
         logs = self._db.execute(
@@ -182,7 +191,8 @@ class SQLiteJobStore:
 
     def _expired(self, before: float) -> list[Job]:
         rows = self._db.execute(
-            "SELECT * FROM jobs WHERE created_at < ? AND status NOT IN (?, ?)", (before, *_UNFINISHED)
+            f"SELECT {_FIELDS} FROM jobs WHERE created_at < ? AND status NOT IN (?, ?)",
+            (before, *_UNFINISHED),
         ).fetchall()
         return [_job_from_row(row, []) for row in rows]
 
@@ -209,7 +219,7 @@ def _dump(value: dict | None) -> str | None:
 
 
 def _job_from_row(row: tuple, logs: list[tuple]) -> Job:
-    job_id, model, status, created, started, finished, params, result, error = row
+    job_id, model, status, created, started, finished, params, result, error, owner = row
     return Job(
         id=job_id,
         model=model,
@@ -221,4 +231,5 @@ def _job_from_row(row: tuple, logs: list[tuple]) -> Job:
         result=json.loads(result) if result else None,
         error=json.loads(error) if error else None,
         logs=[{"timestamp": t, "level": level, "message": message} for t, level, message in logs],
+        owner=owner,
     )

@@ -16,6 +16,7 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -41,19 +42,57 @@ def check_networks(cidrs: tuple[str, ...] | list[str]) -> list[ipaddress.IPv4Net
     return networks
 
 
+# Ranges Python's is_global lets through that are still not ordinary internet hosts: IETF protocol
+# assignments (192.0.0.0/24), the deprecated 6to4 relay anycast, benchmarking, and reserved space.
+NOT_PUBLIC = [ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "192.0.0.0/24", "192.88.99.0/24", "198.18.0.0/15", "240.0.0.0/4",
+    "64:ff9b:1::/48", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "fec0::/10",
+)]  # fmt: skip
+SIIT = ipaddress.ip_network("::ffff:0:0:0/96")
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address maps to or carries (mapped, SIIT, IPv4-compatible, NAT64, 6to4):
+    an internal IPv4 address must not be reachable by writing it as IPv6."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in (SIIT, NAT64, IPV4_COMPATIBLE)) and int(address) > 1:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    return address.is_global and not address.is_multicast and not any(address in n for n in NOT_PUBLIC)
+
+
 class Outbound:
-    def __init__(self, allowed_networks: tuple[str, ...], *, max_bytes: int, timeout_s: float):
+    def __init__(
+        self,
+        allowed_networks: tuple[str, ...],
+        *,
+        max_bytes: int,
+        timeout_s: float,
+        decoder: Executor | None = None,
+    ):
         self.allowed = check_networks(allowed_networks)
+        self.decoder = decoder  # where images are decoded (None: asyncio's default threads)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self._client: httpx.AsyncClient | None = None
 
     def permits(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
         if any(address in network for network in self.allowed):
             return True
-        return address.is_global and not address.is_multicast
+        embedded = embedded_ipv4(address)
+        if embedded is not None:
+            return self.permits(embedded)
+        return is_public(address)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -76,7 +115,8 @@ class Outbound:
                 raise InvalidRequest(
                     field, f"{_short(url)} did not send the image within {self.timeout_s:g} s"
                 ) from None
-        return await asyncio.to_thread(decode_image, data, _short(url), field)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.decoder, decode_image, data, _short(url), field)
 
     def _data_uri_bytes(self, uri: str, field: str) -> bytes:
         header, comma, payload = uri[5:].partition(",")
@@ -134,7 +174,7 @@ class Outbound:
 
     async def _send(self, method: str, url: str, field: str, kwargs: dict) -> httpx.Response:
         client = self._http()
-        target = httpx.URL(url)
+        target = _parse_url(url, field)
         for _ in range(MAX_REDIRECTS + 1):
             if target.scheme not in ("http", "https") or not target.host:
                 raise InvalidRequest(field, f"{_short(str(target))} is not an http(s) URL")
@@ -157,7 +197,7 @@ class Outbound:
             if not response.is_redirect:
                 return response
             await response.aclose()
-            target = target.join(response.headers["location"])
+            target = _redirect_target(target, response.headers.get("location", ""), field)
         raise InvalidRequest(field, f"{_short(url)} redirected more than {MAX_REDIRECTS} times")
 
     async def checked_address(self, host: str, port: int | None, field: str) -> IPAddress:
@@ -186,6 +226,22 @@ class Outbound:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.timeout_s)
         return self._client
+
+
+def _parse_url(url: str, field: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise InvalidRequest(field, f"{_short(url)!r} is not a valid URL") from None
+
+
+def _redirect_target(current: httpx.URL, location: str, field: str) -> httpx.URL:
+    if not location:
+        raise InvalidRequest(field, f"{_short(str(current))} redirected without a Location header")
+    try:
+        return current.join(location)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise InvalidRequest(field, f"{_short(str(current))} redirected to an invalid URL") from None
 
 
 def _where(host: str, refused: list) -> str:

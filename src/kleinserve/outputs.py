@@ -19,7 +19,7 @@ from kleinserve.errors import KleinserveError
 from kleinserve.imaging import encode_image
 from kleinserve.jobs import Job
 from kleinserve.request import GenerationRequest
-from kleinserve.storage import CONTENT_TYPES, Store, image_key
+from kleinserve.storage import CONTENT_TYPES, Store, folder_of, image_key, new_folder
 from kleinserve.usage import Usage
 
 INLINE_RESULTS_KEPT = 16
@@ -69,15 +69,16 @@ class Outputs:
         self._inline_kept = inline_kept
 
     async def encode_and_store(
-        self, job_id, arrays, flags, request: GenerationRequest, output: OutputOptions, timings
+        self, arrays, flags, request: GenerationRequest, output: OutputOptions, timings
     ) -> list[OutputImage]:
         start = time.monotonic()
         encoded = await asyncio.gather(
             *(asyncio.to_thread(encode_image, array, output.format, output.quality) for array in arrays)
         )
         timings["encode"] = time.monotonic() - start
+        folder = new_folder()
         keys = [
-            image_key(job_id, i, output.format) if output.store and not flagged else None
+            image_key(folder, i, output.format) if output.store and not flagged else None
             for i, flagged in enumerate(flags)
         ]
         start = time.monotonic()
@@ -128,6 +129,11 @@ class Outputs:
             )
         usage = Usage(**record["usage"]) if record.get("usage") else None
         return Generated(job.id, job.model, record.get("seed", 0), images, record.get("timings", {}), usage)
+
+
+def stored_folders(job: Job) -> set[str]:
+    """The storage folders holding a job's images."""
+    return {folder_of(item["key"]) for item in (job.result or {}).get("images", []) if item.get("key")}
 
 
 @lru_cache(maxsize=32)

@@ -65,7 +65,7 @@ def reference_image_size(width: int, height: int) -> tuple[int, int]:
 def parse_size(text: str, field_name: str = "size") -> tuple[int, int]:
     """'1024x768' -> (1024, 768). Range checks happen in build_request."""
     parts = text.strip().lower().replace("*", "x").split("x") if isinstance(text, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise InvalidRequest(field_name, f"'{text}' is not a size; write it as WIDTHxHEIGHT, e.g. 1024x768")
     return int(parts[0]), int(parts[1])
 
@@ -111,7 +111,19 @@ def _check_prompt(prompt: Any) -> str:
         raise InvalidRequest("prompt", f"is {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}")
     if "\x00" in prompt:
         raise InvalidRequest("prompt", "must not contain NUL characters")
+    _check_unicode("prompt", prompt)
     return prompt
+
+
+def _check_unicode(name: str, text: str) -> None:
+    """Lone UTF-16 surrogates (JSON "\\ud800") are not text: no tokenizer or JSON encoder takes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            name,
+            f"has an invalid character at position {exc.start} (a lone UTF-16 surrogate); send valid Unicode",
+        ) from None
 
 
 def _check_int(name: str, value: Any, low: int, high: int) -> int:
@@ -222,4 +234,5 @@ def _check_negative_prompt(spec: ModelSpec, negative_prompt: Any) -> str:
         )
     if len(negative_prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest("negative_prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
+    _check_unicode("negative_prompt", negative_prompt)
     return negative_prompt

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kleinserve.batcher import Batcher, JobCancelled, Work
-from kleinserve.errors import KleinserveError, UnknownModel
+from kleinserve.batcher import Batcher, BatcherFailed, JobCancelled, QueueFull, Work
+from kleinserve.errors import KleinserveError, StorageFull, UnknownModel, is_disk_full
+from kleinserve.imaging import DECODE_SLOTS, decode_image
 from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
 from kleinserve.metrics import Metrics
 from kleinserve.models import ModelSpec, resolve_model, with_local_path
 from kleinserve.outbound import Outbound
-from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record
+from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record, stored_folders
 from kleinserve.request import GenerationRequest
 from kleinserve.settings import Settings
 from kleinserve.storage import LocalFile, Store
@@ -44,6 +45,10 @@ StepListener = Callable[[int, int, list[np.ndarray]], None]
 log = logging.getLogger("kleinserve")
 
 DEMO_MODEL_ID = "flux.2-klein-4b"
+BATCHER_RESTARTS = 3
+DISK_FULL = "the server's disk is full, so nothing more can be recorded or stored; retry once space is freed"
+SHUTDOWN = "the server is shutting down"
+RECORD_RETRY_DELAYS = (0.5, 1, 2, 5, *(10,) * 60)  # about ten minutes of retries
 DEMO_LABEL = "DEMO: tiny random-weight test model; its images are noise, not FLUX.2 [klein]"
 INTERRUPTED = {
     "type": "server_error",
@@ -60,6 +65,12 @@ class ModelNotReady(KleinserveError):
     """The model is still loading (or failed to load)."""
 
     retry_after = 5
+
+
+class ShuttingDown(KleinserveError):
+    """The server is stopping: it takes no new work, and work it could not finish fails with this."""
+
+    retry_after = 10
 
 
 class GenerationFailed(KleinserveError):
@@ -108,10 +119,13 @@ class ImageService:
         self.models = [ServedModel(spec, demo) for spec, demo in served_specs(settings)]
         self._by_name = {name.lower(): served for served in self.models for name in served.names}
         self._outputs = Outputs(store)
+        # Reference images decode here, DECODE_SLOTS at a time: what bounds their memory (imaging.py).
+        self._decoder = ThreadPoolExecutor(max_workers=DECODE_SLOTS, thread_name_prefix="kleinserve-decode")
         self.outbound = Outbound(
             settings.allowed_private_networks,
             max_bytes=settings.max_image_bytes,
             timeout_s=settings.image_fetch_timeout_s,
+            decoder=self._decoder,
         )
         self.webhooks = WebhookSender(
             self.outbound,
@@ -125,11 +139,14 @@ class ImageService:
         self._tasks: list[asyncio.Task] = []
         self._active: dict[str, asyncio.Task[Generated]] = {}  # job id -> the task that completes it
         self._step_listeners: dict[str, StepListener] = {}  # job id -> who watches its steps
+        self.shutting_down = False
         self._background: set[asyncio.Future] = set()  # fire-and-forget work (finish callbacks)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if removed := await asyncio.to_thread(self.store.remove_partial_files):
+            log.warning("removed %d half-written image file(s) left by a previous run", removed)
         interrupted = await self.jobs.fail_unfinished(INTERRUPTED)
         if interrupted:
             log.warning(
@@ -141,6 +158,12 @@ class ImageService:
         if self.settings.retention_hours > 0:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
+    async def decode_reference(self, data: bytes, name: str, field: str):
+        """An uploaded reference image, decoded and reduced to what the engine uses."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decoder, decode_image, data, name, field
+        )
+
     async def stop(self) -> None:
         tasks = [*self._tasks, *self._active.values(), *self._background]
         for task in tasks:
@@ -149,11 +172,28 @@ class ImageService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._gpu_thread.shutdown(wait=True, cancel_futures=True)
+        self._decoder.shutdown(wait=False, cancel_futures=True)
         await self.outbound.close()
+
+    def begin_shutdown(self, grace_s: float) -> None:
+        """From now on no new work; queued jobs fail now, running batches in `grace_s` if not done."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        log.warning("shutting down: queued jobs fail now, running batches get %g s to finish", grace_s)
+        for served in self.models:
+            if served.batcher is not None:
+                served.batcher.fail_queued(ShuttingDown(f"{SHUTDOWN}: this job had not started"))
+        asyncio.get_running_loop().call_later(grace_s, self._stop_running_batches)
+
+    def _stop_running_batches(self) -> None:
+        for served in self.models:
+            if served.batcher is not None:
+                served.batcher.fail_all(ShuttingDown(f"{SHUTDOWN}: this job was stopped before it finished"))
 
     @property
     def ready(self) -> bool:
-        return all(served.state == "ready" for served in self.models)
+        return not self.shutting_down and all(served.state == "ready" for served in self.models)
 
     async def _load_models(self) -> None:
         from kleinserve.engine.warmup import load_engine  # torch is imported here, off the event loop
@@ -176,7 +216,7 @@ class ImageService:
                 max_wait_s=self.settings.batch_wait_ms / 1000,
                 max_queue_depth=self.settings.max_queue_depth,
             )
-            self._tasks.append(asyncio.create_task(served.batcher.run(), name=f"batcher-{served.spec.id}"))
+            self._tasks.append(asyncio.create_task(self._supervise(served), name=f"batcher-{served.spec.id}"))
             served.state = "ready"
             log.info("%s is ready%s", served.spec.id, f" ({DEMO_LABEL})" if served.demo else "")
 
@@ -188,16 +228,33 @@ class ImageService:
         self.safety = await loop.run_in_executor(self._gpu_thread, load_safety_checker, self.settings)
         log.info("safety checker ready: %s", self.safety.describe())
 
+    async def _supervise(self, served: ServedModel) -> None:
+        """Runs the model's batcher loop; if it dies (a bug), its waiting jobs fail with the reason and it is
+        restarted, up to BATCHER_RESTARTS times; after that the model is failed and /ready says so."""
+        for attempt in range(BATCHER_RESTARTS + 1):
+            try:
+                await served.batcher.run()
+            except Exception as exc:
+                log.exception("the batcher of %s died (attempt %d)", served.spec.id, attempt + 1)
+                served.batcher.fail_all(BatcherFailed(f"the model's batcher failed ({type(exc).__name__})"))
+                served.error = f"batcher failed: {type(exc).__name__}: {exc}"
+        served.state = "failed"
+        log.error("%s is out of service: its batcher failed %d times", served.spec.id, BATCHER_RESTARTS + 1)
+
     async def _expire_old_jobs(self) -> None:
         retention = self.settings.retention_hours * 3600
         while True:
-            await self.expire_jobs(time.time() - retention)
+            try:
+                await self.expire_jobs(time.time() - retention)
+            except Exception:  # e.g. a full disk: try again next round
+                log.exception("expiring old jobs failed; retrying later")
             await asyncio.sleep(min(max(retention / 4, 1.0), 600.0))
 
     async def expire_jobs(self, before: float) -> int:
         jobs = await self.jobs.expired(before)
         for job in jobs:
-            await asyncio.to_thread(self.store.delete_job, job.id)
+            for folder in stored_folders(job):
+                await asyncio.to_thread(self.store.delete_folder, folder)
         await self.jobs.delete([job.id for job in jobs])
         self._outputs.forget([job.id for job in jobs])
         if jobs:
@@ -217,7 +274,7 @@ class ImageService:
         return served
 
     def ready_batcher(self, served: ServedModel) -> Batcher:
-        if served.batcher is None:
+        if served.batcher is None or served.state != "ready":
             if served.state == "failed":
                 raise ModelNotReady(f"{served.spec.id} failed to load: {served.error}")
             raise ModelNotReady(f"{served.spec.id} is still loading; retry shortly")
@@ -235,18 +292,26 @@ class ImageService:
         on_finish: FinishCallback | None = None,
         on_step: StepListener | None = None,
         detached: bool = False,
+        owner: str | None = None,
     ) -> Job:
         """Record a job and queue it; it runs in the background. `on_finish(job_id)` is awaited once the
         job has ended (succeeded, failed or cancelled) and its record is final; `on_step` hears each
         denoising step, with previews. A detached job (a queue submission) has no HTTP request waiting on
         it, so its latency is measured here instead."""
+        if self.shutting_down:
+            raise ShuttingDown(f"{SHUTDOWN}; retry in a moment (another replica, or this one restarted)")
         batcher = self.ready_batcher(served)
-        model = served.spec.id
-        job = Job(new_job_id(), model, {**params, **_describe(request), "output_format": output.format})
-        future = batcher.submit(job.id, request, previews=on_step is not None)  # QueueFull: nothing recorded
-        queued = f"queued behind {batcher.depth - 1} job(s)"
+        batcher.check_room()  # QueueFull before anything is recorded
+        params = {**params, **_describe(request), "output_format": output.format}
+        job = Job(new_job_id(), served.spec.id, params, owner=owner)
+        queued = f"queued behind {batcher.depth} job(s)"
         job.logs.append({"timestamp": time.time(), "level": "INFO", "message": queued})
-        await self.jobs.add(job)
+        await self._record(self.jobs.add(job))  # recorded before it can run: no work without a record
+        try:
+            future = batcher.submit(job.id, request, previews=on_step is not None)
+        except QueueFull as exc:  # filled up while the record was written
+            await self._record_end(job.id, job.model, JobStatus.FAILED, error=_failure(str(exc)))
+            raise
         task = asyncio.create_task(self._complete(job, future, request, output), name=f"job-{job.id}")
         self._active[job.id] = task
         if on_step is not None:
@@ -263,9 +328,10 @@ class ImageService:
         params: dict,
         *,
         on_step: StepListener | None = None,
+        owner: str | None = None,
     ) -> Generated:
         """Run one request as a job and return its encoded images (stored unless output.store is False)."""
-        job = await self.submit(served, request, output, params, on_step=on_step)
+        job = await self.submit(served, request, output, params, on_step=on_step, owner=owner)
         return await self.outcome(job)
 
     def outcome(self, job: Job) -> Awaitable[Generated]:
@@ -312,17 +378,23 @@ class ImageService:
             waited = time.monotonic() - queued_at - sum(result.timings.values())
             timings = {"queue": max(0.0, waited), **result.timings}
             flags = await self._screen(result.images, output, timings)
-            images = await self._outputs.encode_and_store(
-                job.id, result.images, flags, request, output, timings
-            )
+            images = await self._outputs.encode_and_store(result.images, flags, request, output, timings)
         except JobCancelled as exc:
             await self._record_end(job.id, job.model, JobStatus.CANCELLED, error=_cancelled(str(exc)))
             raise
-        except Exception as exc:
+        except ShuttingDown as exc:
+            await self._record_end(
+                job.id, job.model, JobStatus.FAILED, error=_failure(str(exc), "shutting_down")
+            )
+            raise
+        except Exception as exc:  # the details stay in the server log; clients get no internals
             log.exception("generation failed for job %s", job.id)
-            error = {"type": "server_error", "message": f"generation failed: {exc}", "param": None}
+            if is_disk_full(exc):
+                error = _failure(DISK_FULL, "storage_full")
+            else:
+                error = _failure(f"generation failed ({type(exc).__name__}); the server log has details")
             await self._record_end(job.id, job.model, JobStatus.FAILED, error=error)
-            raise GenerationFailed(error["message"]) from exc
+            raise (StorageFull if is_disk_full(exc) else GenerationFailed)(error["message"]) from exc
         self.metrics.observe_images(job.model, len(images), request.width, request.height)
         self.metrics.observe_stages(
             job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
@@ -365,12 +437,33 @@ class ImageService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _record(self, write: Awaitable) -> None:
+        """A job-store write; a full disk becomes StorageFull (507, retry later) instead of a crash."""
+        try:
+            await write
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise StorageFull(DISK_FULL) from exc
+            raise
+
     async def _record_end(
         self, job_id: str, model: str, status: JobStatus, *, result=None, error=None
     ) -> None:
-        await self.jobs.finish(job_id, status, result=result, error=error)
-        await self.jobs.log(job_id, status.value if error is None else f"{status.value}: {error['message']}")
+        """The job's final state. With the disk full it is retried until space returns (the job must not
+        stay "running"); if the server stops first, the next start marks it failed."""
         self.metrics.jobs.labels(model, status.value).inc()
+        for delay in RECORD_RETRY_DELAYS:
+            try:
+                await self.jobs.finish(job_id, status, result=result, error=error)
+                break
+            except Exception as exc:
+                if not is_disk_full(exc):
+                    raise
+                log.warning("could not record the end of job %s (disk full); retrying in %g s", job_id, delay)
+                await asyncio.sleep(delay)
+        message = status.value if error is None else f"{status.value}: {error['message']}"
+        with contextlib.suppress(Exception):  # a log line is not worth failing over
+            await self.jobs.log(job_id, message)
 
     # --- files and jobs --------------------------------------------------------------------------
 
@@ -382,6 +475,11 @@ class ImageService:
 
     async def job(self, job_id: str) -> Job | None:
         return await self.jobs.get(job_id)
+
+    async def owned_job(self, job_id: str, owner: str | None) -> Job | None:
+        """The job, if `owner` made it: another API key's job is as unknown as a missing one."""
+        job = await self.jobs.get(job_id)
+        return job if job is not None and job.owner == owner else None
 
     async def result(self, job: Job) -> Generated:
         """The images of a succeeded job (raises ResultGone for inline images no longer held)."""
@@ -415,7 +513,12 @@ class _JobEvents:
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # e.g. a full disk: the log line is lost
+            log.warning("could not record a job update: %s", task.exception())
 
 
 def _describe(request: GenerationRequest) -> dict:
@@ -430,6 +533,10 @@ def _describe(request: GenerationRequest) -> dict:
         "reference_images": len(request.images),
         "negative_prompt": request.negative_prompt,
     }
+
+
+def _failure(message: str, kind: str = "server_error") -> dict:
+    return {"type": kind, "message": message, "param": None}
 
 
 def _cancelled(message: str) -> dict:

@@ -34,6 +34,17 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
+    # Host names the server answers to (Host header); empty: any, and returned URLs copy the Host header
+    # unless public_base_url is set. Forwarding headers (X-Forwarded-For/-Proto) are believed only from
+    # these proxy addresses; empty: from none.
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
+    # Slow clients: the whole header must arrive within header_timeout_s of connecting, and the body may
+    # pause at most body_timeout_s between chunks. On SIGTERM, running batches get shutdown_grace_s.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
     data_dir: Path = Field(default_factory=default_data_dir)
     retention_hours: float = 24.0  # jobs and stored images older than this are deleted; 0 keeps them
 
@@ -71,12 +82,22 @@ class Settings(BaseSettings):
     webhook_retry_base_s: float = Field(1.0, ge=0)  # waits base, 2*base, 4*base, ... between attempts
     webhook_timeout_s: float = Field(10.0, gt=0)
 
-    @field_validator("models", "api_keys", "allowed_private_networks", "warmup_sizes", mode="before")
+    @field_validator(
+        "models", "api_keys", "allowed_private_networks", "warmup_sizes", "allowed_hosts", "trusted_proxies",
+        mode="before",
+    )  # fmt: skip
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):  # KLEINSERVE_API_KEYS=a,b
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _real_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not key.strip() or key != key.strip() for key in keys):
+            raise ValueError("an API key must not be empty or start or end with whitespace")
+        return keys
 
     @field_validator("retention_hours", "batch_wait_ms", "stats_window_seconds")
     @classmethod

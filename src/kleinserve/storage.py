@@ -1,10 +1,12 @@
 """Where generated images live: `Store` is the interface, `LocalStore` keeps files under the data directory
-and the server serves them at /files/{key}. Keys look like "{job id}/{index}.{ext}"."""
+and the server serves them at /files/{key}. Keys look like "{folder}/{index}.{ext}", where the folder is a
+random name of its own for each job: a file URL reveals nothing (such as a job id) that grants anything."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,10 +18,19 @@ FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _TYPE_BY_EXTENSION = {FILE_EXTENSIONS[fmt]: content_type for fmt, content_type in CONTENT_TYPES.items()}
 _KEY = re.compile(r"^[0-9a-f]{32}/[0-9]{1,3}\.(png|jpg|webp)$")
 FILES_ROUTE = "/files"
+PARTIAL_PREFIX = ".partial-"
 
 
-def image_key(job_id: str, index: int, fmt: str) -> str:
-    return f"{job_id}/{index}.{FILE_EXTENSIONS[fmt]}"
+def new_folder() -> str:
+    return secrets.token_hex(16)
+
+
+def image_key(folder: str, index: int, fmt: str) -> str:
+    return f"{folder}/{index}.{FILE_EXTENSIONS[fmt]}"
+
+
+def folder_of(key: str) -> str:
+    return key.split("/", 1)[0]
 
 
 def content_type_of(key: str) -> str:
@@ -40,7 +51,8 @@ class Store(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def url(self, key: str, base_url: str) -> str: ...
     def local_file(self, key: str) -> LocalFile | None: ...
-    def delete_job(self, job_id: str) -> None: ...
+    def delete_folder(self, folder: str) -> None: ...
+    def remove_partial_files(self) -> int: ...
 
 
 class LocalStore:
@@ -53,9 +65,21 @@ class LocalStore:
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".partial-", delete=False) as handle:
-            handle.write(data)
-        os.replace(handle.name, path)
+        descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=PARTIAL_PREFIX)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            os.replace(partial, path)
+        except BaseException:  # e.g. the disk filled up: leave no half-written file behind
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+    def remove_partial_files(self) -> int:
+        """Half-written files a killed process left behind (the files they were to become never appeared)."""
+        partial = list(self.root.glob(f"*/{PARTIAL_PREFIX}*"))
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
 
     def url(self, key: str, base_url: str) -> str:
         return f"{base_url.rstrip('/')}{FILES_ROUTE}/{key}"
@@ -66,8 +90,9 @@ class LocalStore:
         path = self._path(key)
         return LocalFile(path, content_type_of(key)) if path.is_file() else None
 
-    def delete_job(self, job_id: str) -> None:
-        shutil.rmtree(self.root / job_id, ignore_errors=True)
+    def delete_folder(self, folder: str) -> None:
+        if is_valid_key(image_key(folder, 0, "png")):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
 
     def _path(self, key: str) -> Path:
         if not is_valid_key(key):

@@ -6,6 +6,8 @@ with 413 before it is read, and a body that grows past the limit while streaming
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import math
 import time
@@ -16,6 +18,19 @@ from kleinserve.settings import Settings
 
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/files/")  # stored image URLs are unguessable capabilities
 AUTH_SCHEMES = ("bearer", "key")  # OpenAI sends Bearer, fal-client sends Key
+
+
+KEY_PREFIX = "key-"
+
+
+def owner_of(request) -> str | None:
+    """The API key (fingerprint) a request came with; None on an open server."""
+    return getattr(request.state, "owner", None)
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Who an API key is, in records and metrics, without the key itself."""
+    return KEY_PREFIX + hashlib.sha256(key).hexdigest()[:16]
 
 
 class BodyTooLarge(ApiError):
@@ -68,7 +83,9 @@ class AccessMiddleware:
     def __init__(self, app, settings: Settings):
         self.app = app
         self.keys = [key.encode() for key in settings.api_keys]
+        self.hosts = {host.lower().strip("[]") for host in settings.allowed_hosts}
         self.max_body = settings.max_request_bytes
+        self.body_timeout = settings.body_timeout_s
         self.limiter = RateLimiter(settings.rate_limit_per_minute) if settings.rate_limit_per_minute else None
 
     async def __call__(self, scope, receive, send):
@@ -78,12 +95,16 @@ class AccessMiddleware:
             caller = self._check(scope)
         except ApiError as exc:
             return await exc.response(scope.get("path", ""))(scope, receive, send)
-        scope.setdefault("state", {})["caller"] = caller
+        state = scope.setdefault("state", {})
+        state["caller"] = caller
+        state["owner"] = caller if caller.startswith(KEY_PREFIX) else None  # jobs belong to API keys
         await self.app(scope, self._limited(receive), send)
 
     def _check(self, scope) -> str:
         """Raises ApiError (401, 413, 429); returns who is calling (a key label or the client address)."""
         headers = dict(scope["headers"])
+        if self.hosts:
+            self._check_host(headers.get(b"host", b"").decode("latin-1"))
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise BodyTooLarge(self.max_body)
@@ -101,24 +122,42 @@ class AccessMiddleware:
                 )
         return caller
 
+    def _check_host(self, host: str) -> None:
+        """Returned URLs are built from the Host header (without --public-base-url): only known names."""
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name.lower().strip("[]") not in self.hosts:
+            raise ApiError(
+                400, f"Host {host[:100]!r} is not a name of this server (--allowed-host)", code="invalid_host"
+            )
+
     def _authenticate(self, header: bytes, client) -> str:
         if not self.keys:
             return f"client-{client[0]}" if client else "anonymous"
         scheme, _, token = header.decode("latin-1").strip().partition(" ")
         token = token.strip().encode("latin-1")
         if scheme.lower() in AUTH_SCHEMES:
-            for index, key in enumerate(self.keys):
+            for key in self.keys:
                 if hmac.compare_digest(token, key):
-                    return f"key-{index}"
+                    return key_fingerprint(key)
         message = "a valid API key is required: send Authorization: Bearer <key> (or Key <key>)"
         raise ApiError(401, message if header else f"no API key given; {message}", code="invalid_api_key")
 
     def _limited(self, receive):
-        received = 0
+        received, complete = 0, False
 
         async def receive_limited():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # only a disconnect can come now: no deadline
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                raise ApiError(
+                    408,
+                    f"the request body stalled for {self.body_timeout:g} s; send it without pausing",
+                    code="request_timeout",
+                ) from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:

@@ -62,6 +62,11 @@ def _announce(settings: Settings, service: ImageService) -> None:
             log.warning("%s", DEMO_LABEL)
             log.warning("served as %s so API examples work unchanged; not for real use", served.spec.id)
             log.warning("*" * 78)
+    if not settings.public_base_url and not settings.allowed_hosts:
+        log.warning(
+            "neither --public-base-url nor --allowed-host is set: image URLs copy each request's Host "
+            "header, which a client controls"
+        )
     if not settings.api_keys:
         log.warning(
             "no API keys configured: the API is OPEN to anyone who can reach %s:%d",

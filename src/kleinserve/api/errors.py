@@ -14,9 +14,9 @@ from starlette.exceptions import HTTPException
 
 from kleinserve.api.request_ids import new_request_id
 from kleinserve.batcher import QueueFull
-from kleinserve.errors import InvalidRequest, KleinserveError
+from kleinserve.errors import InvalidRequest, KleinserveError, StorageFull
 from kleinserve.outputs import ResultGone
-from kleinserve.service import GenerationFailed, ModelNotReady, ModelNotServed
+from kleinserve.service import GenerationFailed, ModelNotReady, ModelNotServed, ShuttingDown
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -24,11 +24,13 @@ ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "service_unavailable",
+    507: "server_error",
 }
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
 FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
@@ -98,6 +100,10 @@ def from_service_error(exc: KleinserveError) -> ApiError:
         return ApiError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, QueueFull):
         return ApiError(503, str(exc), code="queue_full", retry_after=exc.retry_after)
+    if isinstance(exc, ShuttingDown):
+        return ApiError(503, str(exc), code="shutting_down", retry_after=exc.retry_after)
+    if isinstance(exc, StorageFull):
+        return ApiError(507, str(exc), code="storage_full", retry_after=exc.retry_after)
     if isinstance(exc, ModelNotReady):
         return ApiError(503, str(exc), code="model_not_ready", retry_after=exc.retry_after)
     if isinstance(exc, InvalidRequest):

@@ -26,6 +26,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from kleinserve.api import fal_stream
+from kleinserve.api.access import owner_of
+from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
 from kleinserve.errors import InvalidRequest, UnknownModel
@@ -63,19 +65,21 @@ def router(service: ImageService) -> APIRouter:
         base = str(request.base_url)
         on_finish = _webhook_sender(service, webhook, base) if webhook else None
         params = _params(endpoint, options, webhook)
-        job = await service.submit(served, generation, options, params, on_finish=on_finish, detached=True)
+        job = await service.submit(
+            served, generation, options, params, on_finish=on_finish, detached=True, owner=owner_of(request)
+        )
         urls = _request_urls(request, endpoint, job.id)
         body = {"request_id": job.id, **urls, "queue_position": service.queue_position(job) or 0}
         return JSONResponse(body, headers=_headers(served, job.id))
 
     @routes.get("/queue/{app:path}/requests/{request_id}/status")
     async def status(app: str, request_id: str, request: Request) -> dict:
-        job = await _job(service, request_id)
+        job = await _job(service, request_id, request)
         return _status(service, job, _wants_logs(request), _request_urls(request, app, request_id))
 
     @routes.get("/queue/{app:path}/requests/{request_id}/status/stream")
     async def status_stream(app: str, request_id: str, request: Request) -> StreamingResponse:
-        await _job(service, request_id)  # 404 before the stream starts
+        await _job(service, request_id, request)  # 404 before the stream starts
         urls = _request_urls(request, app, request_id)
         events = _status_events(service, request_id, _wants_logs(request), urls)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -83,12 +87,13 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.get("/queue/{app:path}/requests/{request_id}")
     async def result(app: str, request_id: str, request: Request) -> JSONResponse:
-        job = await _job(service, request_id)
+        job = await _job(service, request_id, request)
         output = await _finished_output(service, job, str(request.base_url))
         return JSONResponse(output, headers={"x-fal-request-id": job.id})
 
     @routes.put("/queue/{app:path}/requests/{request_id}/cancel")
-    async def cancel(app: str, request_id: str) -> JSONResponse:
+    async def cancel(app: str, request_id: str, request: Request) -> JSONResponse:
+        await _job(service, request_id, request)  # only the caller's own fal requests
         outcome = await service.cancel(request_id)
         if outcome is None:
             raise _unknown_request(request_id)
@@ -103,8 +108,9 @@ def router(service: ImageService) -> APIRouter:
         request.state.model = served.spec.id
         steps: asyncio.Queue = asyncio.Queue()
         params = {**_params(endpoint, options, None), "stream": True}
+        listener = lambda *step: steps.put_nowait(step)  # noqa: E731
         job = await service.submit(
-            served, generation, options, params, on_step=lambda *step: steps.put_nowait(step)
+            served, generation, options, params, on_step=listener, owner=owner_of(request)
         )
         outcome = asyncio.ensure_future(service.outcome(job))
         output = partial(_output, service, prompt=generation.prompt, base_url=str(request.base_url))
@@ -117,7 +123,10 @@ def router(service: ImageService) -> APIRouter:
         endpoint = f"fal-ai/{path}"
         served, generation, options, _ = await _parse(service, request, endpoint, queued=False)
         request.state.model = served.spec.id  # per-model latency stats
-        generated = await service.generate(served, generation, options, _params(endpoint, options, None))
+        params = _params(endpoint, options, None)
+        generated = await unless_client_leaves(
+            request, service.generate(served, generation, options, params, owner=owner_of(request))
+        )
         body = await _output(service, generated, generation.prompt, str(request.base_url))
         return JSONResponse(body, headers=_headers(served, generated.job_id))
 
@@ -207,7 +216,7 @@ def _image_urls(fields: dict, edit: bool, endpoint: str, limit: int) -> list:
 
 def _output_options(fields: dict) -> OutputOptions:
     fmt = fields.get("output_format", "png")
-    if fmt not in OUTPUT_FORMATS:
+    if not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
         raise invalid("output_format", f"must be one of jpeg, png, webp; got {fmt!r}")
     sync_mode = _bool(fields, "sync_mode", False)
     return OutputOptions(
@@ -394,8 +403,8 @@ def _wants_logs(http: Request) -> bool:
     return http.query_params.get("logs", "").lower() in ("1", "true", "yes")
 
 
-async def _job(service: ImageService, request_id: str) -> Job:
-    job = await service.job(request_id)
+async def _job(service: ImageService, request_id: str, http: Request) -> Job:
+    job = await service.owned_job(request_id, owner_of(http))
     if job is None or job.params.get("dialect") != "fal":
         raise _unknown_request(request_id)
     return job

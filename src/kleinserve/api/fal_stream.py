@@ -75,7 +75,7 @@ async def _last(job_id: str, outcome: asyncio.Future, output) -> dict:
     except ApiError as exc:
         error = exc
     except Exception as exc:
-        error = ApiError(500, f"generation failed: {exc}")
+        error = ApiError(500, f"internal error: {type(exc).__name__}; the server log has details")
     status, body = error.fal_body()
     return {"request_id": job_id, "status": "ERROR", "status_code": status, **body}
 

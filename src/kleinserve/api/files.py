@@ -1,4 +1,5 @@
-"""Stored images, served at stable URLs: GET /files/{job id}/{index}.{png|jpg|webp}."""
+"""Stored images, served at stable URLs: GET /files/{folder}/{index}.{png|jpg|webp} (the folder is a
+random name per job, unrelated to its id)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ CACHE_FOREVER = "public, max-age=31536000, immutable"  # a key is never reused f
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get(FILES_ROUTE + "/{job_id}/{name}")
-    async def stored_file(job_id: str, name: str) -> FileResponse:
-        found = service.local_file(f"{job_id}/{name}")
+    @routes.get(FILES_ROUTE + "/{folder}/{name}")
+    async def stored_file(folder: str, name: str) -> FileResponse:
+        found = service.local_file(f"{folder}/{name}")
         if found is None:
             raise ApiError(
                 404,
-                f"no file {job_id}/{name}; stored images expire after "
+                f"no file {folder}/{name}; stored images expire after "
                 f"{service.settings.retention_hours:g} hours",
                 code="file_not_found",
             )

@@ -17,6 +17,8 @@ async def json_object(request: Request) -> dict:
         fields = json.loads(body) if len(body) < 2**20 else await asyncio.to_thread(json.loads, body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError:
+        raise ApiError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(fields, dict):
         raise ApiError(
             400, f"the body must be a JSON object, got {type(fields).__name__}", code="invalid_json"

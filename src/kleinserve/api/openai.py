@@ -3,7 +3,6 @@ GET /v1/models[/{id}]. Schemas in, GenerationRequest out; results back in OpenAI
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import replace
 from typing import Any
@@ -13,10 +12,12 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from kleinserve.api.access import owner_of
+from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
 from kleinserve.errors import InvalidRequest
-from kleinserve.imaging import base64_text, data_uri, decode_image
+from kleinserve.imaging import base64_text, data_uri
 from kleinserve.outputs import Generated, OutputOptions
 from kleinserve.request import build_request, parse_size
 from kleinserve.service import DEMO_LABEL, ImageService, ServedModel
@@ -50,9 +51,7 @@ def router(service: ImageService) -> APIRouter:
     async def edits(request: Request) -> JSONResponse:
         fields, uploads = await _multipart_body(request)
         served = _served_model(service, request, fields)
-        images = await _decode_uploads(
-            uploads, service.settings.max_image_bytes, served.spec.max_reference_images
-        )
+        images = await _decode_uploads(service, uploads, served.spec.max_reference_images)
         return await _generate(service, request, served, fields, images=images, route="edits")
 
     @routes.get("/models")
@@ -81,7 +80,9 @@ async def _generate(
     quality = _quality(fields)
     request = _to_request(served, fields, images)
     params = {"dialect": "openai", "route": route, "response_format": response_format or "url+b64_json"}
-    generated = await service.generate(served, request, options, params)
+    generated = await unless_client_leaves(
+        http, service.generate(served, request, options, params, owner=owner_of(http))
+    )
     body = await _response_body(service, http, generated, options, response_format, fields.get("prompt"))
     headers = {"x-request-id": generated.job_id, "x-kleinserve-job-id": generated.job_id}
     if served.demo:
@@ -151,21 +152,25 @@ def _response_format(fields: dict) -> str | None:
     """'url', 'b64_json', or None when omitted (then both: OpenAI's image models answer b64_json, clients
     written for DALL-E read url)."""
     response_format = fields.get("response_format")
-    if response_format is not None and response_format not in RESPONSE_FORMATS:
+    if response_format is not None and (
+        not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS
+    ):
         raise invalid("response_format", f"must be 'url' or 'b64_json', got {response_format!r}")
     return response_format
 
 
 def _quality(fields: dict) -> str:
     """Accepted for compatibility and echoed: FLUX.2 [klein] has one quality (steps set the effort)."""
-    quality = fields.get("quality") or "auto"
-    if quality not in QUALITIES:
+    quality = fields.get("quality")
+    quality = "auto" if quality is None else quality
+    if not isinstance(quality, str) or quality not in QUALITIES:
         raise invalid("quality", f"must be one of {', '.join(QUALITIES)}, got {quality!r}")
     return quality
 
 
 def _output_options(fields: dict, response_format: str | None) -> OutputOptions:
-    fmt = fields.get("output_format") or "png"
+    fmt = fields.get("output_format")
+    fmt = "png" if fmt is None else fmt
     if not isinstance(fmt, str) or fmt.lower() not in OUTPUT_FORMATS:
         raise invalid("output_format", f"must be png, jpeg or webp, got {fmt!r}")
     fmt = OUTPUT_FORMATS[fmt.lower()]
@@ -232,7 +237,8 @@ async def _multipart_body(request: Request) -> tuple[dict, list[UploadFile]]:
     return _check_fields(fields), uploads
 
 
-async def _decode_uploads(uploads: list[UploadFile], max_bytes: int, max_images: int) -> list:
+async def _decode_uploads(service: ImageService, uploads: list[UploadFile], max_images: int) -> list:
+    max_bytes = service.settings.max_image_bytes
     if len(uploads) > max_images:  # refused before anything is read or decoded
         raise invalid(
             "image", f"{len(uploads)} images given; FLUX.2 [klein] takes 1 to {max_images} reference images"
@@ -249,7 +255,7 @@ async def _decode_uploads(uploads: list[UploadFile], max_bytes: int, max_images:
         data = await upload.read()
         if not data:
             raise invalid("image", f"{name} is empty (0 bytes)")
-        images.append(await asyncio.to_thread(decode_image, data, name, "image"))
+        images.append(await service.decode_reference(data, name, "image"))
     return images
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError
 from kleinserve.metrics import METRICS_CONTENT_TYPE
 from kleinserve.service import DEMO_LABEL, ImageService, ModelNotReady
@@ -36,15 +37,15 @@ def router(service: ImageService) -> APIRouter:
         return service.metrics.stats()
 
     @routes.get("/v1/jobs/{job_id}")
-    async def job(job_id: str) -> dict:
-        record = await service.job(job_id)
+    async def job(job_id: str, request: Request) -> dict:
+        record = await service.owned_job(job_id, owner_of(request))
         if record is None:
             raise ApiError(
                 404,
                 f"no job {job_id!r}; finished jobs are kept for {service.settings.retention_hours:g} hours",
                 param="job_id",
             )
-        return dataclasses.asdict(record)
+        return {name: value for name, value in dataclasses.asdict(record).items() if name != "owner"}
 
     return routes
 

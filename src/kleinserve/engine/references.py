@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from kleinserve.engine.vae import LatentCodec, grid_position_ids, pack
-from kleinserve.request import reference_image_size, reference_resize_size
+from kleinserve.imaging import reduced_reference
+from kleinserve.request import reference_image_size
 
 # Reference j sits at time index 10 * (j + 1) in the 4-axis RoPE; the generated image is at 0.
 REFERENCE_TIME_STEP = 10
@@ -15,9 +16,7 @@ REFERENCE_TIME_STEP = 10
 
 def reference_pixels(image: Image.Image) -> torch.Tensor:
     """(1, 3, H, W) in [-1, 1]: downscale (Lanczos) to <= 1 MP, center-crop to multiples of 16, RGB."""
-    resized = reference_resize_size(*image.size)
-    if resized != image.size:
-        image = image.resize(resized, Image.Resampling.LANCZOS)
+    image = reduced_reference(image)  # a no-op for images decoded by the server (reduced already)
     crop_w, crop_h = reference_image_size(*image.size)
     left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
     image = image.crop((left, top, left + crop_w, top + crop_h))
