@@ -128,7 +128,9 @@ def install_error_handlers(app) -> None:
             message = f"no route {request.method} {request.url.path}; see GET /v1/models and the README"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return ApiError(exc.status_code, message).response(request.url.path)
+        response = ApiError(exc.status_code, message).response(request.url.path)
+        response.headers.update(exc.headers or {})  # e.g. a 405's Allow
+        return response
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         message = f"internal error: {type(exc).__name__}; the server log has details"

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from kleinserve.api import fal_stream
+from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.errors import ApiError, invalid
@@ -59,7 +60,11 @@ STREAM_POLL_S = 0.1
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
-    @routes.post("/queue/{endpoint:path}")
+    @routes.post(
+        "/queue/{endpoint:path}",
+        openapi_extra=docs.json_body(docs.FalInput),
+        responses=docs.answers(docs.QueueSubmitted, docs.FalError, 404, 422, *docs.SERVICE),
+    )
     async def submit(endpoint: str, request: Request) -> JSONResponse:
         served, generation, options, webhook = await _parse(service, request, endpoint, queued=True)
         base = str(request.base_url)
@@ -72,12 +77,18 @@ def router(service: ImageService) -> APIRouter:
         body = {"request_id": job.id, **urls, "queue_position": service.queue_position(job) or 0}
         return JSONResponse(body, headers=_headers(served, job.id))
 
-    @routes.get("/queue/{app:path}/requests/{request_id}/status")
+    @routes.get(
+        "/queue/{app:path}/requests/{request_id}/status",
+        responses=docs.answers(docs.QueueStatus, docs.FalError, 404),
+    )
     async def status(app: str, request_id: str, request: Request) -> dict:
         job = await _job(service, request_id, request)
         return _status(service, job, _wants_logs(request), _request_urls(request, app, request_id))
 
-    @routes.get("/queue/{app:path}/requests/{request_id}/status/stream")
+    @routes.get(
+        "/queue/{app:path}/requests/{request_id}/status/stream",
+        responses=docs.answers(None, docs.FalError, 404, media="text/event-stream"),
+    )
     async def status_stream(app: str, request_id: str, request: Request) -> StreamingResponse:
         await _job(service, request_id, request)  # 404 before the stream starts
         urls = _request_urls(request, app, request_id)
@@ -85,13 +96,19 @@ def router(service: ImageService) -> APIRouter:
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
-    @routes.get("/queue/{app:path}/requests/{request_id}")
+    @routes.get(
+        "/queue/{app:path}/requests/{request_id}",
+        responses=docs.answers(docs.FalOutput, docs.FalError, 404, 410, 500),
+    )
     async def result(app: str, request_id: str, request: Request) -> JSONResponse:
         job = await _job(service, request_id, request)
         output = await _finished_output(service, job, str(request.base_url))
         return JSONResponse(output, headers={"x-fal-request-id": job.id})
 
-    @routes.put("/queue/{app:path}/requests/{request_id}/cancel")
+    @routes.put(
+        "/queue/{app:path}/requests/{request_id}/cancel",
+        responses={**docs.answers(docs.CancelAnswer, docs.FalError, 404), 400: {"model": docs.CancelAnswer}},
+    )
     async def cancel(app: str, request_id: str, request: Request) -> JSONResponse:
         await _job(service, request_id, request)  # only the caller's own fal requests
         outcome = await service.cancel(request_id)
@@ -101,7 +118,11 @@ def router(service: ImageService) -> APIRouter:
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
         return JSONResponse({"status": "CANCELLATION_REQUESTED"})
 
-    @routes.post("/fal-ai/{path:path}/stream")
+    @routes.post(
+        "/fal-ai/{path:path}/stream",
+        openapi_extra=docs.json_body(docs.FalInput),
+        responses=docs.answers(None, docs.FalError, 404, 422, *docs.SERVICE, media="text/event-stream"),
+    )
     async def stream(path: str, request: Request) -> StreamingResponse:
         endpoint = f"fal-ai/{path}"
         served, generation, options, _ = await _parse(service, request, endpoint, queued=False)
@@ -118,7 +139,11 @@ def router(service: ImageService) -> APIRouter:
         return StreamingResponse(events, media_type="text/event-stream", headers={**_headers(served, job.id),
                                  "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
-    @routes.post("/fal-ai/{path:path}")
+    @routes.post(
+        "/fal-ai/{path:path}",
+        openapi_extra=docs.json_body(docs.FalInput),
+        responses=docs.answers(docs.FalOutput, docs.FalError, 404, 422, *docs.SERVICE),
+    )
     async def run(path: str, request: Request) -> JSONResponse:
         endpoint = f"fal-ai/{path}"
         served, generation, options, _ = await _parse(service, request, endpoint, queued=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from kleinserve.api import openapi_docs as docs
 from kleinserve.api.errors import ApiError
 from kleinserve.service import ImageService
 from kleinserve.storage import FILES_ROUTE
@@ -16,7 +17,10 @@ CACHE_FOREVER = "public, max-age=31536000, immutable"  # a key is never reused f
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get(FILES_ROUTE + "/{folder}/{name}")
+    @routes.get(
+        FILES_ROUTE + "/{folder}/{name}",
+        responses=docs.answers(None, docs.OpenAIError, 404, media="image/png,image/jpeg,image/webp"),
+    )
     async def stored_file(folder: str, name: str) -> FileResponse:
         found = service.local_file(f"{folder}/{name}")
         if found is None:

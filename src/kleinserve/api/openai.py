@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.errors import ApiError, invalid
@@ -41,24 +42,32 @@ CREATED = 1768348800  # 2026-01-14, FLUX.2 [klein]'s release, for /v1/models
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter(prefix="/v1")
 
-    @routes.post("/images/generations")
+    @routes.post(
+        "/images/generations",
+        openapi_extra=docs.json_body(docs.ImagesRequest),
+        responses=docs.answers(docs.ImagesResponse, docs.OpenAIError, 404, 415, *docs.SERVICE),
+    )
     async def generations(request: Request) -> JSONResponse:
         fields = await _json_body(request)
         served = _served_model(service, request, fields)
         return await _generate(service, request, served, fields, images=[], route="generations")
 
-    @routes.post("/images/edits")
+    @routes.post(
+        "/images/edits",
+        openapi_extra=docs.multipart_body(docs.EditForm),
+        responses=docs.answers(docs.ImagesResponse, docs.OpenAIError, 404, 415, *docs.SERVICE),
+    )
     async def edits(request: Request) -> JSONResponse:
         fields, uploads = await _multipart_body(request)
         served = _served_model(service, request, fields)
         images = await _decode_uploads(service, uploads, served.spec.max_reference_images)
         return await _generate(service, request, served, fields, images=images, route="edits")
 
-    @routes.get("/models")
+    @routes.get("/models", responses=docs.answers(None, docs.OpenAIError))
     async def models() -> dict:
         return {"object": "list", "data": [_model_entry(m) for m in service.models]}
 
-    @routes.get("/models/{name:path}")
+    @routes.get("/models/{name:path}", responses=docs.answers(None, docs.OpenAIError, 404))
     async def model(name: str) -> dict:
         return _model_entry(service.model(name))
 

@@ -7,6 +7,7 @@ import dataclasses
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError
 from kleinserve.metrics import METRICS_CONTENT_TYPE
@@ -16,27 +17,27 @@ from kleinserve.service import DEMO_LABEL, ImageService, ModelNotReady
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get("/health")
+    @routes.get("/health", responses=docs.answers(None, docs.OpenAIError))
     async def health() -> dict:
         return {"status": "ok", "models": _model_states(service)}
 
-    @routes.get("/ready")
+    @routes.get("/ready", responses=docs.answers(None, docs.OpenAIError, 503))
     async def ready() -> JSONResponse:
         body = {"ready": service.ready, "models": _model_states(service)}
         return JSONResponse(body, status_code=200 if service.ready else 503, headers=_retry(service))
 
-    @routes.get("/metrics")
+    @routes.get("/metrics", responses=docs.answers(None, docs.OpenAIError, media="text/plain"))
     async def metrics() -> Response:
         for served in service.models:  # the queue-depth gauge is read from the batchers at scrape time
             if served.batcher is not None:
                 service.metrics.queue_depth.labels(served.spec.id).set(served.batcher.depth)
         return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    @routes.get("/v1/stats")
+    @routes.get("/v1/stats", responses=docs.answers(None, docs.OpenAIError))
     async def stats() -> dict:
         return service.metrics.stats()
 
-    @routes.get("/v1/jobs/{job_id}")
+    @routes.get("/v1/jobs/{job_id}", responses=docs.answers(None, docs.OpenAIError, 404))
     async def job(job_id: str, request: Request) -> dict:
         record = await service.owned_job(job_id, owner_of(request))
         if record is None:
