@@ -205,7 +205,7 @@ class ImageService:
                     self._gpu_thread, load_engine, served.spec, self.settings, served.demo
                 )
             except Exception as exc:
-                served.state, served.error = "failed", f"{type(exc).__name__}: {exc}"
+                served.state, served.error = "failed", f"it failed to load ({type(exc).__name__}: {exc})"
                 log.error("could not load %s: %s", served.spec.id, served.error)
                 continue
             served.batcher = Batcher(
@@ -237,7 +237,7 @@ class ImageService:
             except Exception as exc:
                 log.exception("the batcher of %s died (attempt %d)", served.spec.id, attempt + 1)
                 served.batcher.fail_all(BatcherFailed(f"the model's batcher failed ({type(exc).__name__})"))
-                served.error = f"batcher failed: {type(exc).__name__}: {exc}"
+                served.error = f"its batcher failed ({type(exc).__name__}: {exc})"
         served.state = "failed"
         log.error("%s is out of service: its batcher failed %d times", served.spec.id, BATCHER_RESTARTS + 1)
 
@@ -276,7 +276,7 @@ class ImageService:
     def ready_batcher(self, served: ServedModel) -> Batcher:
         if served.batcher is None or served.state != "ready":
             if served.state == "failed":
-                raise ModelNotReady(f"{served.spec.id} failed to load: {served.error}")
+                raise ModelNotReady(f"{served.spec.id} is out of service: {served.error}")
             raise ModelNotReady(f"{served.spec.id} is still loading; retry shortly")
         return served.batcher
 
