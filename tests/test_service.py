@@ -1,6 +1,7 @@
 """The image service in-process: failures (storage, engine, the batch loop itself) end jobs truthfully."""
 
 import asyncio
+import threading
 
 import pytest
 
@@ -124,3 +125,39 @@ def test_a_dying_batcher_is_restarted_then_its_model_is_marked_failed(checkpoint
     crashes, state, ready = asyncio.run(scenario())
     assert crashes == [1] * (BATCHER_RESTARTS + 1)  # each crash failed its job; the loop came back
     assert state == "failed" and not ready
+
+
+def test_a_jobs_safety_check_does_not_wait_for_the_next_batch(checkpoints, tmp_path):
+    settings = Settings(
+        models=(f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",), data_dir=tmp_path, batch_wait_ms=0
+    )  # the safety checker is on (the tiny classifier, from conftest)
+
+    async def scenario():
+        service = await _started(settings, tmp_path)
+        served = service.model(None)
+        checked = OutputOptions(safety_check=True)
+        engine, b_generated = served.batcher.engine, threading.Event()
+        generate = engine.generate
+
+        def recording(requests, **kwargs):
+            results = generate(requests, **kwargs)
+            if requests[0].prompt == "b":
+                b_generated.set()
+            return results
+
+        engine.generate = recording
+        try:
+            small = build_request(served.spec, prompt="a", width=64, height=64, seed=1)
+            large = build_request(served.spec, prompt="b", width=1024, height=1024, steps=8, seed=2)
+            job_a = await service.submit(served, small, checked, {})
+            job_b = await service.submit(served, large, OutputOptions(), {})  # queued behind A, runs next
+            outcome_b = asyncio.ensure_future(service.outcome(job_b))
+            await service.outcome(job_a)  # generated, safety-checked, encoded, stored
+            b_done_when_a_finished = b_generated.is_set()
+            await outcome_b
+            return b_done_when_a_finished, b_generated.is_set()
+        finally:
+            await _stopped(service)
+
+    b_done_when_a_finished, b_done = asyncio.run(scenario())
+    assert b_done and not b_done_when_a_finished  # A's check did not wait for B's whole generation

@@ -135,7 +135,13 @@ class ImageService:
             timeout_s=settings.webhook_timeout_s,
         )
         self.safety: SafetyChecker | None = None
-        self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-engine")
+        # Each model's engine has a thread of its own (loading one model never stalls another's batches);
+        # the safety checker has another, so a job's check never waits behind the next batch.
+        self._engine_threads = {
+            served.spec.id: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kleinserve-engine-{i}")
+            for i, served in enumerate(self.models)
+        }
+        self._safety_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-safety")
         self._tasks: list[asyncio.Task] = []
         self._active: dict[str, asyncio.Task[Generated]] = {}  # job id -> the task that completes it
         self._step_listeners: dict[str, StepListener] = {}  # job id -> who watches its steps
@@ -171,7 +177,8 @@ class ImageService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._gpu_thread.shutdown(wait=True, cancel_futures=True)
+        for thread in (*self._engine_threads.values(), self._safety_thread):
+            thread.shutdown(wait=True, cancel_futures=True)
         self._decoder.shutdown(wait=False, cancel_futures=True)
         await self.outbound.close()
 
@@ -202,7 +209,7 @@ class ImageService:
         for served in self.models:
             try:
                 engine = await loop.run_in_executor(
-                    self._gpu_thread, load_engine, served.spec, self.settings, served.demo
+                    self._engine_threads[served.spec.id], load_engine, served.spec, self.settings, served.demo
                 )
             except Exception as exc:
                 served.state, served.error = "failed", f"it failed to load ({type(exc).__name__}: {exc})"
@@ -210,7 +217,7 @@ class ImageService:
                 continue
             served.batcher = Batcher(
                 engine,
-                self._gpu_thread,
+                self._engine_threads[served.spec.id],
                 _JobEvents(self, served.spec.id),
                 max_batch_images=self.settings.max_batch_images,
                 max_wait_s=self.settings.batch_wait_ms / 1000,
@@ -225,7 +232,7 @@ class ImageService:
         from kleinserve.safety import load_safety_checker
 
         loop = asyncio.get_running_loop()
-        self.safety = await loop.run_in_executor(self._gpu_thread, load_safety_checker, self.settings)
+        self.safety = await loop.run_in_executor(self._safety_thread, load_safety_checker, self.settings)
         log.info("safety checker ready: %s", self.safety.describe())
 
     async def _supervise(self, served: ServedModel) -> None:
@@ -425,7 +432,7 @@ class ImageService:
             return [False] * len(arrays)
         start = time.monotonic()
         loop = asyncio.get_running_loop()
-        flags = await loop.run_in_executor(self._gpu_thread, self.safety.flags, arrays)
+        flags = await loop.run_in_executor(self._safety_thread, self.safety.flags, arrays)
         for i, flagged in enumerate(flags):
             if flagged:
                 arrays[i] = np.zeros_like(arrays[i])
