@@ -12,6 +12,7 @@ import torch
 
 HIDDEN_STATE_LAYERS = (9, 18, 27)
 MAX_TOKENS = 512
+TOKEN_COUNTS_KEPT = 1024  # prompts whose token count (for usage) is remembered
 
 
 class PromptEncoder:
@@ -20,6 +21,7 @@ class PromptEncoder:
         self.text_encoder = text_encoder
         self.cache_size = cache_size
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._token_counts: OrderedDict[str, int] = OrderedDict()  # noted while encoding: no second pass
 
     def tokenize(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         text = self.tokenizer.apply_chat_template(
@@ -35,7 +37,14 @@ class PromptEncoder:
 
     def count_tokens(self, prompt: str) -> int:
         """Tokens of the prompt the text encoder attends to (chat template included, padding not)."""
-        return int(self.tokenize(prompt)[1].sum())
+        if prompt not in self._token_counts:
+            self._note_count(prompt, self.tokenize(prompt)[1])
+        return self._token_counts[prompt]
+
+    def _note_count(self, prompt: str, mask: torch.Tensor) -> None:
+        self._token_counts[prompt] = int(mask.sum())
+        while len(self._token_counts) > TOKEN_COUNTS_KEPT:
+            self._token_counts.popitem(last=False)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """(len(prompts), 512, 3 * hidden) in the text encoder's dtype, on its device."""
@@ -55,6 +64,8 @@ class PromptEncoder:
     @torch.inference_mode()
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         ids, masks = zip(*(self.tokenize(p) for p in prompts), strict=True)
+        for prompt, mask in zip(prompts, masks, strict=True):
+            self._note_count(prompt, mask)
         device = next(self.text_encoder.parameters()).device
         output = self.text_encoder(
             input_ids=torch.cat(ids).to(device),
