@@ -9,8 +9,9 @@ from functools import partial
 import numpy as np
 import pytest
 
-from kleinserve.batcher import Batcher, JobCancelled, QueueFull
+from kleinserve.batcher import Batcher
 from kleinserve.engine.engine import StepProgress
+from kleinserve.errors import JobCancelled, QueueFull
 from kleinserve.request import GenerationRequest, GenerationResult
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from kleinserve.errors import KleinserveError
+from kleinserve.errors import JobCancelled, QueueFull
 from kleinserve.request import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not when the API is imported
@@ -24,22 +24,8 @@ if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not whe
     from kleinserve.engine.engine import StepProgress
 
 
-class JobCancelled(KleinserveError):
-    """Set on a job's future when it is cancelled; a running batch stops once all its jobs are."""
-
-
 class _BatchCancelled(Exception):
     """Raised on the engine thread at a step boundary when every job in the batch was cancelled."""
-
-
-class BatcherFailed(KleinserveError):
-    """The loop feeding the engine died; the jobs it held fail with this."""
-
-
-class QueueFull(KleinserveError):
-    def __init__(self, model: str, depth: int, retry_after: int):
-        super().__init__(f"{model} has {depth} jobs queued, its limit; retry in about {retry_after} s")
-        self.retry_after = retry_after
 
 
 @dataclass(eq=False)

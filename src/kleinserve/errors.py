@@ -1,4 +1,5 @@
-"""Errors a user can act on. Each carries one clear line; the CLI and the API print only that."""
+"""The domain's errors, all in one place. Each carries one clear line meant for the user; the CLI and
+the API print only that (api/errors.py maps each class to its HTTP status)."""
 
 import errno
 
@@ -32,6 +33,46 @@ class StorageFull(KleinserveError):
     """The disk holding the job records or images is full: nothing was accepted; retry once space returns."""
 
     retry_after = 30
+
+
+class QueueFull(KleinserveError):
+    """A model's queue is at its limit; `retry_after` estimates when there is room."""
+
+    def __init__(self, model: str, depth: int, retry_after: int):
+        super().__init__(f"{model} has {depth} jobs queued, its limit; retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class JobCancelled(KleinserveError):
+    """The job was cancelled (by its client, or because its caller went away)."""
+
+
+class BatcherFailed(KleinserveError):
+    """The loop feeding a model's engine died; the jobs it held fail with this."""
+
+
+class ModelNotServed(KleinserveError):
+    """A model name this server does not serve (unknown, or known but not loaded here)."""
+
+
+class ModelNotReady(KleinserveError):
+    """The model is still loading (or failed to load)."""
+
+    retry_after = 5
+
+
+class ShuttingDown(KleinserveError):
+    """The server is stopping: it takes no new work, and work it could not finish fails with this."""
+
+    retry_after = 10
+
+
+class GenerationFailed(KleinserveError):
+    """The engine raised; the job is recorded as failed."""
+
+
+class ResultGone(KleinserveError):
+    """Inline images (sync_mode, b64_json) that are no longer kept."""
 
 
 def is_disk_full(exc: BaseException) -> bool:

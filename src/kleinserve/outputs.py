@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from kleinserve.errors import KleinserveError
+from kleinserve.errors import ResultGone
 from kleinserve.imaging import encode_image
 from kleinserve.jobs import Job
 from kleinserve.request import GenerationRequest
@@ -23,10 +23,6 @@ from kleinserve.storage import CONTENT_TYPES, Store, folder_of, image_key, new_f
 from kleinserve.usage import Usage
 
 INLINE_RESULTS_KEPT = 16
-
-
-class ResultGone(KleinserveError):
-    """An inline result that is no longer held (evicted, or the server restarted)."""
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kleinserve.batcher import Batcher, BatcherFailed, JobCancelled, QueueFull, Work
-from kleinserve.errors import KleinserveError, StorageFull, UnknownModel, is_disk_full
+from kleinserve.batcher import Batcher, Work
+from kleinserve.errors import (
+    BatcherFailed,
+    GenerationFailed,
+    JobCancelled,
+    ModelNotReady,
+    ModelNotServed,
+    QueueFull,
+    ShuttingDown,
+    StorageFull,
+    UnknownModel,
+    is_disk_full,
+)
 from kleinserve.imaging import DECODE_SLOTS, decode_image
 from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
 from kleinserve.metrics import Metrics
@@ -55,26 +66,6 @@ INTERRUPTED = {
     "message": "the server stopped before this job finished; nothing was produced, submit it again",
     "param": None,
 }
-
-
-class ModelNotServed(KleinserveError):
-    """A model name this server does not serve (unknown, or known but not loaded here)."""
-
-
-class ModelNotReady(KleinserveError):
-    """The model is still loading (or failed to load)."""
-
-    retry_after = 5
-
-
-class ShuttingDown(KleinserveError):
-    """The server is stopping: it takes no new work, and work it could not finish fails with this."""
-
-    retry_after = 10
-
-
-class GenerationFailed(KleinserveError):
-    """The engine raised; the job is recorded as failed."""
 
 
 @dataclass
@@ -163,12 +154,6 @@ class ImageService:
         self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
         if self.settings.retention_hours > 0:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
-
-    async def decode_reference(self, data: bytes, name: str, field: str):
-        """An uploaded reference image, decoded and reduced to what the engine uses."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._decoder, decode_image, data, name, field
-        )
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *self._active.values(), *self._background]
@@ -372,7 +357,8 @@ class ImageService:
         if (listener := self._step_listeners.get(job_id)) is not None:
             listener(step, total, previews)
 
-    def queue_position(self, job: Job) -> int | None:
+    async def queue_position(self, job: Job) -> int | None:
+        """0-based place among its model's queued jobs; None once it has left the queue."""
         served = self._by_name.get(job.model.lower())
         return served.batcher.position(job.id) if served and served.batcher else None
 
@@ -471,6 +457,27 @@ class ImageService:
         message = status.value if error is None else f"{status.value}: {error['message']}"
         with contextlib.suppress(Exception):  # a log line is not worth failing over
             await self.jobs.log(job_id, message)
+
+    # --- references and webhooks ----------------------------------------------------------------
+
+    async def decode_reference(self, data: bytes, name: str, field: str):
+        """An uploaded reference image, decoded and reduced to what the engine uses."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._decoder, decode_image, data, name, field
+        )
+
+    async def fetch_reference(self, url: object, field: str):
+        """A reference image from an http(s) URL or a data URI, decoded and reduced; InvalidRequest naming
+        `field` when it cannot be had."""
+        return await self.outbound.fetch_image(url, field)
+
+    async def check_webhook_address(self, host: str, port: int | None, field: str) -> None:
+        """InvalidRequest naming `field` unless the host is one this server may call."""
+        await self.outbound.checked_address(host, port, field)
+
+    async def deliver_webhook(self, job_id: str, url: str, body: dict) -> bool:
+        """POST `body` to `url` with retries, logging each attempt on the job."""
+        return await self.webhooks.deliver(job_id, url, body)
 
     # --- files and jobs --------------------------------------------------------------------------
 

@@ -13,10 +13,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from kleinserve.api.request_ids import new_request_id
-from kleinserve.batcher import QueueFull
-from kleinserve.errors import InvalidRequest, KleinserveError, StorageFull
-from kleinserve.outputs import ResultGone
-from kleinserve.service import GenerationFailed, ModelNotReady, ModelNotServed, ShuttingDown
+from kleinserve.errors import (
+    GenerationFailed,
+    InvalidRequest,
+    KleinserveError,
+    ModelNotReady,
+    ModelNotServed,
+    QueueFull,
+    ResultGone,
+    ShuttingDown,
+    StorageFull,
+)
 
 ERROR_TYPES = {
     400: "invalid_request_error",

@@ -31,13 +31,13 @@ from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
-from kleinserve.errors import InvalidRequest, UnknownModel
+from kleinserve.errors import InvalidRequest, ModelNotServed, UnknownModel
 from kleinserve.imaging import data_uri
 from kleinserve.jobs import Job, JobStatus
 from kleinserve.models import resolve_model
 from kleinserve.outputs import Generated, OutputOptions
 from kleinserve.request import GenerationRequest, build_request
-from kleinserve.service import DEMO_LABEL, ImageService, ModelNotServed, ServedModel
+from kleinserve.service import DEMO_LABEL, ImageService, ServedModel
 
 ENDPOINT_PREFIX = "fal-ai/flux-2/klein/"
 PRESETS = {
@@ -74,7 +74,7 @@ def router(service: ImageService) -> APIRouter:
             served, generation, options, params, on_finish=on_finish, detached=True, owner=owner_of(request)
         )
         urls = _request_urls(request, endpoint, job.id)
-        body = {"request_id": job.id, **urls, "queue_position": service.queue_position(job) or 0}
+        body = {"request_id": job.id, **urls, "queue_position": await service.queue_position(job) or 0}
         return JSONResponse(body, headers=_headers(served, job.id))
 
     @routes.get(
@@ -83,7 +83,7 @@ def router(service: ImageService) -> APIRouter:
     )
     async def status(app: str, request_id: str, request: Request) -> dict:
         job = await _job(service, request_id, request)
-        return _status(service, job, _wants_logs(request), _request_urls(request, app, request_id))
+        return await _status(service, job, _wants_logs(request), _request_urls(request, app, request_id))
 
     @routes.get(
         "/queue/{app:path}/requests/{request_id}/status/stream",
@@ -173,7 +173,7 @@ async def _parse(service: ImageService, http: Request, endpoint: str, *, queued:
     _precheck(served, fields, width, height)  # cheap checks before any download
     names = ["image_url"] if "image_url" in fields else [f"image_urls[{i}]" for i in range(len(urls))]
     images = await asyncio.gather(
-        *(service.outbound.fetch_image(url, name) for url, name in zip(urls, names, strict=True))
+        *(service.fetch_reference(url, name) for url, name in zip(urls, names, strict=True))
     )
     return served, _to_request(served, fields, list(images), width, height), options, webhook
 
@@ -299,7 +299,7 @@ async def _check_webhook(service: ImageService, url: str) -> None:
     if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
         raise invalid("fal_webhook", f"must be an http(s) URL, got {url[:80]!r}")
     try:
-        await service.outbound.checked_address(parsed.host, parsed.port, "fal_webhook")
+        await service.check_webhook_address(parsed.host, parsed.port, "fal_webhook")
     except InvalidRequest as exc:
         raise invalid("fal_webhook", exc.reason) from exc
 
@@ -372,7 +372,7 @@ def _webhook_sender(service: ImageService, url: str, base_url: str):
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             body.update(status="ERROR", error=message, payload={"detail": message})
-        await service.webhooks.deliver(job_id, url, body)
+        await service.deliver_webhook(job_id, url, body)
 
     return send
 
@@ -380,10 +380,10 @@ def _webhook_sender(service: ImageService, url: str, base_url: str):
 # --- queue status ----------------------------------------------------------------------------------
 
 
-def _status(service: ImageService, job: Job, logs: bool, urls: dict) -> dict:
+async def _status(service: ImageService, job: Job, logs: bool, urls: dict) -> dict:
     body: dict[str, Any] = {"request_id": job.id, "response_url": urls["response_url"],
                             "logs": _fal_logs(job) if logs else None, "queue_position": None}  # fmt: skip
-    position = service.queue_position(job)
+    position = await service.queue_position(job)
     if job.status.finished:
         inference = sum((job.result or {}).get("timings", {}).get(s, 0.0) for s in ENGINE_STAGES)
         body.update(status="COMPLETED", metrics={"inference_time": round(inference, 4)})
@@ -402,7 +402,7 @@ async def _status_events(service: ImageService, request_id: str, logs: bool, url
         job = await service.job(request_id)
         if job is None:  # expired while streaming
             return
-        status = _status(service, job, logs, urls)
+        status = await _status(service, job, logs, urls)
         text = json.dumps(status)
         if text != last:
             yield f"data: {text}\n\n"

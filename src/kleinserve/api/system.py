@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError
+from kleinserve.errors import ModelNotReady
 from kleinserve.metrics import METRICS_CONTENT_TYPE
-from kleinserve.service import DEMO_LABEL, ImageService, ModelNotReady
+from kleinserve.service import DEMO_LABEL, ImageService
 
 
 def router(service: ImageService) -> APIRouter:
