@@ -8,12 +8,17 @@ import argparse
 import os
 import sys
 import time
+import types
+import typing
 from pathlib import Path
+
+from pydantic_core import PydanticUndefined
 
 from kleinserve.errors import InvalidRequest, KleinserveError
 from kleinserve.imaging import EXTENSIONS, OUTPUT_FORMATS, encode_image, read_image_file
 from kleinserve.models import Variant, resolve_model
 from kleinserve.request import build_request, parse_size
+from kleinserve.settings import DTYPES, Flag, Settings
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -47,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     gen.add_argument(
         "--dtype",
-        choices=["bfloat16", "float16", "float32"],
+        choices=DTYPES,
         help="default: bfloat16 on CUDA, float32 on CPU",
     )
     gen.add_argument("--no-download", action="store_true", help="use only weights already on disk")
@@ -152,128 +157,94 @@ def _output_paths(output: Path, fmt: str, count: int) -> list[Path]:
 
 
 def _add_serve_parser(commands) -> None:
-    serve = commands.add_parser("serve", help="run the HTTP server (OpenAI Images API and fal API)")
-    serve.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="ID[=PATH]",
-        help="model to serve (repeatable): ID loads it from the Hugging Face cache, ID=PATH from a local "
-        "checkpoint; the first is the default",
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP server (OpenAI Images API and fal API)",
+        epilog="Every setting can also come from the environment as KLEINSERVE_<NAME> (e.g. "
+        "KLEINSERVE_API_KEYS=k1,k2 for --api-key); flags win.",
     )
+    for name, flag in setting_flags().items():
+        _add_setting_flag(serve, name, flag)
     serve.add_argument(
-        "--demo",
-        action="store_true",
-        help="serve a tiny RANDOM-WEIGHT test model as flux.2-klein-4b (built on first use; no weights)",
-    )
-    serve.add_argument("--host", help="default 127.0.0.1")
-    serve.add_argument("--port", type=int, help="default 8000")
-    serve.add_argument(
-        "--data-dir", help="jobs database and stored images (default ~/.local/share/kleinserve)"
-    )
-    serve.add_argument("--public-base-url", help="base of image URLs, e.g. https://img.example.com")
-    serve.add_argument("--api-key", action="append", dest="api_keys", metavar="KEY", help="repeatable")
-    serve.add_argument("--ssl-certfile")
-    serve.add_argument("--ssl-keyfile")
-    serve.add_argument(
-        "--retention-hours", type=float, help="delete jobs and images older than this (0: never)"
-    )
-    serve.add_argument("--rate-limit-per-minute", type=int, help="per API key or client; 0 = unlimited")
-    serve.add_argument("--max-batch-images", type=int)
-    serve.add_argument("--batch-wait-ms", type=float)
-    serve.add_argument("--max-queue-depth", type=int)
-    serve.add_argument("--max-request-bytes", type=int)
-    serve.add_argument(
-        "--prompt-cache-size", type=int, help="prompt embeddings kept per model (default 16; 0 off)"
-    )
-    serve.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="regional torch.compile of the transformer blocks (default: on for CUDA, off for CPU)",
-    )
-    serve.add_argument("--attention-backend", help="diffusers attention backend, e.g. _native_cudnn, flash")
-    serve.add_argument(
-        "--warmup-size",
-        action="append",
-        dest="warmup_sizes",
-        metavar="WxH",
-        help="generate once at start-up at this size (repeatable)",
-    )
-    serve.add_argument("--device")
-    serve.add_argument("--dtype", choices=["bfloat16", "float16", "float32"])
-    serve.add_argument("--no-download", dest="allow_download", action="store_false", default=None)
-    serve.add_argument("--no-warmup", dest="warmup", action="store_false", default=None)
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    _add_safety_and_outbound_options(serve)
-    _add_network_options(serve)
-
-
-def _add_network_options(serve) -> None:
-    serve.add_argument(
-        "--allowed-host",
-        action="append",
-        dest="allowed_hosts",
-        metavar="NAME",
-        help="a host name clients use for this server (repeatable); others get 400 (default: any)",
-    )
-    serve.add_argument(
-        "--trusted-proxy",
-        action="append",
-        dest="trusted_proxies",
-        metavar="ADDRESS",
-        help="believe X-Forwarded-For/-Proto only from this proxy (repeatable; default: from none)",
-    )
-    serve.add_argument("--header-timeout-s", type=float, help="time to send the request head (default 10)")
-    serve.add_argument("--body-timeout-s", type=float, help="longest pause while sending a body (default 30)")
-    serve.add_argument(
-        "--shutdown-grace-s", type=float, help="on SIGTERM, time for running batches to finish (default 30)"
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
     )
 
 
-def _add_safety_and_outbound_options(serve) -> None:
-    serve.add_argument(
-        "--no-safety-checker",
-        dest="safety_checker",
-        action="store_false",
-        default=None,
-        help="run without the NSFW classifier (fal's enable_safety_checker is then ignored)",
-    )
-    serve.add_argument(
-        "--safety-model",
-        help="image-classification repo id or directory (default Falconsai/nsfw_image_detection)",
-    )
-    serve.add_argument("--safety-threshold", type=float, help="flag at this unsafe probability (default 0.5)")
-    serve.add_argument(
-        "--safety-check-openai", action="store_true", default=None, help="also check OpenAI API outputs"
-    )
-    serve.add_argument(
-        "--allow-private-network",
-        action="append",
-        dest="allowed_private_networks",
-        metavar="CIDR",
-        help="let image_urls and webhooks reach this internal network (repeatable; default: none)",
-    )
-    serve.add_argument("--image-fetch-timeout-s", type=float, help="per image_url download (default 15)")
-    serve.add_argument("--webhook-attempts", type=int, help="deliveries tried per webhook (default 5)")
-    serve.add_argument("--webhook-retry-base-s", type=float, help="first retry delay, doubling (default 1)")
+def setting_flags() -> dict[str, str]:
+    """Each Settings field's `serve` flag: --NAME, or what its Flag says (--model, --no-download, ...)."""
+    flags = {}
+    for name, field in Settings.model_fields.items():
+        flag = _flag_of(field)
+        if flag.name:
+            flags[name] = flag.name
+        elif _bare_type(field.annotation) is bool and field.default is True:
+            flags[name] = "--no-" + name.replace("_", "-")
+        else:
+            flags[name] = "--" + name.replace("_", "-")
+    return flags
 
 
-SERVE_SETTINGS = (
-    "models", "demo", "host", "port", "data_dir", "public_base_url", "api_keys", "ssl_certfile",
-    "ssl_keyfile", "retention_hours", "rate_limit_per_minute", "max_batch_images", "batch_wait_ms",
-    "max_queue_depth", "prompt_cache_size", "compile", "attention_backend", "warmup_sizes",
-    "max_request_bytes", "device", "dtype", "allow_download", "warmup", "safety_checker", "safety_model",
-    "safety_threshold", "safety_check_openai", "allowed_private_networks", "image_fetch_timeout_s",
-    "webhook_attempts", "webhook_retry_base_s", "allowed_hosts", "trusted_proxies", "header_timeout_s",
-    "body_timeout_s", "shutdown_grace_s",
-)  # fmt: skip
+def _flag_of(field) -> Flag:
+    return next((item for item in field.metadata if isinstance(item, Flag)), Flag())
+
+
+def _bare_type(annotation):
+    """int for int, int | None and Annotated[int, ...]; tuple for tuple[str, ...]."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _bare_type(args[0])
+    return typing.get_origin(annotation) or annotation
+
+
+def _add_setting_flag(serve: argparse.ArgumentParser, name: str, option: str) -> None:
+    """One flag from one Settings field: its help is the field's description. Every flag defaults to None,
+    meaning "not given", so the environment and then the field's default apply."""
+    field = Settings.model_fields[name]
+    flag = _flag_of(field)
+    kind, optional = _bare_type(field.annotation), type(None) in typing.get_args(field.annotation)
+    help_text = (field.description or "").replace("%", "%%")
+    options: dict = {"dest": name, "default": None, "help": help_text}
+    if kind is bool and optional:  # None means automatic: --NAME / --no-NAME
+        options["action"] = argparse.BooleanOptionalAction
+    elif kind is bool:
+        options["action"] = "store_false" if field.default else "store_true"
+        if field.default:
+            options["help"] = f"turns off what is on by default: {help_text}"
+    else:
+        if kind is tuple:
+            options["action"] = "append"
+        else:
+            options["type"] = kind if kind in (int, float) else str
+        default = field.default
+        if default is not None and default != () and default is not PydanticUndefined:
+            options["help"] = f"{help_text} (default {_shown(default)})"
+        if flag.metavar or kind in (int, float):
+            options["metavar"] = flag.metavar or "N"
+        if flag.choices:
+            options["choices"] = flag.choices
+    serve.add_argument(option, **options)
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the flags given, over KLEINSERVE_* variables, over the defaults; a bad value names its
+    flag."""
+    from pydantic import ValidationError
+
+    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else ""
+        raise InvalidRequest(setting_flags().get(name, "--" + name.replace("_", "-")), first["msg"]) from exc
 
 
 def serve(args: argparse.Namespace) -> int:
     import logging
-
-    from pydantic import ValidationError
 
     from kleinserve.api.app import create_app
     from kleinserve.engine.optimize import check_attention_backend
@@ -281,14 +252,8 @@ def serve(args: argparse.Namespace) -> int:
     from kleinserve.outbound import check_networks
     from kleinserve.safety import locate_safety_model
     from kleinserve.service import served_specs
-    from kleinserve.settings import Settings
 
-    given = {name: getattr(args, name) for name in SERVE_SETTINGS if getattr(args, name) is not None}
-    try:
-        settings = Settings(**given)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidRequest("--" + str(first["loc"][0]).replace("_", "-"), first["msg"]) from exc
+    settings = settings_from_args(args)
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
         raise InvalidRequest("--ssl-certfile", "give both --ssl-certfile and --ssl-keyfile, or neither")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")

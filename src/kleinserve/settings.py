@@ -1,7 +1,11 @@
-"""Server settings: built once by the CLI (flags over KLEINSERVE_* environment variables) and passed down."""
+"""Server settings: built once by the CLI (flags over KLEINSERVE_* environment variables) and passed down.
+
+Each field's description is its help text; `kleinserve serve` derives one flag per field from the name, type
+and default (cli.py), with a `Flag` in the annotation where the name or type does not say it all."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -10,77 +14,168 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
+DTYPES = ("bfloat16", "float16", "float32")
 
 
 def default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "kleinserve"
 
 
+@dataclass(frozen=True)
+class Flag:
+    """How a setting appears on `kleinserve serve` where the default rule does not fit. The rule: --NAME with
+    dashes; a tuple is a repeatable flag; a bool that is on by default is a --no-NAME switch, one that is off
+    a --NAME switch, one that is None (auto) a --NAME/--no-NAME pair."""
+
+    name: str | None = None  # the flag, e.g. "--model" for models (repeatable flags take the singular)
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+Repeatable = Annotated[tuple[str, ...], NoDecode]  # KLEINSERVE_X=a,b in the environment; the flag repeats
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KLEINSERVE_", frozen=True, extra="forbid")
 
-    # What to serve. "ID" loads the weights from the Hugging Face cache, "ID=PATH" a local checkpoint
-    # under that id. The first model is the default for requests that name none.
-    models: Annotated[tuple[str, ...], NoDecode] = ()
-    demo: bool = False  # serve the tiny random-weight checkpoint as flux.2-klein-4b (built on first use)
-    device: str | None = None
-    dtype: str | None = None
-    allow_download: bool = True
-    warmup: bool = True
+    # What to serve. The first model is the default for requests that name none.
+    models: Annotated[Repeatable, Flag("--model", metavar="ID[=PATH]")] = Field(
+        (),
+        description="model to serve (repeatable): ID loads it from the Hugging Face cache, ID=PATH from a "
+        "local checkpoint; the first is the default",
+    )
+    demo: bool = Field(
+        False,
+        description="serve a tiny RANDOM-WEIGHT test model as flux.2-klein-4b (built on first use; "
+        "no weights)",
+    )
+    device: str | None = Field(None, description="cuda, cuda:1, cpu (default: cuda if available)")
+    dtype: Annotated[str | None, Flag(choices=DTYPES)] = Field(
+        None, description="default: bfloat16 on CUDA, float32 on CPU"
+    )
+    allow_download: Annotated[bool, Flag("--no-download")] = Field(
+        True, description="download weights missing from the Hugging Face cache"
+    )
+    warmup: bool = Field(True, description="generate once per model at start-up, before /ready says yes")
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public_base_url: str | None = None  # e.g. https://images.example.com; default: the request's own host
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    host: Annotated[str, Flag(metavar="ADDRESS")] = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, description="port to listen on")
+    public_base_url: Annotated[str | None, Flag(metavar="URL")] = Field(
+        None, description="base of image URLs, e.g. https://img.example.com (default: the request's own host)"
+    )
+    ssl_certfile: Annotated[Path | None, Flag(metavar="FILE")] = Field(
+        None, description="serve HTTPS with this certificate (PEM; give --ssl-keyfile too)"
+    )
+    ssl_keyfile: Annotated[Path | None, Flag(metavar="FILE")] = Field(
+        None, description="the certificate's private key (PEM)"
+    )
 
     # Host names the server answers to (Host header); empty: any, and returned URLs copy the Host header
     # unless public_base_url is set. Forwarding headers (X-Forwarded-For/-Proto) are believed only from
     # these proxy addresses; empty: from none.
-    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
-    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
-    # Slow clients: the whole header must arrive within header_timeout_s of connecting, and the body may
-    # pause at most body_timeout_s between chunks. On SIGTERM, running batches get shutdown_grace_s.
-    header_timeout_s: float = Field(10.0, gt=0)
-    body_timeout_s: float = Field(30.0, gt=0)
-    shutdown_grace_s: float = Field(30.0, ge=0)
+    allowed_hosts: Annotated[Repeatable, Flag("--allowed-host", metavar="NAME")] = Field(
+        (), description="a host name clients use for this server (repeatable); others get 400 (default: any)"
+    )
+    trusted_proxies: Annotated[Repeatable, Flag("--trusted-proxy", metavar="ADDRESS")] = Field(
+        (), description="believe X-Forwarded-For/-Proto only from this proxy (repeatable; default: from none)"
+    )
+    # Slow clients and shutdown.
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a client has to send the whole request head after connecting"
+    )
+    body_timeout_s: float = Field(30.0, gt=0, description="longest pause in seconds while a body is sent")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="on SIGTERM, seconds running batches get to finish before they are stopped"
+    )
 
-    data_dir: Path = Field(default_factory=default_data_dir)
-    retention_hours: float = 24.0  # jobs and stored images older than this are deleted; 0 keeps them
+    data_dir: Annotated[Path, Flag(metavar="DIR")] = Field(
+        default_factory=default_data_dir,
+        description="jobs database and stored images (default: ~/.local/share/kleinserve)",
+    )
+    retention_hours: float = Field(24.0, description="delete jobs and images older than this (0: never)")
 
-    api_keys: Annotated[
-        tuple[str, ...], NoDecode
-    ] = ()  # none means the API is open to anyone who can reach it
-    rate_limit_per_minute: int = 0  # per API key (or client address when open); 0 = unlimited
-    max_request_bytes: int = 40 * MiB
-    max_image_bytes: int = 20 * MiB
+    api_keys: Annotated[Repeatable, Flag("--api-key", metavar="KEY")] = Field(
+        (),
+        description="a key clients must send (repeatable; none: the API is open to anyone who can reach it)",
+    )
+    rate_limit_per_minute: int = Field(
+        0, description="requests per minute per API key (or client address when open); 0 = unlimited"
+    )
+    max_request_bytes: int = Field(40 * MiB, description="largest request body in bytes (413 beyond)")
+    max_image_bytes: int = Field(
+        20 * MiB, description="largest reference image in bytes, uploaded or downloaded from image_urls"
+    )
 
-    max_batch_images: int = 8
-    batch_wait_ms: float = 10.0  # how long a lone request waits for compatible company
-    max_queue_depth: int = 64  # queued jobs per model before new work gets 503
-    prompt_cache_size: int = Field(16, ge=0)  # prompt embeddings kept per model (0: off); 7.5 MiB each for 4B
-    # Speed levers (engine/optimize.py). compile None: on for CUDA, off for CPU. attention_backend None:
-    # PyTorch SDPA picks. warmup_sizes empty: 256x256, or the common sizes when compiling.
-    compile: bool | None = None
-    attention_backend: str | None = None
-    warmup_sizes: Annotated[tuple[str, ...], NoDecode] = ()
+    max_batch_images: int = Field(8, description="most images generated in one engine batch")
+    batch_wait_ms: float = Field(10.0, description="how long a lone request waits for compatible company")
+    max_queue_depth: int = Field(64, description="queued jobs per model before new work gets 503")
+    # Durable job queue.
+    job_lease_s: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a running job's worker may go silent before the job is queued again for "
+        "another attempt",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="attempts a queued job gets when its worker dies, before it fails with the reason",
+    )
+    inline_result_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="seconds inline results (sync_mode, b64_json) are kept in the job store for a queue "
+        "client to collect",
+    )
 
-    stats_window_seconds: float = 3600.0
+    # Speed levers (engine/optimize.py).
+    prompt_cache_size: int = Field(
+        16, ge=0, description="prompt embeddings kept per model (0: off; 7.5 MiB each for 4B)"
+    )
+    compile: bool | None = Field(
+        None,
+        description="regional torch.compile of the transformer blocks (default: on for CUDA, off for CPU)",
+    )
+    attention_backend: Annotated[str | None, Flag(metavar="NAME")] = Field(
+        None, description="diffusers attention backend, e.g. _native_cudnn, flash (default: PyTorch SDPA)"
+    )
+    warmup_sizes: Annotated[Repeatable, Flag("--warmup-size", metavar="WxH")] = Field(
+        (),
+        description="generate once at start-up at this size (repeatable; default: 256x256, or the common "
+        "sizes when compiling)",
+    )
 
-    # The safety checker (fal's enable_safety_checker; OpenAI requests only with safety_check_openai).
-    # If it cannot be loaded the server does not start, unless safety_checker is False.
-    safety_checker: bool = True
-    safety_model: str = DEFAULT_SAFETY_MODEL  # Hub repo id (HF cache) or local directory
-    safety_threshold: float = Field(0.5, ge=0.0, le=1.0)  # flag at this unsafe probability; 0 flags all
-    safety_check_openai: bool = False
+    stats_window_seconds: float = Field(3600.0, description="the span /stats reports over")
+
+    # The safety checker. If it cannot be loaded the server does not start, unless safety_checker is False.
+    safety_checker: bool = Field(
+        True,
+        description="check outputs with the NSFW classifier when fal's enable_safety_checker asks (and "
+        "OpenAI outputs with --safety-check-openai); the server does not start without it",
+    )
+    safety_model: Annotated[str, Flag(metavar="REPO|DIR")] = Field(
+        DEFAULT_SAFETY_MODEL, description="image-classification repo id (Hugging Face cache) or directory"
+    )
+    safety_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="flag images at this unsafe probability (0 flags all)"
+    )
+    safety_check_openai: bool = Field(False, description="also check OpenAI API outputs")
 
     # Outbound requests made for users (fal image_urls, webhooks) never go to loopback, private,
-    # link-local or other internal addresses, except networks listed here (CIDR, e.g. 10.1.0.0/16).
-    allowed_private_networks: Annotated[tuple[str, ...], NoDecode] = ()
-    image_fetch_timeout_s: float = Field(15.0, gt=0)
-    webhook_attempts: int = Field(5, ge=1)
-    webhook_retry_base_s: float = Field(1.0, ge=0)  # waits base, 2*base, 4*base, ... between attempts
-    webhook_timeout_s: float = Field(10.0, gt=0)
+    # link-local or other internal addresses, except networks listed here.
+    allowed_private_networks: Annotated[Repeatable, Flag("--allow-private-network", metavar="CIDR")] = Field(
+        (),
+        description="let image_urls and webhooks reach this internal network, e.g. 10.1.0.0/16 "
+        "(repeatable; default: none)",
+    )
+    image_fetch_timeout_s: float = Field(15.0, gt=0, description="seconds per image_url download")
+    webhook_attempts: int = Field(5, ge=1, description="deliveries tried per webhook")
+    webhook_retry_base_s: float = Field(
+        1.0, ge=0, description="seconds before the first webhook retry, doubling after each"
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a webhook receiver has to answer one delivery"
+    )
 
     @field_validator(
         "models", "api_keys", "allowed_private_networks", "warmup_sizes", "allowed_hosts", "trusted_proxies",
