@@ -1,6 +1,15 @@
-"""Shared fixtures: one tiny checkpoint per variant, built once per session in the real on-disk layout."""
+"""Shared fixtures: one tiny checkpoint per variant, built once per session in the real on-disk layout.
 
+Every test gets one level of the test pyramid as a marker, from what its code uses (see
+pytest_collection_modifyitems below): `live` starts a real server or runs the CLI as a subprocess, `engine`
+loads the tiny model in this process, `unit` does neither. A test marked by hand keeps its own marker.
+The fast subset: `pytest -m unit`."""
+
+import functools
+import inspect
 import os
+import re
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -112,3 +121,59 @@ def fal(fal_server):
         "fal_client was imported before its environment was set"
     )
     return fal_client
+
+
+# The test pyramid ---------------------------------------------------------------------------------------
+
+LEVELS = ("unit", "engine", "live")
+# In the code a test runs (its own, its fixtures', and the tests/ helpers they call, by name):
+LIVE_CODE = re.compile(r'\bLiveServer\(|"-m",\s*"kleinserve"')  # a server, or the CLI, in a subprocess
+ENGINE_CODE = re.compile(
+    r"\b(Engine\.load|write_tiny_checkpoint|full_size\.build|bench_engine\.main)\(|\"tiny-checkpoint\""
+)
+ENGINE_FIXTURES = {"checkpoints", "engines", "engine", "spec"}  # each builds or loads the tiny model
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if not any(item.get_closest_marker(level) for level in LEVELS):
+            item.add_marker(pyramid_level(item))
+
+
+def pyramid_level(item) -> str:
+    functions = [getattr(item, "function", None)]
+    for name in item.fixturenames:
+        functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]
+    code = "\n".join(_code_reached(function) for function in functions if function is not None)
+    if LIVE_CODE.search(code):
+        return "live"
+    if ENGINE_FIXTURES & set(item.fixturenames) or ENGINE_CODE.search(code):
+        return "engine"
+    return "unit"
+
+
+@functools.cache
+def _code_reached(function) -> str:
+    """The source of a function defined under tests/, and of the tests/ functions it names (transitively)."""
+    seen, pending, sources = set(), [inspect.unwrap(function)], []
+    while pending:
+        current = pending.pop()
+        if current in seen or not _in_tests(current):
+            continue
+        seen.add(current)
+        source = inspect.getsource(current)
+        sources.append(source)
+        namespace = current.__globals__
+        for name in set(re.findall(r"[A-Za-z_]\w*", source)):
+            named = namespace.get(name)
+            if inspect.isfunction(named):
+                pending.append(named)
+    return "\n".join(sources)
+
+
+def _in_tests(function) -> bool:
+    try:
+        return TESTS in Path(inspect.getsourcefile(function)).resolve().parents
+    except (TypeError, OSError):
+        return False

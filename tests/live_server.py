@@ -1,4 +1,5 @@
-"""A real `kleinserve serve` process on 127.0.0.1, for tests that talk to it over HTTP."""
+"""A real `kleinserve serve` process on 127.0.0.1, for tests that talk to it over HTTP and for the benchmarks
+(benchmarks/bench_http.py imports this file; it needs only the standard library and httpx)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+POLL_S = 0.05  # between readiness checks
 
 
 def self_signed_certificate(directory: Path) -> tuple[str, str]:
@@ -67,17 +70,19 @@ class LiveServer:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
+        """Poll /ready every POLL_S until it answers 200, the process exits, or the deadline passes."""
         deadline = time.monotonic() + timeout
+        verify = self.ssl_context()
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
-                ready = httpx.get(self.url + "/ready", timeout=2, verify=self.ssl_context())
+                ready = httpx.get(self.url + "/ready", timeout=2, verify=verify)
                 if ready.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
+            time.sleep(POLL_S)
         self.stop()
         raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
 
