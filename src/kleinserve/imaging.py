@@ -8,6 +8,7 @@ import ctypes
 import ctypes.util
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,28 @@ _LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if ctypes.util.find_library("
 if _LIBC is not None and not hasattr(_LIBC, "malloc_trim"):
     _LIBC = None
 
-OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 MAX_INPUT_PIXELS = 64 * 1024 * 1024  # references are shrunk to 1 MP anyway; refuse decompression bombs
 LARGE_PIXELS = 4 * 1024 * 1024
 DECODE_SLOTS = 2  # reference decodes at once, server-wide: peak ~ 2 x (decoded + upright copy) of 64 MP
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    pillow: str  # Pillow's name for it
+    content_type: str
+    extension: str  # what its files end with (no dot)
+
+
+# The one table of output formats: every content type and file extension in kleinserve is read from it.
+OUTPUT_FORMATS = {
+    "png": ImageFormat("PNG", "image/png", "png"),
+    "jpeg": ImageFormat("JPEG", "image/jpeg", "jpg"),
+    "webp": ImageFormat("WEBP", "image/webp", "webp"),
+}
+CONTENT_TYPES = {name: fmt.content_type for name, fmt in OUTPUT_FORMATS.items()}
+# a format's name or its extension ("jpg") -> its name
+FORMAT_NAMES = {alias: name for name, fmt in OUTPUT_FORMATS.items() for alias in (name, fmt.extension)}
+EXTENSIONS = {f".{alias}": name for alias, name in FORMAT_NAMES.items()}  # a file path's suffix -> format
 
 
 def decode_image(data: bytes, name: str, field: str = "image") -> Image.Image:
@@ -94,8 +112,13 @@ def encode_image(image: np.ndarray | Image.Image, fmt: str, quality: int | None 
     elif fmt == "webp":
         image.save(buffer, "WEBP", quality=quality, method=0)
     else:
-        image.save(buffer, OUTPUT_FORMATS[fmt], quality=quality)
+        image.save(buffer, OUTPUT_FORMATS[fmt].pillow, quality=quality)
     return buffer.getvalue()
+
+
+def extension_of(content_type: str) -> str:
+    """A file extension for an output image's content type ("image/jpeg" -> "jpg")."""
+    return next(fmt.extension for fmt in OUTPUT_FORMATS.values() if fmt.content_type == content_type)
 
 
 async def base64_text(data: bytes) -> str:

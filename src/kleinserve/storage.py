@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-_TYPE_BY_EXTENSION = {FILE_EXTENSIONS[fmt]: content_type for fmt, content_type in CONTENT_TYPES.items()}
-_KEY = re.compile(r"^[0-9a-f]{32}/[0-9]{1,3}\.(png|jpg|webp)$")
+# Formats, content types and extensions: imaging's one table (outputs.py imports CONTENT_TYPES from here).
+from kleinserve.imaging import CONTENT_TYPES, FORMAT_NAMES, OUTPUT_FORMATS
+
+_EXTENSION = "|".join(fmt.extension for fmt in OUTPUT_FORMATS.values())
+_KEY = re.compile(rf"^[0-9a-f]{{32}}/[0-9]{{1,3}}\.({_EXTENSION})$")
 FILES_ROUTE = "/files"
 PARTIAL_PREFIX = ".partial-"
 
@@ -26,7 +27,7 @@ def new_folder() -> str:
 
 
 def image_key(folder: str, index: int, fmt: str) -> str:
-    return f"{folder}/{index}.{FILE_EXTENSIONS[fmt]}"
+    return f"{folder}/{index}.{OUTPUT_FORMATS[fmt].extension}"
 
 
 def folder_of(key: str) -> str:
@@ -34,7 +35,7 @@ def folder_of(key: str) -> str:
 
 
 def content_type_of(key: str) -> str:
-    return _TYPE_BY_EXTENSION[key.rsplit(".", 1)[-1]]
+    return CONTENT_TYPES[FORMAT_NAMES[key.rsplit(".", 1)[-1]]]
 
 
 def is_valid_key(key: str) -> bool:
