@@ -19,10 +19,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from kleinserve.api.errors import ApiError, from_service_error
 from kleinserve.errors import KleinserveError
-from kleinserve.imaging import data_uri, encode_image
+from kleinserve.imaging import CONTENT_TYPES, data_uri, encode_image
 from kleinserve.outputs import Generated
 
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # for any event stream: no buffering
 KEEP_ALIVE_S = 15.0  # an SSE comment while a streamed job waits, so idle proxies keep the connection
+PREVIEW_FORMAT = "jpeg"
 PREVIEW_QUALITY = 80
 
 
@@ -56,10 +58,11 @@ async def events(
 
 async def _progress(job_id: str, seed: int, step: int, total: int, previews: list) -> dict:
     encoded = await asyncio.gather(
-        *(asyncio.to_thread(encode_image, picture, "jpeg", PREVIEW_QUALITY) for picture in previews)
+        *(asyncio.to_thread(encode_image, picture, PREVIEW_FORMAT, PREVIEW_QUALITY) for picture in previews)
     )
+    content_type = CONTENT_TYPES[PREVIEW_FORMAT]
     images = [
-        {"url": await data_uri(data, "image/jpeg"), "content_type": "image/jpeg",
+        {"url": await data_uri(data, content_type), "content_type": content_type,
          "width": picture.shape[1], "height": picture.shape[0]}
         for data, picture in zip(encoded, previews, strict=True)
     ]  # fmt: skip

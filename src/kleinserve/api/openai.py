@@ -4,28 +4,33 @@ GET /v1/models[/{id}]. Schemas in, GenerationRequest out; results back in OpenAI
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Collection
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 
+from kleinserve.api import openai_multipart, request_ids
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
+from kleinserve.api.dialect_request import COMMON_FIELDS, to_request
+from kleinserve.api.dialect_response import (
+    demo_warning,
+    generation_headers,
+    image_base64,
+    image_url,
+    rounded_timings,
+)
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
-from kleinserve.errors import InvalidRequest
-from kleinserve.imaging import base64_text, data_uri
+from kleinserve.imaging import FORMAT_NAMES
 from kleinserve.outputs import Generated, OutputOptions
-from kleinserve.request import build_request, parse_size
-from kleinserve.service import DEMO_LABEL, ImageService, ServedModel
+from kleinserve.request import GenerationRequest, parse_size
+from kleinserve.service import ImageService, ServedModel
 
 RESPONSE_FORMATS = ("url", "b64_json")
 QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
-OUTPUT_FORMATS = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
 SUPPORTED = {
     "prompt", "model", "n", "size", "response_format", "output_format", "output_compression",
     "seed", "num_inference_steps", "guidance_scale", "negative_prompt", "quality",
@@ -33,9 +38,12 @@ SUPPORTED = {
 # OpenAI parameters that do not change what this model does: accepted and ignored.
 IGNORED = {"style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity",
            "partial_images"}  # fmt: skip
-# Our internal field names -> the OpenAI parameter a user sent.
-PARAMS = {"num_images": "n", "steps": "num_inference_steps", "guidance": "guidance_scale", "width": "size",
-          "height": "size", "images": "image"}  # fmt: skip
+# build_request's arguments -> the OpenAI parameters they come from (and errors name)
+PARAMS = {**COMMON_FIELDS, "num_images": "n", "width": "size", "height": "size", "images": "image"}
+# Numbers may come as text (multipart form fields, or JSON strings): converted before build_request.
+NUMBERS = {"n": int, "seed": int, "num_inference_steps": int, "guidance_scale": float,
+           "output_compression": int}  # fmt: skip
+REQUEST_ID_HEADER = request_ids.HEADER.decode()
 CREATED = 1768348800  # 2026-01-14, FLUX.2 [klein]'s release, for /v1/models
 
 
@@ -58,9 +66,9 @@ def router(service: ImageService) -> APIRouter:
         responses=docs.answers(docs.ImagesResponse, docs.OpenAIError, 404, 415, *docs.SERVICE),
     )
     async def edits(request: Request) -> JSONResponse:
-        fields, uploads = await _multipart_body(request)
-        served = _served_model(service, request, fields)
-        images = await _decode_uploads(service, uploads, served.spec.max_reference_images)
+        fields, uploads = await openai_multipart.read_form(request)
+        served = _served_model(service, request, _check_fields(fields))
+        images = await openai_multipart.decode_uploads(service, uploads, served.spec.max_reference_images)
         return await _generate(service, request, served, fields, images=images, route="edits")
 
     @routes.get("/models", responses=docs.answers(None, docs.OpenAIError))
@@ -83,66 +91,50 @@ def _served_model(service: ImageService, http: Request, fields: dict) -> ServedM
 async def _generate(
     service: ImageService, http: Request, served: ServedModel, fields: dict, *, images: list, route: str
 ):
-    response_format = _response_format(fields)
-    options = _output_options(fields, response_format)
-    options = replace(options, safety_check=service.settings.safety_check_openai)
-    quality = _quality(fields)
+    # 'url', 'b64_json', or None when omitted: then both (OpenAI's image models answer b64_json, clients
+    # written for DALL-E read url)
+    response_format = _choice(fields, "response_format", RESPONSE_FORMATS, None, "'url' or 'b64_json'")
+    options = _output_options(fields, response_format, service.settings.safety_check_openai)
+    # accepted for compatibility and echoed: FLUX.2 [klein] has one quality (steps set the effort)
+    quality = _choice(fields, "quality", QUALITIES, "auto", f"one of {', '.join(QUALITIES)}")
     request = _to_request(served, fields, images)
     params = {"dialect": "openai", "route": route, "response_format": response_format or "url+b64_json"}
     generated = await unless_client_leaves(
         http, service.generate(served, request, options, params, owner=owner_of(http))
     )
     body = await _response_body(service, http, generated, options, response_format, fields.get("prompt"))
-    headers = {"x-request-id": generated.job_id, "x-kleinserve-job-id": generated.job_id}
-    if served.demo:
-        headers["x-kleinserve-warning"] = DEMO_LABEL
+    headers = generation_headers(served, generated.job_id, REQUEST_ID_HEADER)
     return JSONResponse({**body, "quality": quality, "model": served.spec.id}, headers=headers)
 
 
-def _to_request(served: ServedModel, fields: dict, images: list):
+def _to_request(served: ServedModel, fields: dict, images: list) -> GenerationRequest:
     if fields.get("prompt") is None:
         raise invalid("prompt", "is required; describe the image you want")
-    n = _number(fields, "n", int)
-    try:
-        width, height = _size(fields.get("size"))
-        return build_request(
-            served.spec,
-            prompt=fields.get("prompt"),
-            images=images,
-            width=width,
-            height=height,
-            steps=_number(fields, "num_inference_steps", int),
-            guidance=_number(fields, "guidance_scale", float),
-            seed=_number(fields, "seed", int),
-            num_images=1 if n is None else n,
-            negative_prompt=_optional_str(fields, "negative_prompt"),
-        )
-    except InvalidRequest as exc:
-        raise _openai_error(exc) from exc
-
-
-def _openai_error(exc: InvalidRequest) -> ApiError:
-    name = exc.field.split("[")[0]
-    param = PARAMS.get(name, exc.field)
-    if exc.field.startswith("images["):
-        return invalid(param, f"image {exc.field[len('images') :]} {exc.reason}")
-    if name in ("width", "height"):
-        return invalid(param, f"{name} {exc.reason}")
-    return invalid(param, exc.reason)
+    n = _number(fields, "n")
+    width, height = _size(fields.get("size"))
+    return to_request(
+        served.spec, fields, PARAMS, read=_field, index="message",
+        images=images, width=width, height=height, num_images=1 if n is None else n,
+    )  # fmt: skip
 
 
 def _size(value: Any) -> tuple[int | None, int | None]:
     if value is None or value == "auto":
         return None, None
     if not isinstance(value, str):
-        raise InvalidRequest("size", f"must be a string like '1024x768' or 'auto', got {value!r}")
-    return parse_size(value, "size")
+        raise invalid("size", f"must be a string like '1024x768' or 'auto', got {value!r}")
+    return parse_size(value, "size")  # InvalidRequest: a 400 naming size
 
 
-def _number(fields: dict, name: str, kind: type) -> Any:
-    """JSON numbers pass through (build_request checks them); multipart strings are converted here."""
-    value = fields.get(name)
-    if not isinstance(value, str):
+def _field(fields: dict, name: str) -> Any:
+    """An OpenAI field as build_request takes it."""
+    return _optional_str(fields, name) if name == "negative_prompt" else _number(fields, name)
+
+
+def _number(fields: dict, name: str) -> Any:
+    """JSON numbers pass through (build_request checks them); NUMBERS sent as text are converted here."""
+    value, kind = fields.get(name), NUMBERS.get(name)
+    if kind is None or not isinstance(value, str):
         return value
     try:
         return kind(value.strip())
@@ -157,39 +149,30 @@ def _optional_str(fields: dict, name: str) -> str | None:
     return value
 
 
-def _response_format(fields: dict) -> str | None:
-    """'url', 'b64_json', or None when omitted (then both: OpenAI's image models answer b64_json, clients
-    written for DALL-E read url)."""
-    response_format = fields.get("response_format")
-    if response_format is not None and (
-        not isinstance(response_format, str) or response_format not in RESPONSE_FORMATS
-    ):
-        raise invalid("response_format", f"must be 'url' or 'b64_json', got {response_format!r}")
-    return response_format
+def _choice(
+    fields: dict, name: str, choices: Collection[str], default: str | None, expected: str, *, fold_case=False
+) -> str | None:
+    """A field that takes one of `choices` (a dict also says what each means); `default` when omitted."""
+    value = fields.get(name)
+    if value is None:
+        return default
+    key = value.lower() if fold_case and isinstance(value, str) else value
+    if not isinstance(value, str) or key not in choices:
+        raise invalid(name, f"must be {expected}, got {value!r}")
+    return choices[key] if isinstance(choices, dict) else key
 
 
-def _quality(fields: dict) -> str:
-    """Accepted for compatibility and echoed: FLUX.2 [klein] has one quality (steps set the effort)."""
-    quality = fields.get("quality")
-    quality = "auto" if quality is None else quality
-    if not isinstance(quality, str) or quality not in QUALITIES:
-        raise invalid("quality", f"must be one of {', '.join(QUALITIES)}, got {quality!r}")
-    return quality
-
-
-def _output_options(fields: dict, response_format: str | None) -> OutputOptions:
-    fmt = fields.get("output_format")
-    fmt = "png" if fmt is None else fmt
-    if not isinstance(fmt, str) or fmt.lower() not in OUTPUT_FORMATS:
-        raise invalid("output_format", f"must be png, jpeg or webp, got {fmt!r}")
-    fmt = OUTPUT_FORMATS[fmt.lower()]
-    compression = _number(fields, "output_compression", int)
+def _output_options(fields: dict, response_format: str | None, safety_check: bool) -> OutputOptions:
+    fmt = _choice(fields, "output_format", FORMAT_NAMES, "png", "png, jpeg or webp", fold_case=True)
+    compression = _number(fields, "output_compression")
     if compression is not None and (
         isinstance(compression, bool) or not isinstance(compression, int) or not 0 <= compression <= 100
     ):
         raise invalid("output_compression", f"must be an integer from 0 to 100, got {compression!r}")
     quality = compression if fmt != "png" else None  # PNG is lossless: compression does not apply
-    return OutputOptions(format=fmt, quality=quality, store=response_format != "b64_json")
+    return OutputOptions(
+        format=fmt, quality=quality, store=response_format != "b64_json", safety_check=safety_check
+    )
 
 
 def _check_fields(fields: dict) -> dict:
@@ -223,51 +206,6 @@ async def _json_body(request: Request) -> dict:
     return _check_fields(await json_object(request))
 
 
-async def _multipart_body(request: Request) -> tuple[dict, list[UploadFile]]:
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(415, "send the edit as multipart/form-data with the image(s) as file parts")
-    try:
-        form = await request.form(max_files=16, max_fields=64, max_part_size=1024 * 1024)
-    except HTTPException as exc:
-        raise ApiError(400, f"the multipart body could not be read: {exc.detail}") from exc
-    fields: dict[str, Any] = {}
-    uploads: list[UploadFile] = []
-    for name, value in form.multi_items():
-        if name in ("image", "image[]"):
-            if not isinstance(value, UploadFile):
-                raise invalid("image", "must be a file upload (a multipart file part), not a text field")
-            uploads.append(value)
-        elif name == "mask" or not isinstance(value, UploadFile):
-            fields[name] = value
-        else:
-            raise invalid(name, "is a file, but only `image` and `image[]` take files")
-    if not uploads:
-        raise invalid("image", "is required: upload 1 to 4 reference images as `image` or `image[]`")
-    return _check_fields(fields), uploads
-
-
-async def _decode_uploads(service: ImageService, uploads: list[UploadFile], max_images: int) -> list:
-    max_bytes = service.settings.max_image_bytes
-    if len(uploads) > max_images:  # refused before anything is read or decoded
-        raise invalid(
-            "image", f"{len(uploads)} images given; FLUX.2 [klein] takes 1 to {max_images} reference images"
-        )
-    images = []
-    for index, upload in enumerate(uploads):
-        name = f"image[{index}] ({upload.filename or 'unnamed'})"
-        if upload.size is not None and upload.size > max_bytes:
-            raise ApiError(
-                413,
-                f"{name} is {upload.size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB",
-                param="image",
-            )
-        data = await upload.read()
-        if not data:
-            raise invalid("image", f"{name} is empty (0 bytes)")
-        images.append(await service.decode_reference(data, name, "image"))
-    return images
-
-
 async def _response_body(
     service: ImageService,
     http: Request,
@@ -281,13 +219,9 @@ async def _response_body(
     for image in generated.images:
         item: dict[str, Any] = {}
         if response_format in (None, "b64_json"):
-            item["b64_json"] = await base64_text(image.data)
+            item["b64_json"] = await image_base64(image)
         if response_format in (None, "url"):  # a flagged image is never stored: a black image inline
-            item["url"] = (
-                service.file_url(image.key, base_url)
-                if image.key
-                else await data_uri(image.data, image.content_type)
-            )
+            item["url"] = await image_url(service, image, base_url)
         data.append({**item, "revised_prompt": prompt})
     first = generated.images[0]
     return {
@@ -300,7 +234,7 @@ async def _response_body(
         "seed": generated.seed,
         "has_nsfw_concepts": generated.has_nsfw_concepts,
         "job_id": generated.job_id,
-        "timings": {stage: round(seconds, 4) for stage, seconds in generated.timings.items()},
+        "timings": rounded_timings(generated.timings),
     }
 
 
@@ -313,5 +247,5 @@ def _model_entry(served: ServedModel) -> dict:
         "aliases": list(served.spec.aliases),
         "ready": served.state == "ready",
         "state": served.state,
-        **({"warning": DEMO_LABEL} if served.demo else {}),
+        **demo_warning(served),
     }

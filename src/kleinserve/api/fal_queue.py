@@ -1,0 +1,211 @@
+"""fal's queue, once a request is submitted (POST /queue/{endpoint}, in fal.py):
+
+    GET  /queue/{owner}/{alias}/requests/{id}/status[?logs=1]   IN_QUEUE | IN_PROGRESS | COMPLETED
+    GET  /queue/{owner}/{alias}/requests/{id}/status/stream     the same, as server-sent events
+    GET  /queue/{owner}/{alias}/requests/{id}                   the output JSON (or the job's error)
+    PUT  /queue/{owner}/{alias}/requests/{id}/cancel
+
+and the webhook (?fal_webhook=) that reports a request's end. Requests are found by id alone: the
+{owner}/{alias} part (fal-client builds it without the endpoint's subpath) only shapes the URLs we hand
+back. The output JSON is the dialect's (fal.py), passed in as `output`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from httpx import URL, InvalidURL
+
+from kleinserve.api import fal_stream
+from kleinserve.api import openapi_docs as docs
+from kleinserve.api.access import owner_of
+from kleinserve.api.errors import ApiError, invalid
+from kleinserve.errors import InvalidRequest
+from kleinserve.jobs import Job, JobStatus
+from kleinserve.outputs import Generated
+from kleinserve.service import ImageService
+
+ENGINE_STAGES = ("text", "references", "denoise", "decode")  # what fal counts as inference time
+REQUEST_ID_HEADER = "x-fal-request-id"
+STREAM_POLL_S = 0.1
+# fal's output JSON for a finished generation: (service, generated, prompt, base_url) -> the body
+Output = Callable[[ImageService, Generated, str, str], Awaitable[dict]]
+
+
+def router(service: ImageService, output: Output) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get(
+        "/queue/{app:path}/requests/{request_id}/status",
+        responses=docs.answers(docs.QueueStatus, docs.FalError, 404),
+    )
+    async def status(app: str, request_id: str, request: Request) -> dict:
+        job = await _job(service, request_id, request)
+        return await _status(service, job, _wants_logs(request), request_urls(request, app, request_id))
+
+    @routes.get(
+        "/queue/{app:path}/requests/{request_id}/status/stream",
+        responses=docs.answers(None, docs.FalError, 404, media="text/event-stream"),
+    )
+    async def status_stream(app: str, request_id: str, request: Request) -> StreamingResponse:
+        await _job(service, request_id, request)  # 404 before the stream starts
+        urls = request_urls(request, app, request_id)
+        events = _status_events(service, request_id, _wants_logs(request), urls)
+        return StreamingResponse(events, media_type="text/event-stream", headers=fal_stream.HEADERS)
+
+    @routes.get(
+        "/queue/{app:path}/requests/{request_id}",
+        responses=docs.answers(docs.FalOutput, docs.FalError, 404, 410, 500),
+    )
+    async def result(app: str, request_id: str, request: Request) -> JSONResponse:
+        job = await _job(service, request_id, request)
+        body = await _finished_output(service, job, str(request.base_url), output)
+        return JSONResponse(body, headers={REQUEST_ID_HEADER: job.id})
+
+    @routes.put(
+        "/queue/{app:path}/requests/{request_id}/cancel",
+        responses={**docs.answers(docs.CancelAnswer, docs.FalError, 404), 400: {"model": docs.CancelAnswer}},
+    )
+    async def cancel(app: str, request_id: str, request: Request) -> JSONResponse:
+        await _job(service, request_id, request)  # only the caller's own fal requests
+        outcome = await service.cancel(request_id)
+        if outcome is None:
+            raise _unknown_request(request_id)
+        if outcome == "finished":
+            return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)
+        return JSONResponse({"status": "CANCELLATION_REQUESTED"})
+
+    return routes
+
+
+def request_urls(http: Request, app: str, request_id: str) -> dict:
+    owner_alias = "/".join(app.strip("/").split("/")[:2])
+    base = f"{str(http.base_url).rstrip('/')}/queue/{owner_alias}/requests/{request_id}"
+    return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+
+
+def inference_time(timings: dict[str, float]) -> float:
+    return round(sum(timings.get(stage, 0.0) for stage in ENGINE_STAGES), 4)
+
+
+# --- status ----------------------------------------------------------------------------------------
+
+
+async def _status(service: ImageService, job: Job, logs: bool, urls: dict) -> dict:
+    body: dict[str, Any] = {"request_id": job.id, "response_url": urls["response_url"],
+                            "logs": _fal_logs(job) if logs else None, "queue_position": None}  # fmt: skip
+    position = await service.queue_position(job)
+    if job.status.finished:
+        inference = inference_time((job.result or {}).get("timings", {}))
+        body.update(status="COMPLETED", metrics={"inference_time": inference})
+        if job.status is not JobStatus.SUCCEEDED:
+            body.update(error=job.error["message"], error_type=job.error.get("type"))
+    elif job.status is JobStatus.QUEUED and position is not None:
+        body.update(status="IN_QUEUE", queue_position=position)
+    else:
+        body.update(status="IN_PROGRESS")
+    return body
+
+
+async def _status_events(service: ImageService, request_id: str, logs: bool, urls: dict):
+    last = None
+    while True:
+        job = await service.job(request_id)
+        if job is None:  # expired while streaming
+            return
+        status = await _status(service, job, logs, urls)
+        text = json.dumps(status)
+        if text != last:
+            yield f"data: {text}\n\n"
+            last = text
+        if status["status"] == "COMPLETED":
+            return
+        await asyncio.sleep(STREAM_POLL_S)
+
+
+def _fal_logs(job: Job) -> list[dict]:
+    return [
+        {
+            "message": entry["message"],
+            "level": entry.get("level", "INFO"),
+            "source": "user",
+            "timestamp": datetime.fromtimestamp(entry["timestamp"], UTC).isoformat(),
+        }
+        for entry in job.logs
+    ]
+
+
+def _wants_logs(http: Request) -> bool:
+    return http.query_params.get("logs", "").lower() in ("1", "true", "yes")
+
+
+async def _job(service: ImageService, request_id: str, http: Request) -> Job:
+    job = await service.owned_job(request_id, owner_of(http))
+    if job is None or job.params.get("dialect") != "fal":
+        raise _unknown_request(request_id)
+    return job
+
+
+def _unknown_request(request_id: str) -> ApiError:
+    return ApiError(404, f"no request {request_id!r}; requests are kept for the server's retention period",
+                    code="request_not_found")  # fmt: skip
+
+
+# --- result and webhooks ---------------------------------------------------------------------------
+
+
+async def _finished_output(service: ImageService, job: Job, base_url: str, output: Output) -> dict:
+    if not job.status.finished:
+        raise ApiError(400, f"request {job.id} is still {job.status.value}; poll its status_url",
+                       code="request_in_progress")  # fmt: skip
+    if job.status is JobStatus.CANCELLED:
+        raise ApiError(
+            400, f"request {job.id} was cancelled: {job.error['message']}", code="request_cancelled"
+        )
+    if job.status is JobStatus.FAILED:
+        raise ApiError(500, job.error["message"], code="generation_failed")
+    return await output(service, await service.result(job), job.params["prompt"], base_url)
+
+
+async def check_webhook(service: ImageService, url: str) -> None:
+    """A 400 naming fal_webhook unless `url` is an http(s) URL of a host this server may call."""
+    try:
+        parsed = URL(url)
+    except InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise invalid("fal_webhook", f"must be an http(s) URL, got {url[:80]!r}")
+    try:
+        await service.check_webhook_address(parsed.host, parsed.port, "fal_webhook")
+    except InvalidRequest as exc:
+        raise invalid("fal_webhook", exc.reason) from exc
+
+
+def webhook_sender(service: ImageService, url: str, base_url: str, output: Output):
+    """The on_finish callback of a submission with a webhook: POSTs fal's webhook body to `url`."""
+
+    async def send(job_id: str) -> None:
+        job = await service.job(job_id)
+        if job is None:
+            return
+        body = {
+            "request_id": job_id,
+            "gateway_request_id": job_id,
+            "status": "OK",
+            "payload": None,
+            "error": None,
+        }
+        try:
+            body["payload"] = await _finished_output(service, job, base_url, output)
+        except Exception as exc:
+            message = getattr(exc, "message", None) or str(exc)
+            body.update(status="ERROR", error=message, payload={"detail": message})
+        await service.deliver_webhook(job_id, url, body)
+
+    return send
