@@ -8,6 +8,7 @@ from fastapi.responses import FileResponse
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.errors import ApiError
+from kleinserve.imaging import CONTENT_TYPES
 from kleinserve.service import ImageService
 from kleinserve.storage import FILES_ROUTE
 
@@ -19,7 +20,7 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.get(
         FILES_ROUTE + "/{folder}/{name}",
-        responses=docs.answers(None, docs.OpenAIError, 404, media="image/png,image/jpeg,image/webp"),
+        responses=docs.answers(None, docs.OpenAIError, 404, media=",".join(CONTENT_TYPES.values())),
     )
     async def stored_file(folder: str, name: str) -> FileResponse:
         found = service.local_file(f"{folder}/{name}")

@@ -11,9 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kleinserve.imaging import FORMAT_NAMES, OUTPUT_FORMATS
+
 SIDES = "|".join(str(side) for side in range(64, 2049, 16))
 SIZE_PATTERN = rf"^(auto|({SIDES})x({SIDES}))$"
 MAX_SEED = 2**64 - 4  # any seed up to this works with any n (image i takes seed + i)
+OPENAI_FORMATS = Literal[tuple(FORMAT_NAMES)]  # png, jpeg, jpg, webp (imaging's one table)
+FAL_FORMATS = Literal[tuple(OUTPUT_FORMATS)]  # png, jpeg, webp
 PROMPT = Field(min_length=1, max_length=32_000, pattern=r"\S", description="what to generate")
 
 
@@ -32,7 +36,7 @@ class _ImageFields(BaseModel):
     n: int | None = Field(None, ge=1, le=4)
     size: str | None = Field(None, pattern=SIZE_PATTERN)
     response_format: Literal["url", "b64_json"] | None = None
-    output_format: Literal["png", "jpeg", "jpg", "webp"] | None = None
+    output_format: OPENAI_FORMATS | None = None
     output_compression: int | None = Field(None, ge=0, le=100)
     quality: Literal["auto", "low", "medium", "high", "standard", "hd"] | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
@@ -106,7 +110,7 @@ class FalInput(BaseModel):
     num_inference_steps: int | None = Field(None, ge=4, le=8, description="4..8 distilled, 1..100 Base")
     sync_mode: bool | None = None
     enable_safety_checker: bool | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_format: FAL_FORMATS | None = None
     image_urls: list[str] | None = Field(None, min_length=1, max_length=4, description="edit endpoints")
     image_url: str | None = Field(None, description="edit endpoints: one image (what @ai-sdk/fal sends)")
     guidance_scale: float | None = Field(None, description="Base endpoints only")
