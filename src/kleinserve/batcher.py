@@ -1,211 +1,251 @@
-"""The batcher: the single loop that feeds one model's engine.
+"""The batcher: the worker loop that feeds one model's engine from the job store's queue.
 
-Jobs wait in a queue. The loop takes the oldest, gathers queued jobs with the same batch key (size,
-steps, guidance, reference layout) up to `max_batch_images`, waits up to `max_wait_s` for more
-company when the batch is not full, and runs it on the GPU thread, so the event loop never blocks
-on the engine. Past `max_queue_depth` queued jobs, `submit` refuses new work with `QueueFull`.
+It claims the oldest queued job of its model with the compatible jobs after it (batch_policy.py) up to
+`max_batch_images`, letting a batch that is not full wait up to `max_wait_s` for company, and runs it on
+the model's engine thread so the event loop never blocks on the engine. While the batch runs, its lease
+in the store is renewed at every denoising step and on a timer; a job cancelled in the store (here or in
+another process) is seen there, and the engine's `should_stop` check stops the batch at the next step
+boundary once none of its jobs is wanted.
+
+The engine side is a protocol (`BatchEngine`): a batch key and `generate` with a step callback and a
+`should_stop` check, nothing that could not cross a process boundary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from kleinserve.errors import JobCancelled, QueueFull
+from kleinserve.errors import GenerationStopped
+from kleinserve.job_inputs import unpack_inputs
+from kleinserve.jobs import Job, JobStore
+from kleinserve.models import ModelSpec
+from kleinserve.outputs import OutputOptions
 from kleinserve.request import GenerationRequest, GenerationResult
 
 if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not when the API is imported
-    from kleinserve.engine import Engine
     from kleinserve.engine.engine import StepProgress
 
+log = logging.getLogger("kleinserve")
 
-class _BatchCancelled(Exception):
-    """Raised on the engine thread at a step boundary when every job in the batch was cancelled."""
+POLL_S = 1.0  # a backstop: new work in this process wakes the loop at once
+
+
+class BatchEngine(Protocol):
+    """What the batcher needs of an engine."""
+
+    spec: ModelSpec
+
+    def batch_key(self, request: GenerationRequest) -> str: ...
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        on_step: Callable[[StepProgress], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[GenerationResult]: ...
 
 
 @dataclass(eq=False)
 class Work:
-    job_id: str
+    """A claimed job, ready to run."""
+
+    job: Job
     request: GenerationRequest
-    key: tuple
-    future: asyncio.Future[GenerationResult]
-    enqueued_at: float = field(default_factory=time.monotonic)
-    cancelled: bool = False  # read by the engine thread at each step boundary
-    wants_previews: bool = False  # step previews of its images are computed for it (a progress stream)
+    output: OutputOptions
+    lease: str
+    stopped: bool = False  # no longer wanted (cancelled, or its lease lost); read on the engine thread
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
 
 
 class BatchListener(Protocol):
-    """Told what happens to queued work; every call arrives on the event loop."""
+    """Told what happens to claimed work; every call arrives on the event loop."""
 
+    def wants_previews(self, job_id: str) -> bool: ...
     def batch_started(self, works: list[Work]) -> None: ...
     def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
-        """`previews`: job id -> its images' step previews (HxWx3 uint8), for the works that want them."""
+        """`previews`: job id -> its images' step previews (HxWx3 uint8), for the jobs that want them."""
 
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None: ...
+    def job_done(self, work: Work, result: GenerationResult) -> None: ...
+    def job_failed(self, work: Work, error: Exception) -> None: ...
 
 
 class Batcher:
     def __init__(
         self,
-        engine: Engine,
-        gpu_thread: Executor,
+        engine: BatchEngine,
+        engine_thread: Executor,
+        jobs: JobStore,
         listener: BatchListener,
         *,
         max_batch_images: int,
         max_wait_s: float,
-        max_queue_depth: int,
+        lease_s: float,
     ):
         self.engine = engine
         self.model = engine.spec.id
-        self._gpu_thread = gpu_thread
+        self._engine_thread = engine_thread
+        self._jobs = jobs
         self._listener = listener
         self.max_batch_images = max_batch_images
         self.max_wait_s = max_wait_s
-        self.max_queue_depth = max_queue_depth
-        self._queue: list[Work] = []
+        self.lease_s = lease_s
         self._arrived = asyncio.Event()
         self._running: list[Work] = []
-        self._seconds_per_batch = 1.0  # running estimate, for Retry-After
+        self._draining = False
+        self.seconds_per_batch = 1.0  # running estimate, for Retry-After
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
-
-    def submit(
-        self, job_id: str, request: GenerationRequest, *, previews: bool = False
-    ) -> asyncio.Future[GenerationResult]:
-        self.check_room()
-        future = asyncio.get_running_loop().create_future()
-        work = Work(job_id, request, self.engine.batch_key(request), future, wants_previews=previews)
-        self._queue.append(work)
+    def wake(self) -> None:
+        """New work was queued."""
         self._arrived.set()
-        return work.future
 
-    def check_room(self) -> None:
-        if len(self._queue) >= self.max_queue_depth:
-            raise QueueFull(self.model, len(self._queue), self.retry_after())
-
-    def position(self, job_id: str) -> int | None:
-        """0-based place in the queue, None once the job has left it."""
-        return next((i for i, work in enumerate(self._queue) if work.job_id == job_id), None)
-
-    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
-        """Cancel a queued or running job: its future fails with JobCancelled at once. A queued job never
-        runs; a running batch stops at the next step boundary once all its jobs are cancelled (until
-        then the others in it go on). False if the job is neither queued nor running."""
-        for work in (*self._queue, *self._running):
-            if work.job_id == job_id and not work.future.done():
-                if work in self._queue:
-                    self._queue.remove(work)
-                work.cancelled = True
-                work.future.set_exception(JobCancelled(reason))
-                return True
-        return False
-
-    def fail_queued(self, error: Exception) -> None:
-        """Every queued job fails with `error`; running ones go on."""
-        for work in self._queue:
-            if not work.future.done():
-                work.future.set_exception(error)
-        self._queue = []
-
-    def fail_all(self, error: Exception) -> None:
-        """Every queued and running job fails with `error`; a running batch stops at its next step."""
-        self.fail_queued(error)
+    def stop_job(self, job_id: str) -> None:
+        """The job is no longer wanted: its batch stops at the next step once all its jobs are."""
         for work in self._running:
-            if not work.future.done():
-                work.future.set_exception(error)
-            work.cancelled = True
+            if work.job_id == job_id:
+                work.stopped = True
 
-    def retry_after(self) -> int:
-        batches_ahead = math.ceil((len(self._queue) + 1) / self.max_batch_images)
-        return max(1, math.ceil(batches_ahead * self._seconds_per_batch))
+    def drain(self) -> None:
+        """Claim nothing more (the server is stopping)."""
+        self._draining = True
+
+    def running_leases(self) -> set[str]:
+        return {work.lease for work in self._running}
+
+    def stop_running(self) -> list[Work]:
+        """Stop the running batch at its next step; its works."""
+        for work in self._running:
+            work.stopped = True
+        return list(self._running)
 
     async def run(self) -> None:
-        while True:
+        while not self._draining:
             batch = await self._next_batch()
-            self._running = batch  # from here on fail_all() reaches it, even if running it breaks
-            await self._run_batch(batch)
+            if batch:
+                self._running = batch  # left set if running it breaks: the supervisor fails these
+                await self._run_batch(batch)
+                self._running = []
 
     async def _next_batch(self) -> list[Work]:
-        while True:
-            self._queue = [work for work in self._queue if not work.future.done()]  # e.g. client gone
-            if not self._queue:
-                self._arrived.clear()
-                await self._arrived.wait()
-                continue
-            batch, images = self._compatible_with(self._queue[0])
-            wait = self._queue[0].enqueued_at + self.max_wait_s - time.monotonic()
-            if images >= self.max_batch_images or wait <= 0:
-                for work in batch:
-                    self._queue.remove(work)
-                return batch
-            self._arrived.clear()
+        self._arrived.clear()
+        claim = await self._jobs.claim(
+            self.model,
+            max_images=self.max_batch_images,
+            lease_s=self.lease_s,
+            ready_before=time.time() - self.max_wait_s,
+        )
+        if not claim.jobs:
+            wait = POLL_S if claim.ready_at is None else claim.ready_at + self.max_wait_s - time.time()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout=wait)
+                await asyncio.wait_for(self._arrived.wait(), timeout=min(POLL_S, max(wait, 0.001)))
+            return []
+        works = []
+        for job in claim.jobs:
+            if (work := await self._unpack(job, claim.lease)) is not None:
+                works.append(work)
+        return works
 
-    def _compatible_with(self, first: Work) -> tuple[list[Work], int]:
-        batch, images = [], 0
-        for work in self._queue:
-            if work.key != first.key:
-                continue
-            if batch and images + work.request.num_images > self.max_batch_images:
-                break
-            batch.append(work)
-            images += work.request.num_images
-        return batch, images
+    async def _unpack(self, job: Job, lease: str) -> Work | None:
+        data = await self._jobs.inputs(job.id)
+        try:
+            if data is None:
+                raise ValueError("its inputs are missing from the job store")
+            request, output = await asyncio.to_thread(unpack_inputs, data)
+        except Exception as exc:  # a corrupt record: that job fails, the others run
+            log.exception("cannot read the inputs of job %s", job.id)
+            self._listener.job_failed(Work(job, None, OutputOptions(), lease), exc)  # type: ignore[arg-type]
+            return None
+        return Work(job, request, output, lease)
 
     async def _run_batch(self, batch: list[Work]) -> None:
         loop = asyncio.get_running_loop()
         self._listener.batch_started(batch)
+        previews_wanted = {w.job_id for w in batch if self._listener.wants_previews(w.job_id)}
 
         def on_step(progress: StepProgress) -> None:  # on the engine thread
-            if all(work.cancelled for work in batch):
-                raise _BatchCancelled
-            previews = _previews_by_job(batch, progress) if any(w.wants_previews for w in batch) else {}
-            loop.call_soon_threadsafe(
-                self._listener.batch_step, batch, progress.step, progress.total_steps, previews
-            )
+            previews = _previews_by_job(batch, progress, previews_wanted) if previews_wanted else {}
+            loop.call_soon_threadsafe(self._stepped, batch, progress.step, progress.total_steps, previews)
 
         requests = [work.request for work in batch]
         start = time.monotonic()
-        self._running = batch
+        renewing = asyncio.create_task(self._keep_lease(batch))
         try:
             results = await loop.run_in_executor(
-                self._gpu_thread, lambda: self.engine.generate(requests, on_step=on_step)
+                self._engine_thread,
+                lambda: self.engine.generate(
+                    requests, on_step=on_step, should_stop=lambda: all(w.stopped for w in batch)
+                ),
             )
-        except _BatchCancelled:  # every future already holds JobCancelled
+        except GenerationStopped:  # none of its jobs is wanted any more; each already has its end
             return
         except Exception as exc:
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            # One request can fail a whole batch: run each alone, so only the culprit fails.
-            for work in batch:
-                if not work.future.done():
-                    await self._run_batch([work])
+            await self._failed(batch, exc)
             return
         finally:
-            self._running = []
-        self._seconds_per_batch = 0.8 * self._seconds_per_batch + 0.2 * (time.monotonic() - start)
+            renewing.cancel()
+        self.seconds_per_batch = 0.8 * self.seconds_per_batch + 0.2 * (time.monotonic() - start)
         self._listener.batch_finished(batch, results[0].timings)
         for work, result in zip(batch, results, strict=True):
-            if not work.future.done():
-                work.future.set_result(result)
+            if not work.stopped:
+                self._listener.job_done(work, result)
+
+    async def _failed(self, batch: list[Work], error: Exception) -> None:
+        if len(batch) == 1:
+            if not batch[0].stopped:
+                self._listener.job_failed(batch[0], error)
+            return
+        # One request can fail a whole batch: run each alone, so only the culprit fails.
+        for work in batch:
+            if not work.stopped:
+                await self._run_batch([work])
+
+    def _stepped(self, batch: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
+        self._listener.batch_step(batch, step, total, previews)
+        _spawn(self._renew(batch))
+
+    async def _keep_lease(self, batch: list[Work]) -> None:
+        """Renewal between steps too: a long text-encode or decode must not look like a dead worker."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            await self._renew(batch)
+
+    async def _renew(self, batch: list[Work]) -> None:
+        try:
+            held = await self._jobs.renew(batch[0].lease, self.lease_s)
+        except Exception as exc:  # e.g. a full disk: the next renewal may succeed
+            log.warning("could not renew the lease of a running batch: %s", exc)
+            return
+        for work in batch:
+            if work.job_id not in held:
+                work.stopped = True
 
 
-def _previews_by_job(batch: list[Work], progress: StepProgress) -> dict[str, list]:
+_tasks: set[asyncio.Task] = set()
+
+
+def _spawn(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def _previews_by_job(batch: list[Work], progress: StepProgress, wanted: set[str]) -> dict[str, list]:
     """The batch's previews (one per image, in request order) split among the works that want them."""
     pictures, offset, by_job = progress.previews(), 0, {}
     for index in progress.request_indices:
         work = batch[index]
-        if work.wants_previews:
+        if work.job_id in wanted:
             by_job[work.job_id] = pictures[offset : offset + work.request.num_images]
         offset += work.request.num_images
     return by_job

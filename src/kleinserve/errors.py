@@ -47,6 +47,10 @@ class JobCancelled(KleinserveError):
     """The job was cancelled (by its client, or because its caller went away)."""
 
 
+class GenerationStopped(KleinserveError):
+    """The engine stopped a batch at a step boundary because its caller's should_stop() said so."""
+
+
 class BatcherFailed(KleinserveError):
     """The loop feeding a model's engine died; the jobs it held fail with this."""
 

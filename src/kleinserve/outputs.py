@@ -1,15 +1,15 @@
 """A job's output images: encoded (png/jpeg/webp) and stored, or held inline; rebuilt from a job record.
 
 Images the safety checker flagged are never stored: their slot holds a black image of the same size,
-returned inline. Inline results (sync_mode, b64_json) are never written anywhere: the last few are kept in
-memory so a queue client can still collect them, and are gone after a restart.
+returned inline. Inline results (sync_mode, b64_json) are not stored as files: their bytes are kept in the
+job store for `inline_result_ttl_s` (10 minutes by default) so a queue client can still collect them, in
+any process, and are deleted after that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -17,12 +17,10 @@ import numpy as np
 
 from kleinserve.errors import ResultGone
 from kleinserve.imaging import encode_image
-from kleinserve.jobs import Job
+from kleinserve.jobs import Job, JobStore
 from kleinserve.request import GenerationRequest
 from kleinserve.storage import CONTENT_TYPES, Store, folder_of, image_key, new_folder
 from kleinserve.usage import Usage
-
-INLINE_RESULTS_KEPT = 16
 
 
 @dataclass(frozen=True)
@@ -59,10 +57,10 @@ class Generated:
 
 
 class Outputs:
-    def __init__(self, store: Store, inline_kept: int = INLINE_RESULTS_KEPT):
+    def __init__(self, store: Store, jobs: JobStore, inline_ttl_s: float):
         self.store = store
-        self._inline: OrderedDict[str, Generated] = OrderedDict()
-        self._inline_kept = inline_kept
+        self.jobs = jobs
+        self.inline_ttl_s = inline_ttl_s
 
     async def encode_and_store(
         self, arrays, flags, request: GenerationRequest, output: OutputOptions, timings
@@ -88,30 +86,32 @@ class Outputs:
             for data, key, flagged in zip(encoded, keys, flags, strict=True)
         ]
 
-    def hold_inline(self, generated: Generated) -> None:
-        self._inline[generated.job_id] = generated
-        while len(self._inline) > self._inline_kept:
-            self._inline.popitem(last=False)
+    async def hold_inline(self, generated: Generated) -> None:
+        keep_until = time.time() + self.inline_ttl_s
+        await self.jobs.put_inline(generated.job_id, [image.data for image in generated.images], keep_until)
 
-    def forget(self, job_ids: list[str]) -> None:
-        for job_id in job_ids:
-            self._inline.pop(job_id, None)
+    async def discard(self, generated: Generated) -> None:
+        """Delete what was stored for a result nobody will collect (its job was cancelled meanwhile)."""
+        for folder in {folder_of(image.key) for image in generated.images if image.key}:
+            await asyncio.to_thread(self.store.delete_folder, folder)
 
     async def rebuild(self, job: Job) -> Generated:
-        """The Generated of a succeeded job, from memory (inline results) or its record (stored ones)."""
-        if job.id in self._inline:
-            return self._inline[job.id]
+        """The Generated of a succeeded job, from its record (stored images) and the job store (inline)."""
         record = job.result or {}
+        items = record.get("images", [])
+        inline = await self.jobs.inline(job.id) if any(item.get("key") is None for item in items) else None
         images = []
-        for item in record.get("images", []):
+        for index, item in enumerate(items):
             data = b""
             if item.get("nsfw"):
                 data = await asyncio.to_thread(black_image, item["width"], item["height"], item["format"])
             elif item.get("key") is None:
-                raise ResultGone(
-                    f"request {job.id} returned its images inline (sync_mode / b64_json); they were never "
-                    "stored and are no longer held in memory; submit the request again"
-                )
+                if inline is None:
+                    raise ResultGone(
+                        f"request {job.id} returned its images inline (sync_mode / b64_json); they were "
+                        f"kept for {self.inline_ttl_s:g} s and are gone now; submit the request again"
+                    )
+                data = inline[index]
             images.append(
                 OutputImage(
                     data,

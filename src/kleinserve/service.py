@@ -1,8 +1,11 @@
 """The image service: what every API dialect calls. It owns the served models (engine + batcher each), the
 job records, image encoding and storage, and the metrics; dialects never reach those directly.
 
-A generation: record a job -> queue it on the model's batcher -> the engine runs it in a batch on the GPU
-thread -> encode (png/jpeg/webp) and store its images on worker threads -> record the result.
+A generation: record the job with its inputs (the job store is the queue) -> the model's batcher claims
+it in a batch and runs it on the model's engine thread -> screen, encode (png/jpeg/webp) and store its
+images off that thread -> record the result under the batch's lease -> wake whoever waits in this
+process. A job's record is its truth: after a crash, detached (queue) jobs run again from their stored
+inputs, and jobs whose caller is gone fail (jobs.py).
 """
 
 from __future__ import annotations
@@ -10,16 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kleinserve.batch_policy import batch_key
 from kleinserve.batcher import Batcher, Work
 from kleinserve.errors import (
     BatcherFailed,
@@ -34,12 +38,13 @@ from kleinserve.errors import (
     is_disk_full,
 )
 from kleinserve.imaging import DECODE_SLOTS, decode_image
+from kleinserve.job_inputs import pack_inputs
 from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
 from kleinserve.metrics import Metrics
 from kleinserve.models import ModelSpec, resolve_model, with_local_path
 from kleinserve.outbound import Outbound
 from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record, stored_folders
-from kleinserve.request import GenerationRequest
+from kleinserve.request import GenerationRequest, GenerationResult
 from kleinserve.settings import Settings
 from kleinserve.storage import LocalFile, Store
 from kleinserve.usage import request_usage
@@ -61,11 +66,6 @@ DISK_FULL = "the server's disk is full, so nothing more can be recorded or store
 SHUTDOWN = "the server is shutting down"
 RECORD_RETRY_DELAYS = (0.5, 1, 2, 5, *(10,) * 60)  # about ten minutes of retries
 DEMO_LABEL = "DEMO: tiny random-weight test model; its images are noise, not FLUX.2 [klein]"
-INTERRUPTED = {
-    "type": "server_error",
-    "message": "the server stopped before this job finished; nothing was produced, submit it again",
-    "param": None,
-}
 
 
 @dataclass
@@ -109,7 +109,7 @@ class ImageService:
         self.metrics = metrics
         self.models = [ServedModel(spec, demo) for spec, demo in served_specs(settings)]
         self._by_name = {name.lower(): served for served in self.models for name in served.names}
-        self._outputs = Outputs(store)
+        self._outputs = Outputs(store, jobs, settings.inline_result_ttl_s)
         # Reference images decode here, DECODE_SLOTS at a time: what bounds their memory (imaging.py).
         self._decoder = ThreadPoolExecutor(max_workers=DECODE_SLOTS, thread_name_prefix="kleinserve-decode")
         self.outbound = Outbound(
@@ -134,29 +134,37 @@ class ImageService:
         }
         self._safety_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-safety")
         self._tasks: list[asyncio.Task] = []
-        self._active: dict[str, asyncio.Task[Generated]] = {}  # job id -> the task that completes it
-        self._step_listeners: dict[str, StepListener] = {}  # job id -> who watches its steps
+        self._waiting: dict[str, _Waiter] = {}  # job id -> who in this process waits for its end
         self.shutting_down = False
-        self._background: set[asyncio.Future] = set()  # fire-and-forget work (finish callbacks)
+        self._background: set[asyncio.Future] = set()  # fire-and-forget work (completions, callbacks)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         if removed := await asyncio.to_thread(self.store.remove_partial_files):
             log.warning("removed %d half-written image file(s) left by a previous run", removed)
-        interrupted = await self.jobs.fail_unfinished(INTERRUPTED)
-        if interrupted:
-            log.warning(
-                "%d job(s) were unfinished when the server last stopped; marked failed", len(interrupted)
-            )
+        await self._recover()
         if self.settings.safety_checker:
             await self._load_safety_checker()
         self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
+        self._tasks.append(asyncio.create_task(self._requeue_expired_leases(), name="requeue-expired"))
         if self.settings.retention_hours > 0:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
+    async def _recover(self) -> None:
+        """Jobs the last process left: the store is this process's alone (jobs.py locks it), so every
+        running lease is dead. Detached jobs run again; jobs whose caller went with that process fail."""
+        requeued, failed = await self.jobs.requeue_expired(math.inf, self.settings.max_attempts)
+        failed += await self.jobs.fail_waiting()
+        if requeued or failed:
+            log.warning(
+                "the server stopped last time with jobs unfinished: %d queued again, %d failed "
+                "(their callers are gone, or they ran out of attempts)",
+                len(requeued), len(failed),
+            )  # fmt: skip
+
     async def stop(self) -> None:
-        tasks = [*self._tasks, *self._active.values(), *self._background]
+        tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -168,27 +176,47 @@ class ImageService:
         await self.outbound.close()
 
     def begin_shutdown(self, grace_s: float) -> None:
-        """From now on no new work; queued jobs fail now, running batches in `grace_s` if not done."""
+        """From now on no new work. Queued jobs a caller here waits for fail now; detached (queue) jobs stay
+        queued for the next start. Running batches get `grace_s` to finish, then stop: their detached
+        jobs go back to the queue, the others fail."""
         if self.shutting_down:
             return
         self.shutting_down = True
-        log.warning("shutting down: queued jobs fail now, running batches get %g s to finish", grace_s)
+        log.warning("shutting down: waiting callers' queued jobs fail now, running batches get %g s", grace_s)
         for served in self.models:
             if served.batcher is not None:
-                served.batcher.fail_queued(ShuttingDown(f"{SHUTDOWN}: this job had not started"))
-        asyncio.get_running_loop().call_later(grace_s, self._stop_running_batches)
+                served.batcher.drain()
+        error = _failure(f"{SHUTDOWN}: this job had not started", "shutting_down")
+        for job_id, waiter in list(self._waiting.items()):
+            if not waiter.detached:
+                self._spawn(self._fail_if_queued(job_id, waiter.model, error))
+        asyncio.get_running_loop().call_later(grace_s, lambda: self._spawn(self._stop_running_batches()))
 
-    def _stop_running_batches(self) -> None:
+    async def _fail_if_queued(self, job_id: str, model: str, error: dict) -> None:
+        if await self.jobs.finish(job_id, JobStatus.FAILED, error=error, only_queued=True):
+            self._count_end(model, JobStatus.FAILED)
+            await self._log_end(job_id, JobStatus.FAILED, error)
+            self._settle(job_id, error=ShuttingDown(error["message"]))
+
+    async def _stop_running_batches(self) -> None:
+        error = _failure(f"{SHUTDOWN}: this job was stopped before it finished", "shutting_down")
         for served in self.models:
-            if served.batcher is not None:
-                served.batcher.fail_all(ShuttingDown(f"{SHUTDOWN}: this job was stopped before it finished"))
+            if served.batcher is None:
+                continue
+            works = served.batcher.stop_running()
+            for lease in {work.lease for work in works}:
+                await self.jobs.release(lease)  # detached jobs run again at the next start
+            for work in works:
+                if not work.job.detached:
+                    await self._record_end(work, JobStatus.FAILED, error=error)
+                self._settle(work.job_id, error=ShuttingDown(error["message"]))
 
     @property
     def ready(self) -> bool:
         return not self.shutting_down and all(served.state == "ready" for served in self.models)
 
     async def _load_models(self) -> None:
-        from kleinserve.engine.warmup import load_engine  # torch is imported here, off the event loop
+        from kleinserve.engine_startup import load_engine  # torch is imported here, off the event loop
 
         loop = asyncio.get_running_loop()
         for served in self.models:
@@ -203,10 +231,11 @@ class ImageService:
             served.batcher = Batcher(
                 engine,
                 self._engine_threads[served.spec.id],
+                self.jobs,
                 _JobEvents(self, served.spec.id),
                 max_batch_images=self.settings.max_batch_images,
                 max_wait_s=self.settings.batch_wait_ms / 1000,
-                max_queue_depth=self.settings.max_queue_depth,
+                lease_s=self.settings.job_lease_s,
             )
             self._tasks.append(asyncio.create_task(self._supervise(served), name=f"batcher-{served.spec.id}"))
             served.state = "ready"
@@ -221,17 +250,37 @@ class ImageService:
         log.info("safety checker ready: %s", self.safety.describe())
 
     async def _supervise(self, served: ServedModel) -> None:
-        """Runs the model's batcher loop; if it dies (a bug), its waiting jobs fail with the reason and it is
-        restarted, up to BATCHER_RESTARTS times; after that the model is failed and /ready says so."""
+        """Runs the model's batcher loop; if it dies (a bug), the batch it held fails with the reason and it
+        is restarted, up to BATCHER_RESTARTS times; after that the model is failed and /ready says so."""
         for attempt in range(BATCHER_RESTARTS + 1):
             try:
                 await served.batcher.run()
+                return  # drained: the server is stopping
             except Exception as exc:
                 log.exception("the batcher of %s died (attempt %d)", served.spec.id, attempt + 1)
-                served.batcher.fail_all(BatcherFailed(f"the model's batcher failed ({type(exc).__name__})"))
+                message = f"the model's batcher failed ({type(exc).__name__})"
+                for work in served.batcher.stop_running():
+                    await self._job_failed(work, BatcherFailed(message))
                 served.error = f"its batcher failed ({type(exc).__name__}: {exc})"
         served.state = "failed"
         log.error("%s is out of service: its batcher failed %d times", served.spec.id, BATCHER_RESTARTS + 1)
+
+    async def _requeue_expired_leases(self) -> None:
+        """Jobs whose worker went silent (another process died, or a wedged batch) are queued again."""
+        while True:
+            await asyncio.sleep(self.settings.job_lease_s / 2)
+            try:
+                requeued, failed = await self.jobs.requeue_expired(time.time(), self.settings.max_attempts)
+            except Exception:
+                log.exception("requeueing expired leases failed; retrying later")
+                continue
+            for job_id in failed:
+                self._settle(job_id, error=GenerationFailed("the worker running this job stopped"))
+            if requeued:
+                log.warning("%d job(s) whose worker stopped were queued again", len(requeued))
+                for served in self.models:
+                    if served.batcher is not None:
+                        served.batcher.wake()
 
     async def _expire_old_jobs(self) -> None:
         retention = self.settings.retention_hours * 3600
@@ -248,7 +297,6 @@ class ImageService:
             for folder in stored_folders(job):
                 await asyncio.to_thread(self.store.delete_folder, folder)
         await self.jobs.delete([job.id for job in jobs])
-        self._outputs.forget([job.id for job in jobs])
         if jobs:
             log.info("expired %d job(s) and their files", len(jobs))
         return len(jobs)
@@ -272,6 +320,10 @@ class ImageService:
             raise ModelNotReady(f"{served.spec.id} is still loading; retry shortly")
         return served.batcher
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Queued jobs per served model."""
+        return {served.spec.id: await self.jobs.queue_depth(served.spec.id) for served in self.models}
+
     # --- generation ------------------------------------------------------------------------------
 
     async def submit(
@@ -286,31 +338,43 @@ class ImageService:
         detached: bool = False,
         owner: str | None = None,
     ) -> Job:
-        """Record a job and queue it; it runs in the background. `on_finish(job_id)` is awaited once the
-        job has ended (succeeded, failed or cancelled) and its record is final; `on_step` hears each
-        denoising step, with previews. A detached job (a queue submission) has no HTTP request waiting on
-        it, so its latency is measured here instead."""
+        """Record a job with its inputs: from then on it is queued, and runs even if this process dies
+        (when `detached`: a queue submission nobody here waits on). `on_finish(job_id)` is awaited once the
+        job has ended in this process and its record is final; `on_step` hears each denoising step, with
+        previews."""
         if self.shutting_down:
             raise ShuttingDown(f"{SHUTDOWN}; retry in a moment (another replica, or this one restarted)")
         batcher = self.ready_batcher(served)
-        batcher.check_room()  # QueueFull before anything is recorded
         params = {**params, **_describe(request), "output_format": output.format}
-        job = Job(new_job_id(), served.spec.id, params, owner=owner)
-        queued = f"queued behind {batcher.depth} job(s)"
-        job.logs.append({"timestamp": time.time(), "level": "INFO", "message": queued})
-        await self._record(self.jobs.add(job))  # recorded before it can run: no work without a record
+        job = Job(
+            new_job_id(),
+            served.spec.id,
+            params,
+            owner=owner,
+            batch_key=batch_key(served.spec, request),
+            num_images=request.num_images,
+            detached=detached,
+        )
+        inputs = await asyncio.to_thread(pack_inputs, request, output)
+        depth = await self.jobs.queue_depth(served.spec.id)
+        job.logs.append(
+            {"timestamp": time.time(), "level": "INFO", "message": f"queued behind {depth} job(s)"}
+        )
+        self._waiting[job.id] = _Waiter(served.spec.id, detached, on_finish, on_step, job.created_at)
         try:
-            future = batcher.submit(job.id, request, previews=on_step is not None)
-        except QueueFull as exc:  # filled up while the record was written
-            await self._record_end(job.id, job.model, JobStatus.FAILED, error=_failure(str(exc)))
+            added = await self._record(self.jobs.add(job, inputs, max_queued=self.settings.max_queue_depth))
+        except BaseException:
+            self._waiting.pop(job.id)
             raise
-        task = asyncio.create_task(self._complete(job, future, request, output), name=f"job-{job.id}")
-        self._active[job.id] = task
-        if on_step is not None:
-            self._step_listeners[job.id] = on_step
-        measured = (served.spec.id, time.monotonic()) if detached else None
-        task.add_done_callback(partial(self._job_ended, job.id, on_finish, measured))
+        if not added:
+            self._waiting.pop(job.id)
+            raise QueueFull(served.spec.id, depth, self._retry_after(batcher, depth))
+        batcher.wake()
         return job
+
+    def _retry_after(self, batcher: Batcher, depth: int) -> int:
+        batches_ahead = math.ceil((depth + 1) / batcher.max_batch_images)
+        return max(1, math.ceil(batches_ahead * batcher.seconds_per_batch))
 
     async def generate(
         self,
@@ -329,88 +393,98 @@ class ImageService:
     def outcome(self, job: Job) -> Awaitable[Generated]:
         """The outcome of a job just submitted, for a caller that waits on it. If that caller goes away
         (is cancelled), the job is cancelled too: nobody waits for it any more."""
-        task = self._active[job.id]  # taken now: the task leaves _active as soon as it ends
-        batcher = self._by_name[job.model.lower()].batcher
+        ended = self._waiting[job.id].ended  # taken now: the waiter leaves as soon as the job ends
 
         async def wait() -> Generated:
             try:
-                return await asyncio.shield(task)
+                return await asyncio.shield(ended)
             except asyncio.CancelledError:
-                batcher.cancel(job.id, "the client went away before the job finished")
+                self._spawn(self._cancel(job.id, "the client went away before the job finished"))
                 raise
 
         return wait()
 
     async def cancel(self, job_id: str) -> str | None:
         """ "requested" (the job ends as cancelled), "finished" (too late), or None for an unknown job."""
+        return await self._cancel(job_id, "cancelled at the client's request")
+
+    async def _cancel(self, job_id: str, reason: str) -> str | None:
+        outcome = await self.jobs.cancel(job_id, _cancelled(reason))
+        if outcome != "cancelled":
+            return outcome
         job = await self.jobs.get(job_id)
-        if job is None:
-            return None
-        served = self._by_name.get(job.model.lower())
-        if job.status.finished or served is None or served.batcher is None:
-            return "finished"
-        if not served.batcher.cancel(job_id, "cancelled at the client's request"):
-            return "finished"  # its images are being encoded; it is about to succeed
+        self._count_end(job.model, JobStatus.CANCELLED)
+        if (served := self._by_name.get(job.model.lower())) and served.batcher:
+            served.batcher.stop_job(job_id)  # its batch stops at the next step once none of it is wanted
+        self._settle(job_id, error=JobCancelled(reason))
         return "requested"
 
     def step_taken(self, job_id: str, step: int, total: int, previews: list) -> None:
-        if (listener := self._step_listeners.get(job_id)) is not None:
-            listener(step, total, previews)
+        waiter = self._waiting.get(job_id)
+        if waiter is not None and waiter.on_step is not None:
+            waiter.on_step(step, total, previews)
+
+    def wants_previews(self, job_id: str) -> bool:
+        waiter = self._waiting.get(job_id)
+        return waiter is not None and waiter.on_step is not None
 
     async def queue_position(self, job: Job) -> int | None:
         """0-based place among its model's queued jobs; None once it has left the queue."""
-        served = self._by_name.get(job.model.lower())
-        return served.batcher.position(job.id) if served and served.batcher else None
+        return await self.jobs.queue_position(job.id)
 
-    async def _complete(
-        self, job: Job, future: asyncio.Future, request: GenerationRequest, output: OutputOptions
-    ) -> Generated:
-        queued_at = time.monotonic()
+    async def _complete(self, work: Work, result: GenerationResult) -> None:
+        """A job's images came out of the engine: screen, encode, store, record, tell its waiter."""
+        job, request, output = work.job, work.request, work.output
         try:
-            result = await future
-            waited = time.monotonic() - queued_at - sum(result.timings.values())
-            timings = {"queue": max(0.0, waited), **result.timings}
+            waited = max(0.0, (job.started_at or job.created_at) - job.created_at)
+            timings = {"queue": waited, **result.timings}
             flags = await self._screen(result.images, output, timings)
             images = await self._outputs.encode_and_store(result.images, flags, request, output, timings)
-        except JobCancelled as exc:
-            await self._record_end(job.id, job.model, JobStatus.CANCELLED, error=_cancelled(str(exc)))
-            raise
-        except ShuttingDown as exc:
-            await self._record_end(
-                job.id, job.model, JobStatus.FAILED, error=_failure(str(exc), "shutting_down")
-            )
-            raise
-        except Exception as exc:  # the details stay in the server log; clients get no internals
-            log.exception("generation failed for job %s", job.id)
-            if is_disk_full(exc):
-                error = _failure(DISK_FULL, "storage_full")
-            else:
-                error = _failure(f"generation failed ({type(exc).__name__}); the server log has details")
-            await self._record_end(job.id, job.model, JobStatus.FAILED, error=error)
-            raise (StorageFull if is_disk_full(exc) else GenerationFailed)(error["message"]) from exc
+            usage = request_usage(request, result.text_tokens)
+            generated = Generated(job.id, job.model, result.seed, images, timings, usage)
+            if not output.store:
+                await self._outputs.hold_inline(generated)
+            if not await self._record_end(work, JobStatus.SUCCEEDED, result=result_record(generated)):
+                await self._outputs.discard(generated)  # cancelled meanwhile: its end is already recorded
+                return
+        except Exception as exc:
+            await self._job_failed(work, exc)
+            return
         self.metrics.observe_images(job.model, len(images), request.width, request.height)
         self.metrics.observe_stages(
             job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
         )
-        usage = request_usage(request, result.text_tokens)
-        generated = Generated(job.id, job.model, result.seed, images, timings, usage)
-        if not output.store:
-            self._outputs.hold_inline(generated)
-        await self._record_end(job.id, job.model, JobStatus.SUCCEEDED, result=result_record(generated))
-        return generated
+        self._settle(job.id, generated)
 
-    def _job_ended(self, job_id: str, on_finish: FinishCallback | None, measured, task: asyncio.Task) -> None:
-        self._active.pop(job_id, None)
-        self._step_listeners.pop(job_id, None)
-        if task.cancelled():  # the server is stopping
+    async def _job_failed(self, work: Work, exc: Exception) -> None:
+        """The details stay in the server log; clients get no internals."""
+        log.error("generation failed for job %s", work.job_id, exc_info=exc)
+        if is_disk_full(exc):
+            error, raised = _failure(DISK_FULL, "storage_full"), StorageFull
+        else:
+            message = f"generation failed ({type(exc).__name__}); the server log has details"
+            error, raised = _failure(message), GenerationFailed
+        await self._record_end(work, JobStatus.FAILED, error=error)
+        self._settle(work.job_id, error=raised(error["message"]))
+
+    def _settle(
+        self, job_id: str, generated: Generated | None = None, *, error: Exception | None = None
+    ) -> None:
+        """The job ended: tell whoever waits in this process, measure a detached job, run its callback."""
+        waiter = self._waiting.pop(job_id, None)
+        if waiter is None:  # a job recovered from a previous run, or settled already
             return
-        error = task.exception()  # retrieved here: queue jobs have no caller awaiting them
-        if measured is not None and not isinstance(error, JobCancelled):
-            model, start = measured
-            seconds = time.monotonic() - start
-            self.metrics.observe_generation_request(model, seconds, seconds, 500 if error else 200)
-        if on_finish is not None:
-            self._spawn(on_finish(job_id))
+        if error is not None:
+            waiter.ended.set_exception(error)
+            waiter.ended.exception()  # retrieved: detached jobs have no caller awaiting them
+        else:
+            waiter.ended.set_result(generated)
+        if waiter.detached and not isinstance(error, JobCancelled):
+            seconds = time.time() - waiter.created_at
+            status = 500 if error is not None else 200
+            self.metrics.observe_generation_request(waiter.model, seconds, seconds, status)
+        if waiter.on_finish is not None:
+            self._spawn(waiter.on_finish(job_id))
 
     async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
         """Flag unsafe images (and black them out in place) when the request asks for the checker."""
@@ -428,32 +502,49 @@ class ImageService:
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
 
-    async def _record(self, write: Awaitable) -> None:
+    def _background_done(self, task: asyncio.Future) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background work failed", exc_info=task.exception())
+
+    async def _record(self, write: Awaitable):
         """A job-store write; a full disk becomes StorageFull (507, retry later) instead of a crash."""
         try:
-            await write
+            return await write
         except Exception as exc:
             if is_disk_full(exc):
                 raise StorageFull(DISK_FULL) from exc
             raise
 
-    async def _record_end(
-        self, job_id: str, model: str, status: JobStatus, *, result=None, error=None
-    ) -> None:
-        """The job's final state. With the disk full it is retried until space returns (the job must not
-        stay "running"); if the server stops first, the next start marks it failed."""
-        self.metrics.jobs.labels(model, status.value).inc()
+    async def _record_end(self, work: Work, status: JobStatus, *, result=None, error=None) -> bool:
+        """The job's final state, written under its lease (False: it was no longer held, e.g. cancelled).
+        With the disk full it is retried until space returns: the job must not stay "running"."""
         for delay in RECORD_RETRY_DELAYS:
             try:
-                await self.jobs.finish(job_id, status, result=result, error=error)
+                ended = await self.jobs.finish(
+                    work.job_id, status, result=result, error=error, lease=work.lease
+                )
                 break
             except Exception as exc:
                 if not is_disk_full(exc):
                     raise
-                log.warning("could not record the end of job %s (disk full); retrying in %g s", job_id, delay)
+                log.warning(
+                    "could not record the end of job %s (disk full); retrying in %g s", work.job_id, delay
+                )
                 await asyncio.sleep(delay)
+        else:
+            return False
+        if ended:
+            self._count_end(work.job.model, status)
+            await self._log_end(work.job_id, status, error)
+        return ended
+
+    def _count_end(self, model: str, status: JobStatus) -> None:
+        self.metrics.jobs.labels(model, status.value).inc()
+
+    async def _log_end(self, job_id: str, status: JobStatus, error: dict | None) -> None:
         message = status.value if error is None else f"{status.value}: {error['message']}"
         with contextlib.suppress(Exception):  # a log line is not worth failing over
             await self.jobs.log(job_id, message)
@@ -496,43 +587,59 @@ class ImageService:
         return job if job is not None and job.owner == owner else None
 
     async def result(self, job: Job) -> Generated:
-        """The images of a succeeded job (raises ResultGone for inline images no longer held)."""
+        """The images of a succeeded job (raises ResultGone for inline images no longer kept)."""
         return await self._outputs.rebuild(job)
 
 
+@dataclass
+class _Waiter:
+    """Who in this process waits for a job's end."""
+
+    model: str
+    detached: bool
+    on_finish: FinishCallback | None
+    on_step: StepListener | None
+    created_at: float
+    ended: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class _JobEvents:
-    """Batch events -> job logs, job status and metrics."""
+    """Batch events -> job logs, completions and metrics."""
 
     def __init__(self, service: ImageService, model: str):
         self.service = service
         self.model = model
-        self._pending: set[asyncio.Future] = set()  # keeps fire-and-forget record updates alive
+
+    def wants_previews(self, job_id: str) -> bool:
+        return self.service.wants_previews(job_id)
 
     def batch_started(self, works: list[Work]) -> None:
         images = sum(w.request.num_images for w in works)
         for work in works:
-            self._spawn(self.service.jobs.mark_running(work.job_id))
-            self._spawn(self.service.jobs.log(work.job_id, f"started in a batch of {images} image(s)"))
+            attempt = f" (attempt {work.job.attempts})" if work.job.attempts > 1 else ""
+            self.service._spawn(self._log(work.job_id, f"started in a batch of {images} image(s){attempt}"))
 
     def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
         for work in works:
-            self._spawn(self.service.jobs.log(work.job_id, f"step {step}/{total}"))
-            if not work.future.done():
+            if not work.stopped:
+                self.service._spawn(self._log(work.job_id, f"step {step}/{total}"))
                 self.service.step_taken(work.job_id, step, total, previews.get(work.job_id, []))
 
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None:
         images = sum(w.request.num_images for w in works)
         self.service.metrics.observe_batch(self.model, images, timings)
 
-    def _spawn(self, coroutine) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._pending.add(task)
-        task.add_done_callback(self._settled)
+    def job_done(self, work: Work, result: GenerationResult) -> None:
+        self.service._spawn(self.service._complete(work, result))
 
-    def _settled(self, task: asyncio.Task) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # e.g. a full disk: the log line is lost
-            log.warning("could not record a job update: %s", task.exception())
+    def job_failed(self, work: Work, error: Exception) -> None:
+        self.service._spawn(self.service._job_failed(work, error))
+
+    async def _log(self, job_id: str, message: str) -> None:
+        try:
+            await self.service.jobs.log(job_id, message)
+        except Exception as exc:  # e.g. a full disk: the log line is lost, the job goes on
+            log.warning("could not record a job update: %s", exc)
 
 
 def _describe(request: GenerationRequest) -> dict:

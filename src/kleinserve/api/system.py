@@ -29,9 +29,8 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.get("/metrics", responses=docs.answers(None, docs.OpenAIError, media="text/plain"))
     async def metrics() -> Response:
-        for served in service.models:  # the queue-depth gauge is read from the batchers at scrape time
-            if served.batcher is not None:
-                service.metrics.queue_depth.labels(served.spec.id).set(served.batcher.depth)
+        for model, depth in (await service.queue_depths()).items():  # read from the queue at scrape time
+            service.metrics.queue_depth.labels(model).set(depth)
         return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @routes.get("/v1/stats", responses=docs.answers(None, docs.OpenAIError))

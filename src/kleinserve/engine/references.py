@@ -39,8 +39,3 @@ def encode_references(
         tokens.append(pack(latents))
         ids.append(grid_position_ids(h, w, REFERENCE_TIME_STEP * (index + 1), latents.device))
     return torch.cat(tokens, dim=1), torch.cat(ids, dim=0)
-
-
-def reference_layout(images: tuple[Image.Image, ...]) -> tuple[tuple[int, int], ...]:
-    """The encoded size of each reference: requests with equal layouts can share a batch."""
-    return tuple(reference_image_size(*image.size) for image in images)

@@ -1,0 +1,276 @@
+"""The job store's contract: every JobStore implementation passes these tests.
+
+A test module for one implementation imports them (`from store_contract import *`) and provides the
+fixture `open_store`: a function that opens a store on the same (initially empty) database each time
+it is called, and closes what it opened at the end of the test. The tests run against the real thing.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from kleinserve.jobs import INTERRUPTED, Job, JobStatus, new_job_id
+
+MODEL = "flux.2-klein-4b"
+LEASE_S = 30.0
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def queued_job(key="512x512/4/-/[]", images=1, *, model=MODEL, detached=True, created_at=None) -> Job:
+    job = Job(new_job_id(), model, {"prompt": "a fox"}, batch_key=key, num_images=images, detached=detached)
+    if created_at is not None:
+        job.created_at = created_at
+    return job
+
+
+async def add(store, *jobs: Job) -> list[Job]:
+    for job in jobs:
+        assert await store.add(job, f"inputs of {job.id}".encode())
+    return list(jobs)
+
+
+async def claim(store, max_images=8, ready_before=None, model=MODEL):
+    ready_before = time.time() + 1 if ready_before is None else ready_before
+    return await store.claim(model, max_images=max_images, lease_s=LEASE_S, ready_before=ready_before)
+
+
+def test_a_job_round_trips_and_survives_reopening(open_store):
+    async def write():
+        store = open_store()
+        job = Job(new_job_id(), MODEL, {"prompt": "ünïcode 🦊", "seed": 3}, owner="key-1", detached=True)
+        job.logs.append({"timestamp": time.time(), "level": "INFO", "message": "queued behind 0 job(s)"})
+        await store.add(job, b"\x00inputs")
+        claimed = await claim(store)
+        await store.log(job.id, "step 1/4")
+        assert await store.finish(job.id, JobStatus.SUCCEEDED, result={"seed": 3}, lease=claimed.lease)
+        await store.close()
+        return job.id
+
+    async def read(job_id):
+        store = open_store()
+        return await store.get(job_id), await store.get("missing"), await store.inputs(job_id)
+
+    job, missing, inputs = run(read(run(write())))
+    assert missing is None
+    assert job.status is JobStatus.SUCCEEDED and job.params["prompt"] == "ünïcode 🦊"
+    assert job.result == {"seed": 3} and job.owner == "key-1" and job.detached and job.attempts == 1
+    assert job.created_at <= job.started_at <= job.finished_at
+    assert [entry["message"] for entry in job.logs] == ["queued behind 0 job(s)", "step 1/4"]
+    assert inputs is None  # a finished job's inputs are not kept
+
+
+def test_a_full_queue_records_nothing(open_store):
+    async def scenario():
+        store = open_store()
+        first, second = queued_job(), queued_job()
+        assert await store.add(first, b"x", max_queued=1)
+        assert not await store.add(second, b"x", max_queued=1)
+        return await store.get(second.id), await store.queue_depth(MODEL)
+
+    assert run(scenario()) == (None, 1)
+
+
+def test_a_claim_takes_the_oldest_job_and_its_compatible_followers_up_to_the_image_limit(open_store):
+    async def scenario():
+        store = open_store()
+        now = time.time()
+        a, b, other, c, d = await add(
+            store,
+            queued_job("A", 2, created_at=now - 5),
+            queued_job("A", 4, created_at=now - 4),
+            queued_job("B", 1, created_at=now - 3),
+            queued_job("A", 4, created_at=now - 2),  # would make 10 > 8: waits for the next batch
+            queued_job("A", 1, model="flux.2-klein-9b", created_at=now - 6),  # another model's
+        )
+        first = await claim(store, max_images=8)
+        second = await claim(store, max_images=8)
+        third = await claim(store, max_images=8)
+        return [a.id, b.id], [other.id], [c.id], first, second, third, await store.get(d.id)
+
+    ab, other, c, first, second, third, d = run(scenario())
+    assert [job.id for job in first.jobs] == ab
+    assert all(job.status is JobStatus.RUNNING and job.attempts == 1 for job in first.jobs)
+    assert [job.id for job in second.jobs] == other and [job.id for job in third.jobs] == c
+    assert len({first.lease, second.lease, third.lease}) == 3
+    assert d.status is JobStatus.QUEUED
+
+
+def test_a_batch_that_is_not_full_waits_for_company_until_ready(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, queued_job())
+        early = await claim(store, ready_before=job.created_at - 1)
+        late = await claim(store, ready_before=job.created_at + 1)
+        empty = await claim(store)
+        return job, early, late, empty
+
+    job, early, late, empty = run(scenario())
+    assert early.jobs == [] and early.ready_at == pytest.approx(job.created_at)
+    assert [j.id for j in late.jobs] == [job.id]
+    assert empty.jobs == [] and empty.ready_at is None
+
+
+def test_positions_and_depth_follow_the_queue(open_store):
+    async def scenario():
+        store = open_store()
+        now = time.time()
+        jobs = await add(store, *(queued_job(f"K{i}", created_at=now + i) for i in range(3)))
+        before = [await store.queue_position(job.id) for job in jobs]
+        await claim(store)
+        after = [await store.queue_position(job.id) for job in jobs]
+        return before, after, await store.queue_depth(MODEL), await store.queue_position("missing")
+
+    assert run(scenario()) == ([0, 1, 2], [None, 0, 1], 2, None)
+
+
+def test_claimed_inputs_are_readable_and_a_finish_deletes_them(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, queued_job())
+        claimed = await claim(store)
+        inputs = await store.inputs(job.id)
+        await store.finish(job.id, JobStatus.SUCCEEDED, result={}, lease=claimed.lease)
+        return job, inputs, await store.inputs(job.id)
+
+    job, inputs, after = run(scenario())
+    assert inputs == f"inputs of {job.id}".encode() and after is None
+
+
+def test_a_cancel_ends_the_job_now_and_its_worker_sees_it_at_renewal(open_store):
+    async def scenario():
+        store = open_store()
+        running, queued = await add(store, queued_job("A"), queued_job("B"))
+        claimed = await claim(store, max_images=1)
+        held_before = await store.renew(claimed.lease, LEASE_S)
+        error = {"type": "cancelled", "message": "cancelled at the client's request", "param": None}
+        outcomes = [await store.cancel(running.id, error), await store.cancel(queued.id, error)]
+        held_after = await store.renew(claimed.lease, LEASE_S)
+        late = await store.finish(running.id, JobStatus.SUCCEEDED, result={}, lease=claimed.lease)
+        again = await store.cancel(running.id, error)
+        nothing_left = await claim(store)
+        return (running.id, held_before, outcomes, held_after, late, again, nothing_left,
+                await store.get(running.id), await store.cancel("missing", error))  # fmt: skip
+
+    running_id, held_before, outcomes, held_after, late, again, nothing_left, job, unknown = run(scenario())
+    assert held_before == {running_id} and held_after == set()
+    assert outcomes == ["cancelled", "cancelled"] and again == "finished" and unknown is None
+    assert late is False  # a worker's late write changes nothing
+    assert job.status is JobStatus.CANCELLED and job.error["type"] == "cancelled"
+    assert nothing_left.jobs == []
+
+
+def test_expired_leases_requeue_detached_jobs_and_fail_the_rest(open_store):
+    async def scenario():
+        store = open_store()
+        detached, waited_on = await add(store, queued_job("A"), queued_job("B", detached=False))
+        first = await claim(store, max_images=1)
+        second = await claim(store, max_images=1)
+        result = await store.requeue_expired(time.time() + LEASE_S + 1, max_attempts=3)
+        late = await store.finish(detached.id, JobStatus.SUCCEEDED, result={}, lease=first.lease)
+        rerun = await claim(store)
+        return (detached.id, waited_on.id, second, result, late, rerun,
+                await store.get(detached.id), await store.get(waited_on.id))  # fmt: skip
+
+    detached_id, waited_on_id, _second, result, late, rerun, detached, waited_on = run(scenario())
+    assert result == ([detached_id], [waited_on_id])
+    assert late is False  # the dead worker's lease is gone
+    assert [job.id for job in rerun.jobs] == [detached_id] and rerun.jobs[0].attempts == 2
+    assert any("attempt 1 of 3 was interrupted" in entry["message"] for entry in detached.logs)
+    assert waited_on.status is JobStatus.FAILED and waited_on.error == INTERRUPTED
+
+
+def test_a_job_fails_with_the_reason_after_its_last_attempt(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, queued_job())
+        for _ in range(3):
+            await claim(store)
+            await store.requeue_expired(time.time() + LEASE_S + 1, max_attempts=3)
+        return await store.get(job.id)
+
+    job = run(scenario())
+    assert job.status is JobStatus.FAILED and job.attempts == 3
+    assert "each of its 3 attempts" in job.error["message"]
+
+
+def test_a_renewed_lease_does_not_expire(open_store):
+    async def scenario():
+        store = open_store()
+        await add(store, queued_job())
+        claimed = await claim(store)
+        await store.renew(claimed.lease, 1000.0)
+        return await store.requeue_expired(time.time() + LEASE_S + 1, max_attempts=3)
+
+    assert run(scenario()) == ([], [])
+
+
+def test_a_released_lease_requeues_without_counting_the_attempt(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, queued_job())
+        claimed = await claim(store)
+        released = await store.release(claimed.lease)
+        return job.id, released, await store.get(job.id)
+
+    job_id, released, job = run(scenario())
+    assert released == [job_id] and job.status is JobStatus.QUEUED and job.attempts == 0
+
+
+def test_queued_jobs_whose_callers_are_gone_fail_and_detached_ones_stay(open_store):
+    async def scenario():
+        store = open_store()
+        detached, waited_on = await add(store, queued_job(), queued_job(detached=False))
+        failed = await store.fail_waiting()
+        return detached.id, waited_on.id, failed, await store.get(detached.id), await store.get(waited_on.id)
+
+    _detached_id, waited_on_id, failed, detached, waited_on = run(scenario())
+    assert failed == [waited_on_id]
+    assert detached.status is JobStatus.QUEUED and waited_on.status is JobStatus.FAILED
+
+
+def test_only_queued_ends_only_a_queued_job(open_store):
+    async def scenario():
+        store = open_store()
+        running, queued = await add(store, queued_job("A"), queued_job("B"))
+        await claim(store, max_images=1)
+        error = {"type": "shutting_down", "message": "the server is shutting down", "param": None}
+        return [
+            await store.finish(running.id, JobStatus.FAILED, error=error, only_queued=True),
+            await store.finish(queued.id, JobStatus.FAILED, error=error, only_queued=True),
+            await store.finish(queued.id, JobStatus.SUCCEEDED, result={}),  # already ended
+        ]
+
+    assert run(scenario()) == [False, True, False]
+
+
+def test_inline_images_are_kept_until_their_time(open_store):
+    async def scenario():
+        store = open_store()
+        kept, gone = await add(store, queued_job(), queued_job())
+        await store.put_inline(kept.id, [b"png 0", b"png 1"], time.time() + 60)
+        await store.put_inline(gone.id, [b"png"], time.time() - 1)
+        return await store.inline(kept.id), await store.inline(gone.id), await store.inline("missing")
+
+    assert run(scenario()) == ([b"png 0", b"png 1"], None, None)
+
+
+def test_expired_returns_old_finished_jobs_and_delete_removes_everything(open_store):
+    async def scenario():
+        store = open_store()
+        old_done, old_queued = await add(
+            store, queued_job(created_at=time.time() - 100), queued_job(created_at=time.time() - 100)
+        )
+        await store.finish(old_done.id, JobStatus.SUCCEEDED, result={}, only_queued=True)
+        await store.put_inline(old_done.id, [b"png"], time.time() + 60)
+        expired = await store.expired(time.time() - 50)
+        await store.delete([job.id for job in expired])
+        return (old_done.id, [job.id for job in expired], await store.get(old_done.id),
+                await store.inline(old_done.id), await store.get(old_queued.id))  # fmt: skip
+
+    done_id, expired, gone, inline, still_queued = run(scenario())
+    assert expired == [done_id] and gone is None and inline is None
+    assert still_queued.status is JobStatus.QUEUED
