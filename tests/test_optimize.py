@@ -6,7 +6,8 @@ import torch
 
 from kleinserve.engine import Engine
 from kleinserve.engine.optimize import Optimizations, check_attention_backend
-from kleinserve.engine.warmup import optimizations_for, warmup_sizes
+from kleinserve.engine.warmup import warmup_plan
+from kleinserve.engine_startup import engine_config
 from kleinserve.errors import InvalidRequest
 from kleinserve.models import resolve_model
 from kleinserve.request import build_request
@@ -40,12 +41,13 @@ def test_levers_default_by_device_and_unknown_backends_are_refused():
 
 
 def test_compiling_warms_the_common_sizes(tmp_path):
-    plain = Settings(data_dir=tmp_path, device="cpu", safety_checker=False)
-    assert warmup_sizes(plain, optimizations_for(plain)) == [(256, 256)]
-    compiled = Settings(data_dir=tmp_path, device="cpu", compile=True, safety_checker=False)
-    assert (1024, 1024) in warmup_sizes(compiled, optimizations_for(compiled))
-    chosen = Settings(data_dir=tmp_path, device="cpu", warmup_sizes=("512x384",), safety_checker=False)
-    assert warmup_sizes(chosen, optimizations_for(chosen)) == [(512, 384)]
+    def plan(**fields):
+        settings = Settings(data_dir=tmp_path, device="cpu", safety_checker=False, **fields)
+        return warmup_plan(engine_config(settings))
+
+    assert plan() == [(256, 256, 1)]
+    assert (1024, 1024, 1) in plan(compile=True)
+    assert plan(warmup_sizes=("512x384",)) == [(512, 384, 1)]
 
 
 def test_an_attention_backend_stays_on_its_own_model(checkpoints, engine):

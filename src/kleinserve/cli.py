@@ -248,7 +248,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from kleinserve.api.app import create_app
     from kleinserve.engine.optimize import check_attention_backend
-    from kleinserve.engine.warmup import check_weights
+    from kleinserve.engine_startup import check_weights
     from kleinserve.outbound import check_networks
     from kleinserve.safety import locate_safety_model
     from kleinserve.service import served_specs

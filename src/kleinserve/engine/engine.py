@@ -8,9 +8,9 @@ seeded with seed + i, so no image depends on its batch-mates.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property, partial
 from typing import Literal
 
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kleinserve.batch_policy import batch_key, plan_batches
+from kleinserve.engine.config import EngineConfig
 from kleinserve.engine.loading import (
     Components,
     default_device,
@@ -27,10 +29,11 @@ from kleinserve.engine.loading import (
 )
 from kleinserve.engine.optimize import Optimizations, apply_optimizations
 from kleinserve.engine.previews import LatentPreviewer
-from kleinserve.engine.references import encode_references, reference_layout
+from kleinserve.engine.references import encode_references
 from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
 from kleinserve.engine.text import PromptEncoder, text_position_ids
 from kleinserve.engine.vae import LatentCodec, pack, unpack
+from kleinserve.errors import GenerationStopped
 from kleinserve.models import ModelSpec, Variant, require_variant
 from kleinserve.request import GenerationRequest, GenerationResult
 
@@ -63,25 +66,17 @@ class Engine:
         self.denoiser = Denoiser(components.transformer)
 
     @classmethod
-    def load(
-        cls,
-        spec: ModelSpec,
-        *,
-        device: str | torch.device | None = None,
-        dtype: str | torch.dtype | None = None,
-        allow_download: bool = True,
-        max_batch_images: int = 8,
-        prompt_cache_size: int = 0,
-        optimizations: Optimizations | None = None,
-    ) -> Engine:
-        device = torch.device(device) if device is not None else default_device()
-        checkpoint = locate_checkpoint(spec, allow_download=allow_download)
+    def load(cls, spec: ModelSpec, config: EngineConfig | None = None, **options) -> Engine:
+        """Load `spec`'s weights as `config` says; `options` (EngineConfig fields: device=..., dtype=...,
+        optimizations=...) override it."""
+        config = replace(config or EngineConfig(), **options)
+        device = torch.device(config.device) if config.device is not None else default_device()
+        checkpoint = locate_checkpoint(spec, allow_download=config.allow_download)
         variant = require_variant(spec, checkpoint)
-        components = load_components(checkpoint, variant, device, resolve_dtype(dtype, device))
-        if optimizations is not None:
-            apply_optimizations(components.transformer, optimizations)
-        engine = cls(spec, components, max_batch_images=max_batch_images, prompt_cache_size=prompt_cache_size)
-        engine.optimizations = optimizations or engine.optimizations
+        components = load_components(checkpoint, variant, device, resolve_dtype(config.dtype, device))
+        apply_optimizations(components.transformer, config.optimizations)
+        engine = cls(spec, components, config.max_batch_images, config.prompt_cache_size)
+        engine.optimizations = config.optimizations
         return engine
 
     @cached_property
@@ -98,37 +93,28 @@ class Engine:
         requests: Sequence[GenerationRequest],
         *,
         on_step: ProgressCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
         output: OutputType = "uint8",
     ) -> list[GenerationResult]:
-        """One result per request, in order; images as HxWx3 uint8 arrays, PIL images or floats in [0, 1]."""
+        """One result per request, in order; images as HxWx3 uint8 arrays, PIL images or floats in [0, 1].
+
+        `on_step` hears each finished denoising step; `should_stop` is asked at each step boundary, and
+        when it answers True the call ends with GenerationStopped (a cancelled batch frees the engine)."""
         results: list[GenerationResult | None] = [None] * len(requests)
-        for indices in self._plan_batches(requests):
+        for indices in plan_batches(self.spec, requests, self.max_batch_images):
             batch = [requests[i] for i in indices]
             progress = partial(_report_step, on_step, tuple(indices)) if on_step else None
-            for index, result in zip(indices, self._run_batch(batch, progress, output), strict=True):
+            for index, result in zip(
+                indices, self._run_batch(batch, progress, should_stop, output), strict=True
+            ):
                 results[index] = result
         return results  # type: ignore[return-value]
 
-    def _plan_batches(self, requests: Sequence[GenerationRequest]) -> Iterator[list[int]]:
-        groups: dict[tuple, list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault(self.batch_key(request), []).append(index)
-        for indices in groups.values():
-            chunk, images = [], 0
-            for index in indices:
-                if chunk and images + requests[index].num_images > self.max_batch_images:
-                    yield chunk
-                    chunk, images = [], 0
-                chunk.append(index)
-                images += requests[index].num_images
-            yield chunk
+    def batch_key(self, request: GenerationRequest) -> str:
+        """Requests with equal keys can share a batch (batch_policy.py decides)."""
+        return batch_key(self.spec, request)
 
-    def batch_key(self, request: GenerationRequest) -> tuple:
-        """Requests with equal keys can share a batch: same size, steps, guidance (CFG), reference layout."""
-        guidance = request.guidance if self.spec.uses_cfg else None
-        return request.width, request.height, request.steps, guidance, reference_layout(request.images)
-
-    def _run_batch(self, requests, on_step, output: OutputType) -> list[GenerationResult]:
+    def _run_batch(self, requests, on_step, should_stop, output: OutputType) -> list[GenerationResult]:
         timings: dict[str, float] = {}
         first = requests[0]
         with self._stage(timings, "text"):
@@ -155,10 +141,13 @@ class Engine:
             kv_cache_references=self.components.variant is Variant.KV,
         )
         step_callback = None
-        if on_step is not None:
+        if on_step is not None or should_stop is not None:
 
             def step_callback(step: int, total: int, denoised) -> None:
-                on_step(step, total, lambda: self.previewer.render(denoised(), height, width))
+                if on_step is not None:
+                    on_step(step, total, lambda: self.previewer.render(denoised(), height, width))
+                if should_stop is not None and should_stop():
+                    raise GenerationStopped(f"stopped after step {step} of {total}")
 
         with self._stage(timings, "denoise"):
             latents = self.denoiser.run(batch, step_callback)
