@@ -40,14 +40,16 @@ def test_levers_default_by_device_and_unknown_backends_are_refused():
         check_attention_backend("fastest-please")
 
 
-def test_compiling_warms_the_common_sizes(tmp_path):
+def test_compiling_warms_the_common_sizes_and_a_batch(tmp_path):
     def plan(**fields):
         settings = Settings(data_dir=tmp_path, device="cpu", safety_checker=False, **fields)
         return warmup_plan(engine_config(settings))
 
     assert plan() == [(256, 256, 1)]
-    assert (1024, 1024, 1) in plan(compile=True)
+    compiled = plan(compile=True)
+    assert (1024, 1024, 1) in compiled and compiled[-1] == (512, 512, 2)  # batches of 2+ after every size
     assert plan(warmup_sizes=("512x384",)) == [(512, 384, 1)]
+    assert plan(compile=True, max_batch_images=1) == [(w, h, 1) for w, h, _ in compiled[:-1]]
 
 
 def test_an_attention_backend_stays_on_its_own_model(checkpoints, engine):
