@@ -274,3 +274,26 @@ def test_expired_returns_old_finished_jobs_and_delete_removes_everything(open_st
     done_id, expired, gone, inline, still_queued = run(scenario())
     assert expired == [done_id] and gone is None and inline is None
     assert still_queued.status is JobStatus.QUEUED
+
+
+def test_recent_lists_an_owners_jobs_newest_first(open_store):
+    async def scenario():
+        store = open_store()
+        now = time.time()
+        mine = [queued_job(created_at=now + i) for i in range(3)]
+        for job in mine:
+            job.owner = "key-a"
+        theirs = queued_job()
+        theirs.owner = "key-b"
+        await add(store, *mine, theirs)
+        await claim(store, max_images=1)
+        return (
+            [job.id for job in mine],
+            [job.id for job in await store.recent("key-a")],
+            [job.id for job in await store.recent("key-a", JobStatus.QUEUED, limit=1)],
+            [job.id for job in await store.recent("key-b")],
+            await store.recent(None),
+        )
+
+    mine, listed, newest_queued, theirs, open_server = run(scenario())
+    assert listed == mine[::-1] and newest_queued == [mine[2]] and len(theirs) == 1 and open_server == []

@@ -212,11 +212,8 @@ def test_sync_mode_returns_data_uris_and_stores_nothing(fal, fal_server):
 
 
 def _job_id_of(server, prompt: str) -> str:
-    import sqlite3
-
-    with sqlite3.connect(server.data_dir / "jobs.sqlite3") as db:
-        rows = db.execute("SELECT id, params FROM jobs ORDER BY created_at").fetchall()
-    return next(job_id for job_id, params in rows if json.loads(params)["prompt"] == prompt)
+    jobs = httpx.get(f"{server.url}/v1/jobs", verify=server.ssl_context()).json()["data"]
+    return next(job["id"] for job in jobs if job["params"]["prompt"] == prompt)
 
 
 def test_base_endpoint_takes_guidance_and_a_negative_prompt(fal, fal_server):

@@ -3,7 +3,6 @@ jobs expire, a full queue answers 503, API keys and the rate limit hold."""
 
 import contextlib
 import shutil
-import sqlite3
 import subprocess
 import threading
 import time
@@ -52,7 +51,7 @@ def test_a_job_in_flight_when_the_server_dies_is_failed_clearly(checkpoints, tmp
     server = LiveServer(tmp_path, *model_flag(checkpoints), "--no-warmup").start()
     thread = threading.Thread(target=lambda: _ignore_errors(generate, server, size="1024x1024", n=2))
     thread.start()
-    job_id = _wait_for_running_job(tmp_path / "jobs.sqlite3")
+    job_id = _wait_for_running_job(server)
     server.stop(hard=True)  # SIGKILL: no chance to clean up
     thread.join()
     server.start()
@@ -71,16 +70,13 @@ def _ignore_errors(function, *args, **kwargs):
         function(*args, **kwargs)
 
 
-def _wait_for_running_job(database, timeout: float = 60) -> str:
+def _wait_for_running_job(server, timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with sqlite3.connect(database) as db:
-                row = db.execute("SELECT id FROM jobs WHERE status = 'running'").fetchone()
-            if row:
-                return row[0]
-        except sqlite3.OperationalError:
-            pass
+        with contextlib.suppress(httpx.HTTPError):
+            running = httpx.get(f"{server.url}/v1/jobs", params={"status": "running"}).json()["data"]
+            if running:
+                return running[0]["id"]
         time.sleep(0.05)
     raise AssertionError("no job started running")
 
@@ -109,7 +105,7 @@ def test_a_full_queue_answers_503_with_retry_after(checkpoints, tmp_path):
 
         busy = threading.Thread(target=call, args=("busy",), kwargs={"size": "1024x1024", "n": 2})
         busy.start()
-        _wait_for_running_job(tmp_path / "jobs.sqlite3")
+        _wait_for_running_job(server)
         queued = threading.Thread(target=call, args=("queued",), kwargs={"size": "1024x1024"})
         queued.start()
         time.sleep(0.5)

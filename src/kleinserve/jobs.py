@@ -102,6 +102,9 @@ class JobStore(Protocol):
         has `max_queued` jobs queued."""
 
     async def get(self, job_id: str) -> Job | None: ...
+    async def recent(self, owner: str | None, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
+        """`owner`'s jobs (None: those made on an open server), newest first, without their logs."""
+
     async def log(self, job_id: str, message: str, level: str = "INFO") -> None: ...
     async def finish(
         self,
@@ -272,6 +275,17 @@ class SQLiteJobStore:
             "SELECT timestamp, level, message FROM job_logs WHERE job_id = ? ORDER BY rowid", (job_id,)
         ).fetchall()
         return _job_from_row(row, logs)
+
+    async def recent(self, owner: str | None, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
+        return await self._run(self._recent, owner, status, limit)
+
+    def _recent(self, owner: str | None, status: JobStatus | None, limit: int) -> list[Job]:
+        rows = self._db.execute(
+            f"SELECT {_FIELDS} FROM jobs WHERE owner IS ? AND (? IS NULL OR status = ?)"
+            " ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (owner, status and status.value, status and status.value, limit),
+        ).fetchall()
+        return [_job_from_row(row, []) for row in rows]
 
     async def log(self, job_id: str, message: str, level: str = "INFO") -> None:
         await self._run(self._log, job_id, message, level)

@@ -586,6 +586,9 @@ class ImageService:
         job = await self.jobs.get(job_id)
         return job if job is not None and job.owner == owner else None
 
+    async def recent_jobs(self, owner: str | None, status: JobStatus | None, limit: int) -> list[Job]:
+        return await self.jobs.recent(owner, status, limit)
+
     async def result(self, job: Job) -> Generated:
         """The images of a succeeded job (raises ResultGone for inline images no longer kept)."""
         return await self._outputs.rebuild(job)

@@ -11,6 +11,7 @@ from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError
 from kleinserve.errors import ModelNotReady
+from kleinserve.jobs import Job, JobStatus
 from kleinserve.metrics import METRICS_CONTENT_TYPE
 from kleinserve.service import DEMO_LABEL, ImageService
 
@@ -37,6 +38,17 @@ def router(service: ImageService) -> APIRouter:
     async def stats() -> dict:
         return service.metrics.stats()
 
+    @routes.get("/v1/jobs", responses=docs.answers(None, docs.OpenAIError))
+    async def jobs(request: Request, status: str | None = None, limit: int = 100) -> dict:
+        """The caller's jobs (its API key's; all on an open server), newest first, without logs."""
+        states = [state.value for state in JobStatus]
+        if status is not None and status not in states:
+            raise ApiError(400, f"status must be one of {', '.join(states)}, got {status!r}", param="status")
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, f"limit must be from 1 to 1000, got {limit}", param="limit")
+        found = await service.recent_jobs(owner_of(request), status and JobStatus(status), limit)
+        return {"object": "list", "data": [_public(record) for record in found]}
+
     @routes.get("/v1/jobs/{job_id}", responses=docs.answers(None, docs.OpenAIError, 404))
     async def job(job_id: str, request: Request) -> dict:
         record = await service.owned_job(job_id, owner_of(request))
@@ -46,9 +58,15 @@ def router(service: ImageService) -> APIRouter:
                 f"no job {job_id!r}; finished jobs are kept for {service.settings.retention_hours:g} hours",
                 param="job_id",
             )
-        return {name: value for name, value in dataclasses.asdict(record).items() if name != "owner"}
+        return _public(record)
 
     return routes
+
+
+def _public(record: Job) -> dict:
+    """A job as its owner sees it: everything but the owner's key fingerprint and the queue's internals."""
+    hidden = ("owner", "batch_key")
+    return {name: value for name, value in dataclasses.asdict(record).items() if name not in hidden}
 
 
 def _model_states(service: ImageService) -> dict:
