@@ -36,12 +36,17 @@ REQUESTS = [  # (endpoint, body): one long job that will be running, an edit and
 ]  # fmt: skip
 
 
-def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_path):
+def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_path, webhooks):
     flags = ["--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}", "--no-warmup",
-             "--max-batch-images", "1", "--batch-wait-ms", "0"]  # fmt: skip
+             "--max-batch-images", "1", "--batch-wait-ms", "0",
+             "--allow-private-network", "127.0.0.1/32"]  # fmt: skip
     server = LiveServer(tmp_path, *flags).start()
     try:
-        ids = [submit(server, endpoint, body) for endpoint, body in REQUESTS]
+        hook = f"{webhooks.url}/after-crash"  # the long job reports to a webhook, from its record
+        ids = [
+            submit(server, endpoint, body, hook if i == 0 else None)
+            for i, (endpoint, body) in enumerate(REQUESTS)
+        ]
         wait_until(lambda: status(server, ids[0])["status"] == "IN_PROGRESS")
         before = [status(server, job_id)["status"] for job_id in ids]
     finally:
@@ -56,7 +61,11 @@ def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_pat
         messages = [entry["message"] for entry in jobs[0]["logs"]]
         assert any("attempt 1 of 3 was interrupted" in m for m in messages), messages
         assert any("(attempt 2)" in m for m in messages), messages
-        recovered = [images_of(server, result(server, job_id)) for job_id in ids]
+        outputs = [result(server, job_id) for job_id in ids]
+        (delivery,) = webhooks.deliveries("after-crash", at_least=1)
+        assert delivery["request_id"] == ids[0] and delivery["status"] == "OK"
+        assert delivery["payload"] == outputs[0]
+        recovered = [images_of(server, output) for output in outputs]
         uninterrupted = [images_of(server, run_sync(server, endpoint, body)) for endpoint, body in REQUESTS]
     finally:
         server.stop()
@@ -86,8 +95,9 @@ def test_a_graceful_stop_keeps_queue_jobs_for_the_next_start(checkpoints, tmp_pa
         server.stop()
 
 
-def submit(server: LiveServer, endpoint: str, body: dict) -> str:
-    answer = httpx.post(f"{server.url}/queue/{endpoint}", json=body, timeout=60)
+def submit(server: LiveServer, endpoint: str, body: dict, webhook: str | None = None) -> str:
+    params = {"fal_webhook": webhook} if webhook else {}
+    answer = httpx.post(f"{server.url}/queue/{endpoint}", json=body, params=params, timeout=60)
     assert answer.status_code == 200, answer.text
     return answer.json()["request_id"]
 

@@ -201,6 +201,18 @@ def test_serve_refuses_bad_configuration(tmp_path):
     assert no_weights.returncode == 1 and "hf download black-forest-labs/FLUX.2-klein-9B" in no_weights.stderr
 
 
+def test_a_second_server_on_the_same_data_dir_is_refused(checkpoints, tmp_path):
+    import sys
+
+    with LiveServer(tmp_path, *model_flag(checkpoints), "--no-warmup"):
+        command = [sys.executable, "-m", "kleinserve", "serve", *model_flag(checkpoints)]
+        second = subprocess.run(
+            [*command, "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
+        )
+    assert second.returncode == 1, second.stderr
+    assert "another kleinserve server is using" in second.stderr and "--data-dir" in second.stderr
+
+
 def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
     import sys
 

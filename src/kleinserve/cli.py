@@ -251,7 +251,7 @@ def serve(args: argparse.Namespace) -> int:
     from kleinserve.engine_startup import check_weights
     from kleinserve.outbound import check_networks
     from kleinserve.safety import locate_safety_model
-    from kleinserve.service import served_specs
+    from kleinserve.served_models import served_specs
 
     settings = settings_from_args(args)
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):

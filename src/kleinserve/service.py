@@ -18,7 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,17 +33,16 @@ from kleinserve.errors import (
     QueueFull,
     ShuttingDown,
     StorageFull,
-    UnknownModel,
     is_disk_full,
 )
 from kleinserve.imaging import DECODE_SLOTS, decode_image
 from kleinserve.job_inputs import pack_inputs
 from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
 from kleinserve.metrics import Metrics
-from kleinserve.models import ModelSpec, resolve_model, with_local_path
 from kleinserve.outbound import Outbound
 from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record, stored_folders
 from kleinserve.request import GenerationRequest, GenerationResult
+from kleinserve.served_models import DEMO_LABEL, ServedModel, served_specs
 from kleinserve.settings import Settings
 from kleinserve.storage import LocalFile, Store
 from kleinserve.usage import request_usage
@@ -53,52 +51,17 @@ from kleinserve.webhooks import WebhookSender
 if TYPE_CHECKING:
     from kleinserve.safety import SafetyChecker
 
-FinishCallback = Callable[[str], Awaitable[None]]
+EndListener = Callable[[str], Awaitable[None]]
 # (step, total steps, previews): called on the event loop after each denoising step of a watched job, with
 # small HxWx3 uint8 pictures of the current estimate, one per image of the job.
 StepListener = Callable[[int, int, list[np.ndarray]], None]
 
 log = logging.getLogger("kleinserve")
 
-DEMO_MODEL_ID = "flux.2-klein-4b"
 BATCHER_RESTARTS = 3
 DISK_FULL = "the server's disk is full, so nothing more can be recorded or stored; retry once space is freed"
 SHUTDOWN = "the server is shutting down"
 RECORD_RETRY_DELAYS = (0.5, 1, 2, 5, *(10,) * 60)  # about ten minutes of retries
-DEMO_LABEL = "DEMO: tiny random-weight test model; its images are noise, not FLUX.2 [klein]"
-
-
-@dataclass
-class ServedModel:
-    spec: ModelSpec
-    demo: bool = False
-    state: str = "loading"  # loading | ready | failed
-    error: str | None = None
-    batcher: Batcher | None = None
-
-    @property
-    def names(self) -> list[str]:
-        return [self.spec.id, *self.spec.aliases]
-
-
-def served_specs(settings: Settings) -> list[tuple[ModelSpec, bool]]:
-    """(spec, is_demo) for each --model ID or ID=PATH, plus the demo model. Raises UnknownModel early."""
-    specs = []
-    for entry in settings.models:
-        name, _, path = entry.partition("=")
-        spec = resolve_model(name)
-        if path:
-            spec = with_local_path(spec, Path(path).expanduser().resolve())
-        specs.append((spec, False))
-    if settings.demo:
-        specs.append((with_local_path(resolve_model(DEMO_MODEL_ID), settings.demo_checkpoint_dir), True))
-    ids = [spec.id for spec, _ in specs]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise UnknownModel(f"model {duplicates[0]} is given twice; serve each model once")
-    if not specs:
-        raise UnknownModel("no model to serve: pass --model ID[=PATH] (repeatable) or --demo")
-    return specs
 
 
 class ImageService:
@@ -135,6 +98,7 @@ class ImageService:
         self._safety_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-safety")
         self._tasks: list[asyncio.Task] = []
         self._waiting: dict[str, _Waiter] = {}  # job id -> who in this process waits for its end
+        self._end_listeners: list[EndListener] = []  # told of every job that ends in this process
         self.shutting_down = False
         self._background: set[asyncio.Future] = set()  # fire-and-forget work (completions, callbacks)
 
@@ -207,9 +171,11 @@ class ImageService:
             for lease in {work.lease for work in works}:
                 await self.jobs.release(lease)  # detached jobs run again at the next start
             for work in works:
-                if not work.job.detached:
+                if work.job.detached:
+                    self._waiting.pop(work.job_id, None)  # it has not ended: it runs after the restart
+                else:
                     await self._record_end(work, JobStatus.FAILED, error=error)
-                self._settle(work.job_id, error=ShuttingDown(error["message"]))
+                    self._settle(work.job_id, error=ShuttingDown(error["message"]))
 
     @property
     def ready(self) -> bool:
@@ -333,15 +299,13 @@ class ImageService:
         output: OutputOptions,
         params: dict,
         *,
-        on_finish: FinishCallback | None = None,
         on_step: StepListener | None = None,
         detached: bool = False,
         owner: str | None = None,
     ) -> Job:
         """Record a job with its inputs: from then on it is queued, and runs even if this process dies
-        (when `detached`: a queue submission nobody here waits on). `on_finish(job_id)` is awaited once the
-        job has ended in this process and its record is final; `on_step` hears each denoising step, with
-        previews."""
+        (when `detached`: a queue submission nobody here waits on). `on_step` hears each denoising step,
+        with previews."""
         if self.shutting_down:
             raise ShuttingDown(f"{SHUTDOWN}; retry in a moment (another replica, or this one restarted)")
         batcher = self.ready_batcher(served)
@@ -360,7 +324,7 @@ class ImageService:
         job.logs.append(
             {"timestamp": time.time(), "level": "INFO", "message": f"queued behind {depth} job(s)"}
         )
-        self._waiting[job.id] = _Waiter(served.spec.id, detached, on_finish, on_step, job.created_at)
+        self._waiting[job.id] = _Waiter(served.spec.id, detached, on_step, job.created_at)
         try:
             added = await self._record(self.jobs.add(job, inputs, max_queued=self.settings.max_queue_depth))
         except BaseException:
@@ -419,6 +383,11 @@ class ImageService:
         self._settle(job_id, error=JobCancelled(reason))
         return "requested"
 
+    def on_job_end(self, listener: EndListener) -> None:
+        """`await listener(job_id)` once each job ends in this process (its record final), including jobs
+        recovered from a previous run."""
+        self._end_listeners.append(listener)
+
     def step_taken(self, job_id: str, step: int, total: int, previews: list) -> None:
         waiter = self._waiting.get(job_id)
         if waiter is not None and waiter.on_step is not None:
@@ -470,9 +439,11 @@ class ImageService:
     def _settle(
         self, job_id: str, generated: Generated | None = None, *, error: Exception | None = None
     ) -> None:
-        """The job ended: tell whoever waits in this process, measure a detached job, run its callback."""
+        """The job ended here: tell the end listeners and whoever waits, and measure a detached job."""
+        for listener in self._end_listeners:
+            self._spawn(listener(job_id))
         waiter = self._waiting.pop(job_id, None)
-        if waiter is None:  # a job recovered from a previous run, or settled already
+        if waiter is None:  # a job recovered from a previous run
             return
         if error is not None:
             waiter.ended.set_exception(error)
@@ -483,8 +454,6 @@ class ImageService:
             seconds = time.time() - waiter.created_at
             status = 500 if error is not None else 200
             self.metrics.observe_generation_request(waiter.model, seconds, seconds, status)
-        if waiter.on_finish is not None:
-            self._spawn(waiter.on_finish(job_id))
 
     async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
         """Flag unsafe images (and black them out in place) when the request asks for the checker."""
@@ -600,7 +569,6 @@ class _Waiter:
 
     model: str
     detached: bool
-    on_finish: FinishCallback | None
     on_step: StepListener | None
     created_at: float
     ended: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())

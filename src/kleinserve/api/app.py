@@ -1,4 +1,8 @@
-"""create_app(settings): the kleinserve HTTP server, assembled from its parts."""
+"""create_app(settings, jobs=..., store=...): the kleinserve HTTP server, assembled from its parts.
+
+The job store and the image store are given (another process role or a test may bring its own, e.g. a
+PostgreSQL store); left out, they are the embedded defaults under the data directory: SQLite and local
+files."""
 
 from __future__ import annotations
 
@@ -14,21 +18,22 @@ from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal_proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
-from kleinserve.jobs import SQLiteJobStore
+from kleinserve.jobs import JobStore, SQLiteJobStore
 from kleinserve.metrics import Metrics
-from kleinserve.service import DEMO_LABEL, ImageService
+from kleinserve.served_models import DEMO_LABEL
+from kleinserve.service import ImageService
 from kleinserve.settings import Settings
-from kleinserve.storage import LocalStore
+from kleinserve.storage import LocalStore, Store
 
 log = logging.getLogger("kleinserve")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics(settings.stats_window_seconds)
-    service = ImageService(
-        settings, SQLiteJobStore(settings.database_path), LocalStore(settings.files_dir), metrics
-    )
+    jobs = jobs if jobs is not None else SQLiteJobStore(settings.database_path)
+    store = store if store is not None else LocalStore(settings.files_dir)
+    service = ImageService(settings, jobs, store, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -36,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         await service.start()
         yield
         await service.stop()
-        await service.jobs.close()
+        await jobs.close()
 
     app = FastAPI(
         title="kleinserve", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from kleinserve.imaging import base64_text, data_uri
 from kleinserve.outputs import OutputImage
-from kleinserve.service import DEMO_LABEL, ImageService, ServedModel
+from kleinserve.served_models import DEMO_LABEL, ServedModel
+from kleinserve.service import ImageService
 
 JOB_ID_HEADER = "x-kleinserve-job-id"
 WARNING_HEADER = "x-kleinserve-warning"

@@ -34,7 +34,8 @@ from kleinserve.imaging import OUTPUT_FORMATS, extension_of
 from kleinserve.models import resolve_model
 from kleinserve.outputs import Generated, OutputImage, OutputOptions
 from kleinserve.request import GenerationRequest
-from kleinserve.service import ImageService, ServedModel
+from kleinserve.served_models import ServedModel
+from kleinserve.service import ImageService
 
 ENDPOINT_PREFIX = "fal-ai/flux-2/klein/"
 PRESETS = {
@@ -62,17 +63,15 @@ def router(service: ImageService) -> APIRouter:
     )
     async def submit(endpoint: str, request: Request) -> JSONResponse:
         served, generation, options, webhook = await _parse(service, request, endpoint, queued=True)
-        base = str(request.base_url)
-        on_finish = fal_queue.webhook_sender(service, webhook, base, output) if webhook else None
-        params = _params(endpoint, options, webhook)
-        job = await service.submit(
-            served, generation, options, params, on_finish=on_finish, detached=True, owner=owner_of(request)
-        )
+        params = {**_params(endpoint, options, webhook), "base_url": str(request.base_url)}
+        owner = owner_of(request)
+        job = await service.submit(served, generation, options, params, detached=True, owner=owner)
         urls = fal_queue.request_urls(request, endpoint, job.id)
         body = {"request_id": job.id, **urls, "queue_position": await service.queue_position(job) or 0}
         return JSONResponse(body, headers=generation_headers(served, job.id, REQUEST_ID_HEADER))
 
     routes.include_router(fal_queue.router(service, output))  # a submitted request's status, result, cancel
+    service.on_job_end(fal_queue.webhook_sender(service, output))  # from the job's record: survives restarts
 
     @routes.post(
         "/fal-ai/{path:path}/stream",

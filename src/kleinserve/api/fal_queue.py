@@ -187,12 +187,13 @@ async def check_webhook(service: ImageService, url: str) -> None:
         raise invalid("fal_webhook", exc.reason) from exc
 
 
-def webhook_sender(service: ImageService, url: str, base_url: str, output: Output):
-    """The on_finish callback of a submission with a webhook: POSTs fal's webhook body to `url`."""
+def webhook_sender(service: ImageService, output: Output):
+    """Called when any job ends: a fal queue job submitted with ?fal_webhook= gets fal's webhook body POSTed
+    there. Everything it needs is in the job's record, so a job run again after a restart reports too."""
 
     async def send(job_id: str) -> None:
         job = await service.job(job_id)
-        if job is None:
+        if job is None or job.params.get("dialect") != "fal" or not job.params.get("webhook"):
             return
         body = {
             "request_id": job_id,
@@ -202,10 +203,10 @@ def webhook_sender(service: ImageService, url: str, base_url: str, output: Outpu
             "error": None,
         }
         try:
-            body["payload"] = await _finished_output(service, job, base_url, output)
+            body["payload"] = await _finished_output(service, job, job.params["base_url"], output)
         except Exception as exc:
             message = getattr(exc, "message", None) or str(exc)
             body.update(status="ERROR", error=message, payload={"detail": message})
-        await service.deliver_webhook(job_id, url, body)
+        await service.deliver_webhook(job_id, job.params["webhook"], body)
 
     return send

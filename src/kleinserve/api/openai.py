@@ -27,7 +27,8 @@ from kleinserve.api.json_body import json_object
 from kleinserve.imaging import FORMAT_NAMES
 from kleinserve.outputs import Generated, OutputOptions
 from kleinserve.request import GenerationRequest, parse_size
-from kleinserve.service import ImageService, ServedModel
+from kleinserve.served_models import ServedModel
+from kleinserve.service import ImageService
 
 RESPONSE_FORMATS = ("url", "b64_json")
 QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")

@@ -13,7 +13,8 @@ from kleinserve.api.errors import ApiError
 from kleinserve.errors import ModelNotReady
 from kleinserve.jobs import Job, JobStatus
 from kleinserve.metrics import METRICS_CONTENT_TYPE
-from kleinserve.service import DEMO_LABEL, ImageService
+from kleinserve.served_models import DEMO_LABEL
+from kleinserve.service import ImageService
 
 
 def router(service: ImageService) -> APIRouter:
