@@ -97,6 +97,15 @@ def test_jobs_belong_to_the_key_that_made_them(server):
                         ("GET", base + "/status/stream")):  # fmt: skip
         assert httpx.request(method, url, headers=FAL_B).status_code == 404, (method, url)
     assert httpx.get(base + "/status", headers=FAL_A).status_code == 200
+    listed = {key: [job["id"] for job in httpx.get(f"{server.url}/v1/jobs", headers=h).json()["data"]]
+              for key, h in (("a", A), ("b", B))}  # fmt: skip
+    assert {job_id, queued["request_id"]} <= set(listed["a"]) and not {job_id, queued["request_id"]} & set(
+        listed["b"]
+    )
+    assert (
+        httpx.get(f"{server.url}/v1/jobs", params={"limit": "abc"}, headers=A).json()["error"]["param"]
+        == "limit"
+    )
     # an OpenAI job is not a fal request, even for its own key
     assert (
         httpx.put(f"{server.url}/queue/fal-ai/flux-2/requests/{job_id}/cancel", headers=FAL_A).status_code

@@ -40,14 +40,14 @@ def router(service: ImageService) -> APIRouter:
         return service.metrics.stats()
 
     @routes.get("/v1/jobs", responses=docs.answers(None, docs.OpenAIError))
-    async def jobs(request: Request, status: str | None = None, limit: int = 100) -> dict:
+    async def jobs(request: Request, status: str | None = None, limit: str = "100") -> dict:
         """The caller's jobs (its API key's; all on an open server), newest first, without logs."""
         states = [state.value for state in JobStatus]
         if status is not None and status not in states:
             raise ApiError(400, f"status must be one of {', '.join(states)}, got {status!r}", param="status")
-        if not 1 <= limit <= 1000:
-            raise ApiError(400, f"limit must be from 1 to 1000, got {limit}", param="limit")
-        found = await service.recent_jobs(owner_of(request), status and JobStatus(status), limit)
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit) <= 1000):
+            raise ApiError(400, f"limit must be an integer from 1 to 1000, got {limit[:20]!r}", param="limit")
+        found = await service.recent_jobs(owner_of(request), status and JobStatus(status), int(limit))
         return {"object": "list", "data": [_public(record) for record in found]}
 
     @routes.get("/v1/jobs/{job_id}", responses=docs.answers(None, docs.OpenAIError, 404))
