@@ -196,6 +196,7 @@ _COLUMNS_ADDED = {
     "attempts": "INTEGER NOT NULL DEFAULT 0",
     "lease": "TEXT",
     "lease_expires_at": "REAL",
+    "queued_at": "REAL",  # when the store took it: a batch's wait for company counts from here
 }
 _QUEUE_INDEX = "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, created_at)"
 
@@ -262,6 +263,7 @@ class SQLiteJobStore:
                 ),
             )
             self._db.execute("INSERT INTO job_inputs VALUES (?, ?)", (job.id, inputs))
+            self._db.execute("UPDATE jobs SET queued_at = ? WHERE id = ?", (time.time(), job.id))
         return True
 
     async def get(self, job_id: str) -> Job | None:
@@ -329,7 +331,7 @@ class SQLiteJobStore:
     def _claim(self, model: str, max_images: int, lease_s: float, ready_before: float) -> Claim:
         with self._transaction():
             first = self._db.execute(
-                "SELECT batch_key, created_at FROM jobs WHERE model = ? AND status = ?"
+                "SELECT batch_key, COALESCE(queued_at, created_at) FROM jobs WHERE model = ? AND status = ?"
                 " ORDER BY created_at, rowid LIMIT 1",
                 (model, QUEUED),
             ).fetchone()
