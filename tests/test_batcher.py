@@ -14,9 +14,10 @@ from kleinserve.batcher import Batcher
 from kleinserve.engine.engine import StepProgress
 from kleinserve.errors import GenerationStopped, JobCancelled
 from kleinserve.job_inputs import pack_inputs
-from kleinserve.jobs import Job, JobStatus, SQLiteJobStore
+from kleinserve.jobs import Job, JobStatus
 from kleinserve.outputs import OutputOptions
 from kleinserve.request import GenerationRequest, GenerationResult
+from kleinserve.sqlite_jobs import SQLiteJobStore
 
 
 class RecordingEngine:

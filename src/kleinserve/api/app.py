@@ -18,11 +18,12 @@ from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal_proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
-from kleinserve.jobs import JobStore, SQLiteJobStore
+from kleinserve.jobs import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.served_models import DEMO_LABEL
 from kleinserve.service import ImageService
 from kleinserve.settings import Settings
+from kleinserve.sqlite_jobs import SQLiteJobStore
 from kleinserve.storage import LocalStore, Store
 
 log = logging.getLogger("kleinserve")
