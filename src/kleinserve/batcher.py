@@ -104,6 +104,7 @@ class Batcher:
         self._arrived = asyncio.Event()
         self._running: list[Work] = []
         self._draining = False
+        self._renewals: set[asyncio.Future] = set()
         self.seconds_per_batch = 1.0  # running estimate, for Retry-After
 
     def wake(self) -> None:
@@ -212,7 +213,9 @@ class Batcher:
 
     def _stepped(self, batch: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
         self._listener.batch_step(batch, step, total, previews)
-        _spawn(self._renew(batch))
+        renewal = asyncio.ensure_future(self._renew(batch))
+        self._renewals.add(renewal)  # held until done: the loop keeps only weak references to tasks
+        renewal.add_done_callback(self._renewals.discard)
 
     async def _keep_lease(self, batch: list[Work]) -> None:
         """Renewal between steps too: a long text-encode or decode must not look like a dead worker."""
@@ -229,15 +232,6 @@ class Batcher:
         for work in batch:
             if work.job_id not in held:
                 work.stopped = True
-
-
-_tasks: set[asyncio.Task] = set()
-
-
-def _spawn(coroutine) -> None:
-    task = asyncio.ensure_future(coroutine)
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
 
 
 def _previews_by_job(batch: list[Work], progress: StepProgress, wanted: set[str]) -> dict[str, list]:

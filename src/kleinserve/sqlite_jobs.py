@@ -107,7 +107,7 @@ class SQLiteJobStore:
                 [(job.id, e["timestamp"], e["level"], e["message"]) for e in job.logs],
             )
             self._db.execute(
-                f"INSERT INTO jobs ({_FIELDS}) VALUES ({', '.join('?' * 14)})",
+                f"INSERT INTO jobs ({_FIELDS}, queued_at) VALUES ({', '.join('?' * 15)})",
                 (
                     job.id,
                     job.model,
@@ -123,10 +123,10 @@ class SQLiteJobStore:
                     job.num_images,
                     int(job.detached),
                     job.attempts,
+                    time.time(),
                 ),
             )
             self._db.execute("INSERT INTO job_inputs VALUES (?, ?)", (job.id, inputs))
-            self._db.execute("UPDATE jobs SET queued_at = ? WHERE id = ?", (time.time(), job.id))
         return True
 
     async def get(self, job_id: str) -> Job | None:
@@ -155,10 +155,8 @@ class SQLiteJobStore:
     async def log(self, job_id: str, message: str, level: str = "INFO") -> None:
         await self._run(self._log, job_id, message, level)
 
-    def _log(self, job_id: str, message: str, level: str = "INFO", at: float | None = None) -> None:
-        self._db.execute(
-            "INSERT INTO job_logs VALUES (?, ?, ?, ?)", (job_id, at or time.time(), level, message)
-        )
+    def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
+        self._db.execute("INSERT INTO job_logs VALUES (?, ?, ?, ?)", (job_id, time.time(), level, message))
 
     async def finish(
         self,
@@ -221,7 +219,12 @@ class SQLiteJobStore:
                     " lease_expires_at = ? WHERE id = ?",
                     (RUNNING, now, lease, now + lease_s, job_id),
                 )
-        return Claim(lease, [self._get(job_id) for job_id in ids])
+            rows = self._db.execute(
+                f"SELECT {_FIELDS} FROM jobs WHERE id IN ({', '.join('?' * len(ids))})"
+                " ORDER BY created_at, rowid",
+                ids,
+            ).fetchall()
+        return Claim(lease, [_job_from_row(row, []) for row in rows])  # without logs: a worker needs none
 
     async def inputs(self, job_id: str) -> bytes | None:
         return await self._run(self._inputs, job_id)
