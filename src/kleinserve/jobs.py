@@ -85,6 +85,43 @@ class Claim:
     ready_at: float | None = None
 
 
+@dataclass(frozen=True)
+class UsageEntry:
+    """What one succeeded job cost, recorded with its end (the same transaction) and kept after the job
+    itself is deleted by retention: the ledger behind GET /v1/usage."""
+
+    job_id: str
+    owner: str | None  # the API key's fingerprint (a hash, never the key); None on an open server
+    model: str
+    finished_at: float
+    images: int
+    megapixels: float
+    engine_seconds: float  # the job's share of its batches' engine time
+    cost_usd: float | None  # at the operator's prices when it finished; None: no price set
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running job's latest denoising step, as its worker recorded it (previews: encoded images)."""
+
+    step: int
+    total: int
+    previews: list[bytes]
+    at: float
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """A worker process as it last reported itself (heartbeat): which models it serves and their state."""
+
+    id: str
+    host: str
+    pid: int
+    models: dict[str, dict[str, Any]]  # model id -> {"state": "loading"|"ready"|"failed", "error"?, ...}
+    started_at: float
+    seen_at: float
+
+
 class JobStore(Protocol):
     # records
     async def add(self, job: Job, inputs: bytes, *, max_queued: int | None = None) -> bool:
@@ -105,9 +142,11 @@ class JobStore(Protocol):
         error: dict | None = None,
         lease: str | None = None,
         only_queued: bool = False,
+        usage: UsageEntry | None = None,
     ) -> bool:
         """The job's end. Only an unfinished job ends (only a queued one with `only_queued`, only one
-        still held under `lease` when given); False when nothing changed."""
+        still held under `lease` when given); False when nothing changed. `usage` (a succeeded job's) is
+        added to the usage ledger in the same transaction, only when the job ended here."""
 
     # the queue
     async def claim(self, model: str, *, max_images: int, lease_s: float, ready_before: float) -> Claim:
@@ -144,4 +183,41 @@ class JobStore(Protocol):
 
     async def expired(self, before: float) -> list[Job]: ...
     async def delete(self, job_ids: list[str]) -> None: ...
+    # the usage ledger
+    async def usage_by_day(
+        self,
+        owner: str | None,
+        *,
+        all_owners: bool = False,
+        model: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[dict]:
+        """Sums of the ledger per UTC day, owner and model, oldest day first: {"day": "YYYY-MM-DD", "owner",
+        "model", "requests", "images", "megapixels", "engine_seconds", "cost_usd"} (cost None when no entry
+        had a price). `owner`'s entries only, unless `all_owners`; `since` <= finished_at < `until`."""
+
+    # signals between processes (the embedded store: within its process; PostgreSQL: LISTEN/NOTIFY).
+    # A wait may end early or spuriously: the caller reads the state again after every wait.
+    async def wait_queued(self, model: str, timeout: float) -> None:
+        """Until a job of `model` may have become claimable (added, requeued, released), or `timeout`."""
+
+    async def wait_changed(self, job_id: str, timeout: float) -> None:
+        """Until the job may have changed (a step recorded, ended, cancelled, requeued), or `timeout`."""
+
+    # progress of running jobs, for status streams answered by any API server
+    async def record_progress(
+        self, job_id: str, lease: str, step: int, total: int, previews: list[bytes]
+    ) -> bool:
+        """The job's latest step (replacing the previous one); False when `lease` no longer holds it."""
+
+    async def progress(self, job_id: str) -> Progress | None: ...
+
+    # workers (scaled out: separate processes that claim and run batches)
+    async def heartbeat(self, worker: WorkerRecord) -> None:
+        """Insert or replace the worker's record (seen_at is the caller's now)."""
+
+    async def workers(self, seen_since: float) -> list[WorkerRecord]:
+        """Workers whose last heartbeat is at or after `seen_since`."""
+
     async def close(self) -> None: ...
