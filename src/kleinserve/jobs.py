@@ -111,6 +111,19 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class RequestSample:
+    """One generation request as an API server measured it, for /v1/stats and /status: kept in the store so
+    every API server reports the same figures, over restarts."""
+
+    at: float  # when the response ended
+    model: str
+    seconds: float  # received -> response fully sent
+    ttfb: float  # received -> first response byte
+    status: int  # the HTTP status answered
+    images: int  # images delivered (0 unless it succeeded)
+
+
+@dataclass(frozen=True)
 class WorkerRecord:
     """A worker process as it last reported itself (heartbeat): which models it serves and their state."""
 
@@ -196,6 +209,13 @@ class JobStore(Protocol):
         """Sums of the ledger per UTC day, owner and model, oldest day first: {"day": "YYYY-MM-DD", "owner",
         "model", "requests", "images", "megapixels", "engine_seconds", "cost_usd"} (cost None when no entry
         had a price). `owner`'s entries only, unless `all_owners`; `since` <= finished_at < `until`."""
+
+    # request samples (the latency and success figures gateways publish)
+    async def record_sample(self, sample: RequestSample) -> None: ...
+    async def samples(self, since: float, model: str | None = None) -> list[RequestSample]:
+        """Samples with `at` >= `since`, oldest first."""
+
+    async def forget_samples(self, before: float) -> None: ...
 
     # signals between processes (the embedded store: within its process; PostgreSQL: LISTEN/NOTIFY).
     # A wait may end early or spuriously: the caller reads the state again after every wait.
