@@ -17,6 +17,8 @@ from kleinserve.api.errors import ApiError
 from kleinserve.settings import Settings
 
 OPEN_PATHS = ("/health", "/ready", "/metrics", "/files/")  # stored image URLs are unguessable capabilities
+CONSOLE_PAGES = ("/", "/status")  # the console's pages and files load without a key; its API calls need one
+CONSOLE_FILES = "/console/"
 AUTH_SCHEMES = ("bearer", "key")  # OpenAI sends Bearer, fal-client sends Key
 
 
@@ -108,7 +110,7 @@ class AccessMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise BodyTooLarge(self.max_body)
-        if scope["path"].startswith(OPEN_PATHS):
+        if scope["path"].startswith((*OPEN_PATHS, CONSOLE_FILES)) or scope["path"] in CONSOLE_PAGES:
             return "open"
         caller = self._authenticate(headers.get(b"authorization", b""), scope.get("client"))
         if self.limiter and scope["method"] == "POST":

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import fal, files, openai, system
+from kleinserve.api import console, fal, files, openai, system
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal_proxy import FalProxyMiddleware
@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store
     app.include_router(system.router(service))
     app.include_router(files.router(service))
     app.include_router(fal.router(service))
+    app.include_router(console.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # sees every answer
