@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kleinserve.jobs import INTERRUPTED, Job, JobStatus, new_job_id
+from kleinserve.jobs import INTERRUPTED, Job, JobStatus, RequestSample, UsageEntry, new_job_id
 
 MODEL = "flux.2-klein-4b"
 LEASE_S = 30.0
@@ -297,3 +297,192 @@ def test_recent_lists_an_owners_jobs_newest_first(open_store):
 
     mine, listed, newest_queued, theirs, open_server = run(scenario())
     assert listed == mine[::-1] and newest_queued == [mine[2]] and len(theirs) == 1 and open_server == []
+
+
+# --- the usage ledger ---------------------------------------------------------------------------------
+
+DAY_1 = 1_709_287_200.0  # 2024-03-01 10:00 UTC
+DAY_2 = DAY_1 + 86_400  # 2024-03-02 10:00 UTC
+MODEL_9B = "flux.2-klein-9b"
+
+
+def usage_of(job: Job, at: float, images: int, megapixels: float, seconds: float, cost: float | None):
+    return UsageEntry(job.id, job.owner, job.model, at, images, megapixels, seconds, cost)
+
+
+async def succeed(store, owner, at, images=1, megapixels=0.25, seconds=0.5, cost=None, model=MODEL) -> Job:
+    """A job of `owner` that ends here, its usage recorded with it."""
+    job = queued_job(images=images, model=model)
+    job.owner = owner
+    await add(store, job)
+    entry = usage_of(job, at, images, megapixels, seconds, cost)
+    assert await store.finish(job.id, JobStatus.SUCCEEDED, result={}, usage=entry)
+    return job
+
+
+def test_usage_is_recorded_only_when_the_finish_ends_the_job(open_store):
+    async def scenario():
+        store = open_store()
+        lost, cancelled = await add(store, queued_job("A"), queued_job("B"))
+        first, second = await claim(store, max_images=1), await claim(store, max_images=1)
+        error = {"type": "cancelled", "message": "cancelled at the client's request", "param": None}
+        await store.cancel(cancelled.id, error)
+        await store.requeue_expired(time.time() + LEASE_S + 1, max_attempts=3)  # `lost` is queued again
+        late = [
+            await store.finish(job.id, JobStatus.SUCCEEDED, result={}, lease=claimed.lease,
+                               usage=usage_of(job, DAY_1, 1, 0.25, 0.5, 0.01))
+            for job, claimed in ((lost, first), (cancelled, second))
+        ]  # fmt: skip
+        between = await store.usage_by_day(None)
+        rerun = await claim(store, max_images=1)
+        entry = usage_of(lost, DAY_1, 2, 0.5, 1, 0.02)
+        ended = await store.finish(lost.id, JobStatus.SUCCEEDED, result={}, lease=rerun.lease, usage=entry)
+        return late, between, ended, await store.usage_by_day(None)
+
+    late, between, ended, rows = run(scenario())
+    assert late == [False, False] and between == []  # the late writes of a lost lease add nothing
+    assert ended is True
+    assert [(row["requests"], row["images"], row["cost_usd"]) for row in rows] == [
+        (1, 2, pytest.approx(0.02))
+    ]
+
+
+def test_usage_sums_per_day_owner_and_model(open_store):
+    async def scenario():
+        store = open_store()
+        await succeed(store, "key-a", DAY_1, images=1, megapixels=0.25, seconds=0.5, cost=0.0025)
+        await succeed(store, "key-a", DAY_1 + 60, images=2, megapixels=1.5, seconds=1.25, cost=0.015)
+        await succeed(store, "key-a", DAY_1 + 120, images=1, megapixels=1.0, seconds=2.0, model=MODEL_9B)
+        await succeed(store, "key-a", DAY_2, images=4, megapixels=4.0, seconds=3.0, cost=0.04)
+        await succeed(store, "key-b", DAY_1, images=1, megapixels=0.5, seconds=0.25, cost=0.005)
+        return await store.usage_by_day("key-a")
+
+    rows = run(scenario())
+    assert [(row["day"], row["owner"], row["model"]) for row in rows] == [
+        ("2024-03-01", "key-a", MODEL),
+        ("2024-03-01", "key-a", MODEL_9B),
+        ("2024-03-02", "key-a", MODEL),
+    ]
+    first, nine_b, second_day = rows
+    assert (first["requests"], first["images"]) == (2, 3)
+    assert first["megapixels"] == pytest.approx(1.75) and first["engine_seconds"] == pytest.approx(1.75)
+    assert first["cost_usd"] == pytest.approx(0.0175)
+    assert (nine_b["requests"], nine_b["images"], nine_b["cost_usd"]) == (1, 1, None)  # no price: no cost
+    assert (second_day["requests"], second_day["images"]) == (1, 4)
+    assert second_day["megapixels"] == pytest.approx(4.0) and second_day["cost_usd"] == pytest.approx(0.04)
+
+
+def test_usage_is_each_owners_own_unless_all_owners_are_asked_for(open_store):
+    async def scenario():
+        store = open_store()
+        await succeed(store, "key-a", DAY_1, megapixels=0.25)
+        await succeed(store, "key-b", DAY_1, megapixels=0.5)
+        await succeed(store, "key-b", DAY_1 + 1, megapixels=0.5)
+        await succeed(store, None, DAY_1, megapixels=1.0)  # made on an open server
+        return {
+            who: await store.usage_by_day(who) for who in ("key-a", "key-b", None, "key-c")
+        }, await store.usage_by_day("key-a", all_owners=True)
+
+    mine, everyone = run(scenario())
+    assert [(row["owner"], row["requests"]) for row in mine["key-a"]] == [("key-a", 1)]
+    assert [(row["owner"], row["requests"]) for row in mine["key-b"]] == [("key-b", 2)]
+    assert [(row["owner"], row["megapixels"]) for row in mine[None]] == [(None, pytest.approx(1.0))]
+    assert mine["key-c"] == []
+    assert sorted((row["owner"] or "", row["requests"]) for row in everyone) == [
+        ("", 1), ("key-a", 1), ("key-b", 2)
+    ]  # fmt: skip
+
+
+def test_usage_filters_by_model_and_time_range(open_store):
+    async def scenario():
+        store = open_store()
+        await succeed(store, "key-a", DAY_1, megapixels=0.25)
+        await succeed(store, "key-a", DAY_1 + 10, megapixels=1.0, model=MODEL_9B)
+        await succeed(store, "key-a", DAY_2, megapixels=0.5)
+        usage = store.usage_by_day
+        return [
+            await usage("key-a", model=MODEL_9B),
+            await usage("key-a", since=DAY_1 + 10),  # since is inclusive
+            await usage("key-a", until=DAY_1 + 10),  # until is exclusive
+            await usage("key-a", since=DAY_1 + 1, until=DAY_2, model=MODEL),
+            await usage("key-a", all_owners=True, model=MODEL, since=DAY_2),
+        ]
+
+    by_model, since, until, empty, everyone_later = run(scenario())
+    assert [(row["day"], row["model"]) for row in by_model] == [("2024-03-01", MODEL_9B)]
+    assert [(row["day"], row["model"]) for row in since] == [("2024-03-01", MODEL_9B), ("2024-03-02", MODEL)]
+    assert [(row["day"], row["model"], row["megapixels"]) for row in until] == [
+        ("2024-03-01", MODEL, pytest.approx(0.25))
+    ]
+    assert empty == []
+    assert [(row["day"], row["megapixels"]) for row in everyone_later] == [("2024-03-02", pytest.approx(0.5))]
+
+
+def test_usage_outlives_the_jobs_retention_deletes_and_a_reopening(open_store):
+    async def scenario():
+        store = open_store()
+        job = await succeed(store, "key-a", DAY_1, images=2, megapixels=0.5, seconds=1.0, cost=0.005)
+        await store.delete([old.id for old in await store.expired(time.time() + 1)])
+        gone = await store.get(job.id)
+        await store.close()
+        store = open_store()
+        return gone, await store.usage_by_day("key-a")
+
+    gone, rows = run(scenario())
+    assert gone is None
+    assert [(row["day"], row["requests"], row["images"], row["cost_usd"]) for row in rows] == [
+        ("2024-03-01", 1, 2, pytest.approx(0.005))
+    ]
+
+
+def sample(at: float, model: str = MODEL, *, status: int = 200, images: int = 1) -> RequestSample:
+    return RequestSample(at, model, seconds=0.5 + at % 7, ttfb=0.25, status=status, images=images)
+
+
+def test_request_samples_round_trip_oldest_first_and_survive_reopening(open_store):
+    now = time.time()
+    recorded = [sample(now - 30, images=2), sample(now - 50, "flux.2-klein-9b", status=500, images=0),
+                sample(now - 10, status=400, images=0)]  # fmt: skip
+
+    async def scenario():
+        store = open_store()
+        for entry in recorded:
+            await store.record_sample(entry)
+        await store.close()
+        return await open_store().samples(now - 60)
+
+    assert run(scenario()) == sorted(recorded, key=lambda entry: entry.at)
+
+
+def test_request_samples_filter_by_time_and_model(open_store):
+    now = time.time()
+
+    async def scenario():
+        store = open_store()
+        for entry in (sample(now - 100), sample(now - 20), sample(now - 20, "flux.2-klein-9b"), sample(now)):
+            await store.record_sample(entry)
+        return (
+            await store.samples(now - 20),  # since is inclusive
+            await store.samples(now - 20, model="flux.2-klein-9b"),
+            await store.samples(now - 1000, model="flux.2-klein-base-4b"),
+        )
+
+    recent, of_9b, none = run(scenario())
+    assert [(entry.at, entry.model) for entry in recent] == [
+        (now - 20, MODEL), (now - 20, "flux.2-klein-9b"), (now, MODEL)
+    ]  # fmt: skip
+    assert [(entry.at, entry.model) for entry in of_9b] == [(now - 20, "flux.2-klein-9b")]
+    assert none == []
+
+
+def test_forgotten_samples_are_gone_and_newer_ones_stay(open_store):
+    now = time.time()
+
+    async def scenario():
+        store = open_store()
+        for at in (now - 7200, now - 3601, now - 3600, now - 5):
+            await store.record_sample(sample(at))
+        await store.forget_samples(now - 3600)  # before is exclusive
+        return [entry.at for entry in await store.samples(0)]
+
+    assert run(scenario()) == [now - 3600, now - 5]

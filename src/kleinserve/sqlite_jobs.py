@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kleinserve.errors import KleinserveError
-from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, gave_up
+from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, RequestSample, UsageEntry, gave_up
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -49,6 +49,26 @@ CREATE TABLE IF NOT EXISTS inline_images (
     keep_until REAL NOT NULL,
     PRIMARY KEY (job_id, position)
 );
+CREATE TABLE IF NOT EXISTS request_samples (
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    ttfb REAL NOT NULL,
+    status INTEGER NOT NULL,
+    images INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_samples_at ON request_samples (at);
+CREATE TABLE IF NOT EXISTS usage (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT,
+    model TEXT NOT NULL,
+    finished_at REAL NOT NULL,
+    images INTEGER NOT NULL,
+    megapixels REAL NOT NULL,
+    engine_seconds REAL NOT NULL,
+    cost_usd REAL
+);
+CREATE INDEX IF NOT EXISTS usage_finished ON usage (finished_at);
 """
 # Columns added after the first release, for databases made before them.
 _COLUMNS_ADDED = {
@@ -167,10 +187,11 @@ class SQLiteJobStore:
         error: dict | None = None,
         lease: str | None = None,
         only_queued: bool = False,
+        usage: UsageEntry | None = None,
     ) -> bool:
-        return await self._run(self._finish, job_id, status, result, error, lease, only_queued)
+        return await self._run(self._finish, job_id, status, result, error, lease, only_queued, usage)
 
-    def _finish(self, job_id, status, result, error, lease, only_queued) -> bool:
+    def _finish(self, job_id, status, result, error, lease, only_queued, usage=None) -> bool:
         held = " AND lease = ?" if lease is not None else ""
         statuses = (QUEUED, QUEUED) if only_queued else _UNFINISHED
         with self._transaction():
@@ -182,6 +203,12 @@ class SQLiteJobStore:
             ).rowcount
             if changed:
                 self._db.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
+            if changed and usage is not None:
+                self._db.execute(
+                    "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (usage.job_id, usage.owner, usage.model, usage.finished_at, usage.images,
+                     usage.megapixels, usage.engine_seconds, usage.cost_usd),
+                )  # fmt: skip
         return bool(changed)
 
     # --- the queue -------------------------------------------------------------------------------
@@ -383,6 +410,56 @@ class SQLiteJobStore:
                 for table in ("job_logs", "job_inputs", "inline_images"):
                     self._db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
                 self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # --- the usage ledger ---------------------------------------------------------------------------
+
+    async def usage_by_day(
+        self,
+        owner: str | None,
+        *,
+        all_owners: bool = False,
+        model: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[dict]:
+        return await self._run(self._usage_by_day, owner, all_owners, model, since, until)
+
+    def _usage_by_day(self, owner, all_owners, model, since, until) -> list[dict]:
+        rows = self._db.execute(
+            "SELECT date(finished_at, 'unixepoch') AS day, owner, model, COUNT(*), SUM(images),"
+            " SUM(megapixels), SUM(engine_seconds), SUM(cost_usd) FROM usage"
+            " WHERE (? OR owner IS ?) AND (? IS NULL OR model = ?)"
+            " AND (? IS NULL OR finished_at >= ?) AND (? IS NULL OR finished_at < ?)"
+            " GROUP BY day, owner, model ORDER BY day, owner, model",
+            (all_owners, owner, model, model, since, since, until, until),
+        ).fetchall()
+        names = ("day", "owner", "model", "requests", "images", "megapixels", "engine_seconds", "cost_usd")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    # --- request samples -----------------------------------------------------------------------------
+
+    async def record_sample(self, sample: RequestSample) -> None:
+        await self._run(self._record_sample, sample)
+
+    def _record_sample(self, sample: RequestSample) -> None:
+        self._db.execute(
+            "INSERT INTO request_samples VALUES (?, ?, ?, ?, ?, ?)",
+            (sample.at, sample.model, sample.seconds, sample.ttfb, sample.status, sample.images),
+        )
+
+    async def samples(self, since: float, model: str | None = None) -> list[RequestSample]:
+        return await self._run(self._samples, since, model)
+
+    def _samples(self, since: float, model: str | None) -> list[RequestSample]:
+        rows = self._db.execute(
+            "SELECT at, model, seconds, ttfb, status, images FROM request_samples"
+            " WHERE at >= ? AND (? IS NULL OR model = ?) ORDER BY at, rowid",
+            (since, model, model),
+        ).fetchall()
+        return [RequestSample(*row) for row in rows]
+
+    async def forget_samples(self, before: float) -> None:
+        await self._run(self._db.execute, "DELETE FROM request_samples WHERE at < ?", (before,))
 
     def _ids(self, sql: str, args: tuple) -> list[str]:
         return [row[0] for row in self._db.execute(sql, args).fetchall()]
