@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kleinserve.jobs import INTERRUPTED, Job, JobStatus, RequestSample, UsageEntry, new_job_id
+from kleinserve.jobs import INTERRUPTED, Job, JobStatus, RequestSample, UsageEntry, WorkerRecord, new_job_id
 
 MODEL = "flux.2-klein-4b"
 LEASE_S = 30.0
@@ -486,3 +486,100 @@ def test_forgotten_samples_are_gone_and_newer_ones_stay(open_store):
         return [entry.at for entry in await store.samples(0)]
 
     assert run(scenario()) == [now - 3600, now - 5]
+
+
+# --- signals, progress and workers (scale-out) ----------------------------------------------------------
+# A wait listens from its first step, so a waiter started as a task is parked after one turn of the loop.
+# Waiters here wait 60 s; being woken means returning long before that (the 30 s bound is a generous one).
+
+
+async def parked(wait) -> asyncio.Task:
+    waiter = asyncio.ensure_future(wait)
+    await asyncio.sleep(0)
+    return waiter
+
+
+async def woken(waiter: asyncio.Task) -> bool:
+    await asyncio.wait_for(waiter, 30)
+    return True
+
+
+def test_a_waiter_for_queued_work_is_woken_by_an_add_a_release_and_a_requeue(open_store):
+    async def scenario():
+        store = open_store()
+        waiter = await parked(store.wait_queued(MODEL, 60))
+        await add(store, queued_job())
+        added = await woken(waiter)
+        claimed = await claim(store)
+        waiter = await parked(store.wait_queued(MODEL, 60))
+        await store.release(claimed.lease)
+        released = await woken(waiter)
+        await claim(store)
+        waiter = await parked(store.wait_queued(MODEL, 60))
+        await store.requeue_expired(time.time() + LEASE_S + 1, max_attempts=3)
+        requeued = await woken(waiter)
+        return added, released, requeued, await store.wait_queued(MODEL, 0.05)  # nothing: it times out
+
+    assert run(scenario()) == (True, True, True, None)
+
+
+def test_a_waiter_for_a_job_is_woken_by_its_claim_its_steps_and_its_end(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, queued_job())
+        outcomes = []
+        waiter = await parked(store.wait_changed(job.id, 60))
+        claimed = await claim(store)
+        outcomes.append(await woken(waiter))
+        for step in (1, 2):
+            waiter = await parked(store.wait_changed(job.id, 60))
+            assert await store.record_progress(job.id, claimed.lease, step, 2, [])
+            outcomes.append(await woken(waiter))
+        waiter = await parked(store.wait_changed(job.id, 60))
+        await store.finish(job.id, JobStatus.SUCCEEDED, result={}, lease=claimed.lease)
+        outcomes.append(await woken(waiter))
+        return outcomes, await store.wait_changed(job.id, 0.05)
+
+    assert run(scenario()) == ([True] * 4, None)
+
+
+def test_progress_is_written_only_under_the_lease_and_replaces_the_last_step(open_store):
+    async def scenario():
+        store = open_store()
+        job, other = await add(store, queued_job("A"), queued_job("B"))
+        before = await store.progress(job.id)
+        claimed = await claim(store, max_images=1)
+        first = await store.record_progress(job.id, claimed.lease, 1, 4, [b"\x89PNG one", b""])
+        second = await store.record_progress(job.id, claimed.lease, 2, 4, [b"\x89PNG two"])
+        stranger = await store.record_progress(job.id, "not-the-lease", 3, 4, [])
+        queued = await store.record_progress(other.id, claimed.lease, 1, 4, [])
+        latest = await store.progress(job.id)
+        error = {"type": "cancelled", "message": "cancelled at the client's request", "param": None}
+        await store.cancel(job.id, error)
+        late = await store.record_progress(job.id, claimed.lease, 3, 4, [])
+        return before, (first, second, stranger, queued, late), latest, await store.progress(job.id)
+
+    before, writes, latest, after = run(scenario())
+    assert before is None and writes == (True, True, False, False, False)
+    assert (latest.step, latest.total, latest.previews) == (2, 4, [b"\x89PNG two"])
+    assert latest.at <= time.time()
+    assert after is None  # an ended job has no step in progress
+
+
+def test_workers_report_by_heartbeat_and_are_listed_while_seen(open_store):
+    now = time.time()
+    loading = {MODEL: {"state": "loading"}}
+    ready = {MODEL: {"state": "ready"}, "flux.2-klein-9b": {"state": "failed", "error": "out of memory"}}
+
+    async def scenario():
+        store = open_store()
+        await store.heartbeat(WorkerRecord("w-old", "host-a", 11, loading, now - 300, now - 200))
+        await store.heartbeat(WorkerRecord("w-new", "host-b", 22, loading, now - 10, now - 10))
+        await store.heartbeat(WorkerRecord("w-new", "host-b", 22, ready, now - 10, now))  # replaces
+        await store.close()
+        store = open_store()
+        return await store.workers(now - 60), await store.workers(now - 1000)
+
+    recent, all_seen = run(scenario())
+    assert recent == [WorkerRecord("w-new", "host-b", 22, ready, now - 10, now)]
+    assert [worker.id for worker in all_seen] == ["w-old", "w-new"]  # oldest started first

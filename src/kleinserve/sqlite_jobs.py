@@ -12,13 +12,25 @@ import contextlib
 import fcntl
 import json
 import sqlite3
+import struct
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kleinserve.errors import KleinserveError
-from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, RequestSample, UsageEntry, gave_up
+from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
+from kleinserve.jobs import (
+    INTERRUPTED,
+    Claim,
+    Job,
+    JobStatus,
+    Progress,
+    RequestSample,
+    UsageEntry,
+    WorkerRecord,
+    gave_up,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -48,6 +60,21 @@ CREATE TABLE IF NOT EXISTS inline_images (
     data BLOB NOT NULL,
     keep_until REAL NOT NULL,
     PRIMARY KEY (job_id, position)
+);
+CREATE TABLE IF NOT EXISTS job_progress (
+    job_id TEXT PRIMARY KEY,
+    step INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    previews BLOB NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    models TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    seen_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS request_samples (
     at REAL NOT NULL,
@@ -109,6 +136,7 @@ class SQLiteJobStore:
             if column not in columns:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
         self._db.execute(_QUEUE_INDEX)
+        self._signals = Signals()  # within this process: the data-dir lock makes it the only one
 
     async def _run(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
@@ -147,6 +175,7 @@ class SQLiteJobStore:
                 ),
             )
             self._db.execute("INSERT INTO job_inputs VALUES (?, ?)", (job.id, inputs))
+        self._signals.notify(CLAIMABLE, job.model)
         return True
 
     async def get(self, job_id: str) -> Job | None:
@@ -177,6 +206,7 @@ class SQLiteJobStore:
 
     def _log(self, job_id: str, message: str, level: str = "INFO") -> None:
         self._db.execute("INSERT INTO job_logs VALUES (?, ?, ?, ?)", (job_id, time.time(), level, message))
+        self._signals.notify(CHANGED, job_id)
 
     async def finish(
         self,
@@ -203,6 +233,8 @@ class SQLiteJobStore:
             ).rowcount
             if changed:
                 self._db.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))
+                self._db.execute("DELETE FROM job_progress WHERE job_id = ?", (job_id,))
+                self._signals.notify(CHANGED, job_id)  # waiters read on this thread: after the commit
             if changed and usage is not None:
                 self._db.execute(
                     "INSERT INTO usage VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -251,6 +283,8 @@ class SQLiteJobStore:
                 " ORDER BY created_at, rowid",
                 ids,
             ).fetchall()
+        for job_id in ids:
+            self._signals.notify(CHANGED, job_id)
         return Claim(lease, [_job_from_row(row, []) for row in rows])  # without logs: a worker needs none
 
     async def inputs(self, job_id: str) -> bytes | None:
@@ -327,12 +361,14 @@ class SQLiteJobStore:
         return requeued, failed
 
     def _requeue(self, job_id: str, message: str, *, counted: bool) -> None:
-        self._db.execute(
+        (model,) = self._db.execute(
             "UPDATE jobs SET status = ?, lease = NULL, lease_expires_at = NULL, attempts = attempts - ?"
-            " WHERE id = ?",
+            " WHERE id = ? RETURNING model",
             (QUEUED, 0 if counted else 1, job_id),
-        )
+        ).fetchone()
+        self._db.execute("DELETE FROM job_progress WHERE job_id = ?", (job_id,))
         self._log(job_id, message, "WARNING")
+        self._signals.notify(CLAIMABLE, model)
 
     async def fail_waiting(self) -> list[str]:
         return await self._run(self._fail_waiting)
@@ -407,7 +443,7 @@ class SQLiteJobStore:
     def _delete(self, job_ids: list[str]) -> None:
         with self._transaction():
             for job_id in job_ids:
-                for table in ("job_logs", "job_inputs", "inline_images"):
+                for table in ("job_logs", "job_inputs", "inline_images", "job_progress"):
                     self._db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
                 self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
@@ -461,6 +497,61 @@ class SQLiteJobStore:
     async def forget_samples(self, before: float) -> None:
         await self._run(self._db.execute, "DELETE FROM request_samples WHERE at < ?", (before,))
 
+    # --- signals, progress and workers ----------------------------------------------------------------
+
+    async def wait_queued(self, model: str, timeout: float) -> None:
+        await self._signals.wait(CLAIMABLE, model, timeout)
+
+    async def wait_changed(self, job_id: str, timeout: float) -> None:
+        await self._signals.wait(CHANGED, job_id, timeout)
+
+    async def record_progress(
+        self, job_id: str, lease: str, step: int, total: int, previews: list[bytes]
+    ) -> bool:
+        return await self._run(self._record_progress, job_id, lease, step, total, previews)
+
+    def _record_progress(self, job_id: str, lease: str, step: int, total: int, previews: list[bytes]) -> bool:
+        with self._transaction():
+            held = self._db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND lease = ? AND status = ?", (job_id, lease, RUNNING)
+            ).fetchone()
+            if held is None:
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO job_progress VALUES (?, ?, ?, ?, ?)",
+                (job_id, step, total, _pack(previews), time.time()),
+            )
+        self._signals.notify(CHANGED, job_id)
+        return True
+
+    async def progress(self, job_id: str) -> Progress | None:
+        return await self._run(self._progress, job_id)
+
+    def _progress(self, job_id: str) -> Progress | None:
+        row = self._db.execute(
+            "SELECT step, total, previews, at FROM job_progress WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        return None if row is None else Progress(row[0], row[1], _unpack(row[2]), row[3])
+
+    async def heartbeat(self, worker: WorkerRecord) -> None:
+        await self._run(
+            self._db.execute,
+            "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?)",
+            (worker.id, worker.host, worker.pid, json.dumps(worker.models), worker.started_at,
+             worker.seen_at),
+        )  # fmt: skip
+
+    async def workers(self, seen_since: float) -> list[WorkerRecord]:
+        return await self._run(self._workers, seen_since)
+
+    def _workers(self, seen_since: float) -> list[WorkerRecord]:
+        rows = self._db.execute(
+            "SELECT id, host, pid, models, started_at, seen_at FROM workers WHERE seen_at >= ?"
+            " ORDER BY started_at, id",
+            (seen_since,),
+        ).fetchall()
+        return [WorkerRecord(*row[:3], json.loads(row[3]), *row[4:]) for row in rows]
+
     def _ids(self, sql: str, args: tuple) -> list[str]:
         return [row[0] for row in self._db.execute(sql, args).fetchall()]
 
@@ -500,6 +591,23 @@ def _exclusive_lock(path: Path):
             f"another kleinserve server is using {path.parent}; stop it, or give this one its own --data-dir"
         ) from None
     return handle
+
+
+_LENGTH = struct.Struct(">I")
+
+
+def _pack(blobs: list[bytes]) -> bytes:
+    """Blobs in one: each after its 4-byte length."""
+    return b"".join(_LENGTH.pack(len(blob)) + blob for blob in blobs)
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    blobs, offset = [], 0
+    while offset < len(data):
+        (length,) = _LENGTH.unpack_from(data, offset)
+        blobs.append(bytes(data[offset + 4 : offset + 4 + length]))
+        offset += 4 + length
+    return blobs
 
 
 def _dump(value: dict | None) -> str | None:
