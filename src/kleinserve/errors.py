@@ -79,6 +79,10 @@ class ResultGone(KleinserveError):
     """Inline images (sync_mode, b64_json) that are no longer kept."""
 
 
+class StoreUnavailable(KleinserveError):
+    """The image store (an S3 bucket) cannot be reached or used; the message names the bucket and endpoint."""
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC from a file write, or SQLite's "database or disk is full"."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:

@@ -547,6 +547,10 @@ class ImageService:
     def local_file(self, key: str) -> LocalFile | None:
         return self.store.local_file(key)
 
+    async def file_redirect(self, key: str) -> str | None:
+        """Where GET /files/{key} sends its client when images live elsewhere (S3); None: nowhere."""
+        return await asyncio.to_thread(self.store.redirect_url, key)
+
     async def job(self, job_id: str) -> Job | None:
         return await self.jobs.get(job_id)
 

@@ -93,6 +93,26 @@ class Settings(BaseSettings):
         description="jobs database and stored images (default: ~/.local/share/kleinserve)",
     )
     retention_hours: float = Field(24.0, description="delete jobs and images older than this (0: never)")
+    # The image store (storage.py, s3_storage.py). S3 credentials, region and endpoint come from the standard
+    # AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL), read by boto3.
+    store: Annotated[str, Flag(metavar="local|s3://BUCKET/PREFIX")] = Field(
+        "local",
+        description="where images are kept: local (files under --data-dir) or an S3 bucket and key prefix, "
+        "configured by the standard AWS_* variables",
+    )
+    presign_expiry_s: int = Field(
+        3600,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="with an S3 store, seconds a returned (presigned) image URL works; at most 604800 "
+        "(7 days)",
+    )
+    store_public_url: Annotated[str | None, Flag(metavar="URL")] = Field(
+        None,
+        description="with an S3 store, return plain URLs URL/PREFIX/KEY (a public bucket or a CDN in front "
+        "of it) instead of presigned ones",
+    )
+
 
     api_keys: Annotated[Repeatable, Flag("--api-key", metavar="KEY")] = Field(
         (),
@@ -193,6 +213,32 @@ class Settings(BaseSettings):
         if any(not key.strip() or key != key.strip() for key in keys):
             raise ValueError("an API key must not be empty or start or end with whitespace")
         return keys
+
+    @field_validator("store")
+    @classmethod
+    def _store_location(cls, value: str) -> str:
+        if value != "local":
+            from kleinserve.s3_storage import S3Location
+
+            S3Location.parse(value)  # ValueError naming the accepted forms
+        return value
+
+    @field_validator("store_public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("give an http:// or https:// URL, e.g. https://images.example.com")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "give a PostgreSQL URL, e.g. postgresql://user:password@host:5432/kleinserve (leave it out "
+                "to keep jobs in SQLite under --data-dir)"
+            )
+        return value
 
     @field_validator("retention_hours", "batch_wait_ms", "stats_window_seconds")
     @classmethod

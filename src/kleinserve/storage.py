@@ -1,6 +1,8 @@
 """Where generated images live: `Store` is the interface, `LocalStore` keeps files under the data directory
-and the server serves them at /files/{key}. Keys look like "{folder}/{index}.{ext}", where the folder is a
-random name of its own for each job: a file URL reveals nothing (such as a job id) that grants anything."""
+and the server serves them at /files/{key}; `--store s3://BUCKET/PREFIX` puts them in a bucket instead
+(s3_storage.py; /files/{key} then redirects there). Keys look like "{folder}/{index}.{ext}", where the
+folder is a random name of its own for each job: a file URL reveals nothing (such as a job id) that grants
+anything."""
 
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from kleinserve.errors import InvalidRequest
+
 # Formats, content types and extensions: imaging's one table (outputs.py imports CONTENT_TYPES from here).
 from kleinserve.imaging import CONTENT_TYPES, FORMAT_NAMES, OUTPUT_FORMATS
 
 _EXTENSION = "|".join(fmt.extension for fmt in OUTPUT_FORMATS.values())
 _KEY = re.compile(rf"^[0-9a-f]{{32}}/[0-9]{{1,3}}\.({_EXTENSION})$")
 FILES_ROUTE = "/files"
+CACHE_FOREVER = "public, max-age=31536000, immutable"  # a key is never reused for other bytes
 PARTIAL_PREFIX = ".partial-"
 
 
@@ -52,6 +57,7 @@ class Store(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
     def url(self, key: str, base_url: str) -> str: ...
     def local_file(self, key: str) -> LocalFile | None: ...
+    def redirect_url(self, key: str) -> str | None: ...  # where /files/{key} redirects, for remote stores
     def delete_folder(self, folder: str) -> None: ...
     def remove_partial_files(self) -> int: ...
 
@@ -91,6 +97,9 @@ class LocalStore:
         path = self._path(key)
         return LocalFile(path, content_type_of(key)) if path.is_file() else None
 
+    def redirect_url(self, key: str) -> str | None:
+        return None  # the server sends local files itself
+
     def delete_folder(self, folder: str) -> None:
         if is_valid_key(image_key(folder, 0, "png")):
             shutil.rmtree(self.root / folder, ignore_errors=True)
@@ -99,3 +108,18 @@ class LocalStore:
         if not is_valid_key(key):
             raise ValueError(f"not a storage key: {key!r}")
         return self.root / key
+
+
+def open_store(store: str, files_dir: Path, presign_expiry_s: int, public_url: str | None) -> Store:
+    """The store `--store` names: "local" (files under files_dir) or s3://BUCKET/PREFIX, checked reachable."""
+    if store == "local":
+        if public_url:
+            raise InvalidRequest(
+                "--store-public-url",
+                "applies to an S3 store (--store s3://BUCKET/PREFIX); local files are served by this server, "
+                "whose public address is --public-base-url",
+            )
+        return LocalStore(files_dir)
+    from kleinserve.s3_storage import open_s3_store
+
+    return open_s3_store(store, presign_expiry_s, public_url)

@@ -1,8 +1,8 @@
 """create_app(settings, jobs=..., store=...): the kleinserve HTTP server, assembled from its parts.
 
 The job store and the image store are given (another process role or a test may bring its own, e.g. a
-PostgreSQL store); left out, they are the embedded defaults under the data directory: SQLite and local
-files."""
+PostgreSQL store); left out, they are the embedded SQLite under the data directory and the image store
+`--store` names (local files by default, or an S3 bucket)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from kleinserve.served_models import DEMO_LABEL
 from kleinserve.service import ImageService
 from kleinserve.settings import Settings
 from kleinserve.sqlite_jobs import SQLiteJobStore
-from kleinserve.storage import LocalStore, Store
+from kleinserve.storage import Store, open_store
 
 log = logging.getLogger("kleinserve")
 
@@ -33,7 +33,10 @@ def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics(settings.stats_window_seconds)
     jobs = jobs if jobs is not None else SQLiteJobStore(settings.database_path)
-    store = store if store is not None else LocalStore(settings.files_dir)
+    if store is None:  # --store: local files, or an S3 bucket checked reachable now
+        store = open_store(
+            settings.store, settings.files_dir, settings.presign_expiry_s, settings.store_public_url
+        )
     service = ImageService(settings, jobs, store, metrics)
 
     @asynccontextmanager
