@@ -230,16 +230,6 @@ class Settings(BaseSettings):
             raise ValueError("give an http:// or https:// URL, e.g. https://images.example.com")
         return value
 
-    @field_validator("database_url")
-    @classmethod
-    def _postgres_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError(
-                "give a PostgreSQL URL, e.g. postgresql://user:password@host:5432/kleinserve (leave it out "
-                "to keep jobs in SQLite under --data-dir)"
-            )
-        return value
-
     @field_validator("retention_hours", "batch_wait_ms", "stats_window_seconds")
     @classmethod
     def _not_negative(cls, value: float) -> float:
