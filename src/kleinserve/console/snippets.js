@@ -1,0 +1,135 @@
+// "Copy code": the request the form describes, as curl, openai-python, fal-client (Python) and JavaScript.
+// Each snippet runs as shown: it saves the images into the current directory. Reference images are read
+// from files of the names the user picked, in the directory the snippet runs in.
+//
+// call = {origin, keyRequired, modelId, endpoint (fal endpoint id, "/edit" for edits), input (fal input
+//         without image_urls), references: [{name, type}], size: {width, height} | null}
+
+const KEY_VAR = "KLEINSERVE_API_KEY";
+
+export const LANGUAGES = {
+  curl: { note: keyNote, render: curl },
+  openai: { note: keyNote, render: openaiPython },
+  fal: { note: falNote, render: falPython },
+  js: { note: (call) => `Node 18 or later, as an ES module (save as generate.mjs). ${keyNote(call)}`, render: js },
+};
+
+function keyNote(call) {
+  return call.keyRequired ? `Set ${KEY_VAR} to your API key first.` : "";
+}
+
+function falNote(call) {
+  const https = call.origin.startsWith("https:")
+    ? ""
+    : "fal-client speaks only https: serve kleinserve with --ssl-certfile/--ssl-keyfile. ";
+  return https + (call.keyRequired ? "Set FAL_KEY to your API key first." : "");
+}
+
+function extensionOf(call) {
+  return call.input.output_format === "jpeg" ? "jpg" : call.input.output_format || "png";
+}
+
+const shellQuote = (text) => `'${String(text).replace(/'/g, `'\\''`)}'`;
+
+function curl(call) {
+  const auth = call.keyRequired ? ` -H "Authorization: Key $${KEY_VAR}"` : "";
+  const head = `curl -s ${call.origin}/${call.endpoint}${auth} \\\n  -H "Content-Type: application/json"`;
+  const save = `jq -r '.images[].url' | xargs -n 1 curl -s -O`;
+  if (!call.references.length) {
+    return `${head} \\\n  -d ${shellQuote(JSON.stringify(call.input))} \\\n  | ${save}\n`;
+  }
+  // a here-document: reference images inlined as data URIs would not fit on a command line
+  const marker = "@@IMAGES@@";
+  const body = JSON.stringify({ ...call.input, image_urls: marker });
+  const escaped = body.replace(/[\\$`]/g, (c) => `\\${c}`);
+  const uris = call.references.map(
+    (ref) => `"data:${ref.type};base64,$(base64 < ${shellQuote(ref.name)} | tr -d '\\n')"`,
+  );
+  return `${head} -d @- <<EOF \\\n  | ${save}\n${escaped.replace(`"${marker}"`, `[${uris.join(", ")}]`)}\nEOF\n`;
+}
+
+// Python literals: JSON strings and numbers read the same in Python.
+const py = (value) => JSON.stringify(value);
+
+function openaiPython(call) {
+  const { input } = call;
+  const extra = {};
+  for (const name of ["num_inference_steps", "seed", "guidance_scale", "negative_prompt", "output_format"]) {
+    if (input[name] !== undefined) extra[name] = input[name];
+  }
+  const key = call.keyRequired ? `os.environ[${py(KEY_VAR)}]` : `"unused"`;
+  const args = [`    model=${py(call.modelId)},`, `    prompt=${py(input.prompt)},`];
+  if (call.references.length) {
+    args.push(`    image=[${call.references.map((ref) => `open(${py(ref.name)}, "rb")`).join(", ")}],`);
+  }
+  if (call.size) args.push(`    size="${call.size.width}x${call.size.height}",`);
+  args.push(`    n=${input.num_images || 1},`, `    extra_body=${py(extra)},`);
+  const method = call.references.length ? "edit" : "generate";
+  return `import base64
+import os
+
+from openai import OpenAI
+
+client = OpenAI(base_url=${py(`${call.origin}/v1`)}, api_key=${key})
+result = client.images.${method}(
+${args.join("\n")}
+)
+for i, image in enumerate(result.data):
+    with open(f"image-{i}.${extensionOf(call)}", "wb") as out:
+        out.write(base64.b64decode(image.b64_json))
+`;
+}
+
+function falPython(call) {
+  const host = call.origin.replace(/^https?:\/\//, "");
+  const refs = call.references.map((ref) => `fal_client.encode_file(${py(ref.name)})`);
+  const args = Object.entries(call.input).map(([name, value]) => `        ${py(name)}: ${py(value)},`);
+  if (refs.length) args.push(`        "image_urls": [${refs.join(", ")}],`);
+  const key = call.keyRequired ? "" : `os.environ.setdefault("FAL_KEY", "unused")\n`;
+  return `import os
+import urllib.request
+
+# fal-client reads its hosts when imported: point it at this server first
+os.environ.setdefault("FAL_RUN_HOST", ${py(host)})
+os.environ.setdefault("FAL_QUEUE_RUN_HOST", ${py(`${host}/queue`)})
+${key}import fal_client
+
+result = fal_client.subscribe(
+    ${py(call.endpoint)},
+    arguments={
+${args.join("\n")}
+    },
+)
+for i, image in enumerate(result["images"]):
+    urllib.request.urlretrieve(image["url"], f"image-{i}.${extensionOf(call)}")
+`;
+}
+
+function js(call) {
+  const fields = Object.entries(call.input).map(([name, value]) => `    ${name}: ${JSON.stringify(value)},`);
+  if (call.references.length) {
+    const refs = call.references.map((ref) => `dataUri(${JSON.stringify(ref.name)}, "${ref.type}")`);
+    fields.push(`    image_urls: [${refs.join(", ")}],`);
+  }
+  const auth = call.keyRequired ? `, Authorization: \`Key \${process.env.${KEY_VAR}}\`` : "";
+  const helper = call.references.length
+    ? `const dataUri = (file, type) => \`data:\${type};base64,\${fs.readFileSync(file).toString("base64")}\`;\n\n`
+    : "";
+  return `import fs from "node:fs";
+
+${helper}const response = await fetch(${JSON.stringify(`${call.origin}/${call.endpoint}`)}, {
+  method: "POST",
+  headers: { "Content-Type": "application/json"${auth} },
+  body: JSON.stringify({
+${fields.join("\n")}
+  }),
+});
+if (!response.ok) throw new Error(await response.text());
+const output = await response.json();
+for (const [i, image] of output.images.entries()) {
+  const data = await (await fetch(image.url)).arrayBuffer();
+  fs.writeFileSync(\`image-\${i}.${extensionOf(call)}\`, Buffer.from(data));
+}
+console.log("seed", output.seed);
+`;
+}
