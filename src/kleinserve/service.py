@@ -116,8 +116,12 @@ class ImageService:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
     async def _recover(self) -> None:
-        """Jobs the last process left: the store is this process's alone (jobs.py locks it), so every
-        running lease is dead. Detached jobs run again; jobs whose caller went with that process fail."""
+        """Jobs the last process left: the SQLite store is this process's alone (its data dir is locked), so
+        every running lease is dead. Detached jobs run again; jobs whose caller went with that process fail.
+        A shared database (--database-url) has other live processes: only expired leases are dead there
+        (the periodic requeue), and a queued job's caller may be waiting on another server."""
+        if self.settings.database_url:
+            return
         requeued, failed = await self.jobs.requeue_expired(math.inf, self.settings.max_attempts)
         failed += await self.jobs.fail_waiting()
         if requeued or failed:

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         description="jobs database and stored images (default: ~/.local/share/kleinserve)",
     )
     retention_hours: float = Field(24.0, description="delete jobs and images older than this (0: never)")
+    database_url: Annotated[str | None, Flag(metavar="postgresql://...")] = Field(
+        None,
+        description="keep jobs in this PostgreSQL database, shared by every process given it (default: "
+        "SQLite in --data-dir, this process's alone)",
+    )
     # The image store (storage.py, s3_storage.py). S3 credentials, region and endpoint come from the standard
     # AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL), read by boto3.
     store: Annotated[str, Flag(metavar="local|s3://BUCKET/PREFIX")] = Field(
@@ -228,6 +233,16 @@ class Settings(BaseSettings):
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("give an http:// or https:// URL, e.g. https://images.example.com")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "give a PostgreSQL URL, e.g. postgresql://user:password@host:5432/kleinserve (leave it out "
+                "to keep jobs in SQLite under --data-dir)"
+            )
         return value
 
     @field_validator("retention_hours", "batch_wait_ms", "stats_window_seconds")

@@ -1,8 +1,8 @@
 """create_app(settings, jobs=..., store=...): the kleinserve HTTP server, assembled from its parts.
 
 The job store and the image store are given (another process role or a test may bring its own, e.g. a
-PostgreSQL store); left out, they are the embedded SQLite under the data directory and the image store
-`--store` names (local files by default, or an S3 bucket)."""
+PostgreSQL store); left out, they are the job store `--database-url` names (SQLite under the data
+directory by default) and the image store `--store` names (local files by default, or an S3 bucket)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal_proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
+from kleinserve.job_store import open_job_store
 from kleinserve.jobs import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.served_models import DEMO_LABEL
 from kleinserve.service import ImageService
 from kleinserve.settings import Settings
-from kleinserve.sqlite_jobs import SQLiteJobStore
 from kleinserve.storage import Store, open_store
 
 log = logging.getLogger("kleinserve")
@@ -32,7 +32,7 @@ log = logging.getLogger("kleinserve")
 def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics(settings.stats_window_seconds)
-    jobs = jobs if jobs is not None else SQLiteJobStore(settings.database_path)
+    jobs = jobs if jobs is not None else open_job_store(settings)  # --database-url, or SQLite
     if store is None:  # --store: local files, or an S3 bucket checked reachable now
         store = open_store(
             settings.store, settings.files_dir, settings.presign_expiry_s, settings.store_public_url
