@@ -89,6 +89,7 @@ def router(service: ImageService) -> APIRouter:
             served, generation, options, params, on_step=listener, owner=owner_of(request)
         )
         outcome = asyncio.ensure_future(service.outcome(job))
+        outcome.add_done_callback(partial(_count_delivered, request))
         render = partial(output, service, prompt=generation.prompt, base_url=str(request.base_url))
         events = fal_stream.events(job.id, generation.seed, steps, outcome, render)
         headers = {**generation_headers(served, job.id, REQUEST_ID_HEADER), **fal_stream.HEADERS}
@@ -107,10 +108,17 @@ def router(service: ImageService) -> APIRouter:
         generated = await unless_client_leaves(
             request, service.generate(served, generation, options, params, owner=owner_of(request))
         )
+        request.state.images = len(generated.images)  # per-model images/s
         body = await output(service, generated, generation.prompt, str(request.base_url))
         return JSONResponse(body, headers=generation_headers(served, generated.job_id, REQUEST_ID_HEADER))
 
     return routes
+
+
+def _count_delivered(http: Request, outcome: asyncio.Future) -> None:
+    """A streamed generation's images, once they are out (per-model images/s)."""
+    if not outcome.cancelled() and outcome.exception() is None:
+        http.state.images = len(outcome.result().images)
 
 
 # --- input -----------------------------------------------------------------------------------------

@@ -103,6 +103,7 @@ async def _generate(
     generated = await unless_client_leaves(
         http, service.generate(served, request, options, params, owner=owner_of(http))
     )
+    http.state.images = len(generated.images)  # per-model images/s
     body = await _response_body(service, http, generated, options, response_format, fields.get("prompt"))
     headers = generation_headers(served, generated.job_id, REQUEST_ID_HEADER)
     return JSONResponse({**body, "quality": quality, "model": served.spec.id}, headers=headers)

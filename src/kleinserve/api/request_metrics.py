@@ -1,17 +1,20 @@
 """Per-request measurements: HTTP counts and latency by route, and for generation requests the end-to-end
-time and time to first byte per model (what gateways publish), taken where the bytes leave the server."""
+time, time to first byte and images delivered per model (what gateways publish), taken where the bytes leave
+the server. A dialect names the request's model (and then the images it delivered) in the request's state."""
 
 from __future__ import annotations
 
 import time
 
 from kleinserve.metrics import Metrics
+from kleinserve.stats import RequestStats
 
 
 class RequestMetricsMiddleware:
-    def __init__(self, app, metrics: Metrics):
+    def __init__(self, app, metrics: Metrics, stats: RequestStats):
         self.app = app
         self.metrics = metrics
+        self.stats = stats
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -35,6 +38,6 @@ class RequestMetricsMiddleware:
     def _record(self, scope, status: int, seconds: float, first_byte: float | None) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         self.metrics.observe_http(route, scope["method"], status, seconds)
-        model = scope.get("state", {}).get("model")
-        if model is not None:
-            self.metrics.observe_generation_request(model, seconds, first_byte or seconds, status)
+        state = scope.get("state", {})
+        if state.get("model") is not None:
+            self.stats.observe(state["model"], seconds, first_byte or seconds, status, state.get("images", 0))

@@ -37,7 +37,7 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.get("/v1/stats", responses=docs.answers(None, docs.OpenAIError))
     async def stats() -> dict:
-        return service.metrics.stats()
+        return await service.stats_report()
 
     @routes.get("/v1/jobs", responses=docs.answers(None, docs.OpenAIError))
     async def jobs(request: Request, status: str | None = None, limit: str = "100") -> dict:
