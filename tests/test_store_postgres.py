@@ -105,3 +105,45 @@ def test_a_database_from_a_newer_kleinserve_is_refused(database_url):  # noqa: F
         conn.execute("UPDATE kleinserve_schema SET version = version + 1")
     with pytest.raises(NewerSchema, match="made by a newer kleinserve"):
         PostgresJobStore(database_url)
+
+
+def test_a_model_id_too_long_for_a_notification_still_wakes_its_waiter(open_store):
+    model = "m" * 9000  # a NOTIFY payload must stay under 8000 bytes: this one wakes every waiter instead
+
+    async def scenario():
+        api, worker = open_store(), open_store()
+        waiter = asyncio.ensure_future(worker.wait_queued(model, 120))
+        await asyncio.sleep(0)
+        await add(api, queued_job(model=model))
+        await asyncio.wait_for(waiter, 60)
+        return await api.queue_depth(model)
+
+    assert run(scenario()) == 1
+
+
+def test_the_listener_reconnects_after_losing_its_connection(open_store, database_url):  # noqa: F811
+    async def scenario():
+        api, worker = open_store(), open_store()
+        first = _listeners(database_url)
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            for pid in first:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        while len(set(_listeners(database_url)) - set(first)) < 2:  # both stores listen again
+            await asyncio.sleep(0.1)
+        waiter = asyncio.ensure_future(worker.wait_queued(MODEL, 120))
+        await asyncio.sleep(0)
+        await add(api, queued_job())
+        await asyncio.wait_for(waiter, 60)
+        return len(first)
+
+    assert run(scenario()) == 2
+
+
+def _listeners(url: str) -> list[int]:
+    """Backends of this database that last ran a store's LISTEN (each store's listener connection)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN kleinserve_stop_%'"
+        ).fetchall()
+    return [row[0] for row in rows]
