@@ -113,9 +113,14 @@ def known_model_ids() -> list[str]:
     return [spec.id for spec in REGISTRY]
 
 
+def registered_model(name: str) -> ModelSpec | None:
+    """The registry model with this id or alias (case-insensitive), or None."""
+    return _BY_NAME.get(name.strip().lower())
+
+
 def resolve_model(name: str) -> ModelSpec:
     """A registry id or alias (case-insensitive), or a local checkpoint directory in the diffusers layout."""
-    spec = _BY_NAME.get(name.strip().lower())
+    spec = registered_model(name)
     if spec is not None:
         return spec
     path = Path(name).expanduser()

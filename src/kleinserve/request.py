@@ -23,6 +23,7 @@ REFERENCE_MAX_AREA = 1024 * 1024
 REFERENCE_MIN_SIDE = 64
 REFERENCE_MAX_ASPECT = 8.0
 MAX_GUIDANCE = 30.0
+ENGINE_STAGES = ("text", "references", "denoise", "decode")  # a batch's time on the engine
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,13 @@ class GenerationResult:
     height: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for the batch it ran in
     text_tokens: int = 0  # prompt tokens the text encoder saw (+ the negative prompt's under CFG)
+    batch_images: int = 0  # images in the batch it ran in (0: only its own)
+
+    @property
+    def engine_seconds(self) -> float:
+        """Its share, by images, of its batch's time on the engine."""
+        batch = sum(self.timings.get(stage, 0.0) for stage in ENGINE_STAGES)
+        return batch * len(self.images) / max(self.batch_images, len(self.images), 1)
 
 
 def reference_resize_size(width: int, height: int) -> tuple[int, int]:

@@ -37,14 +37,14 @@ from kleinserve.errors import (
 )
 from kleinserve.imaging import DECODE_SLOTS, decode_image
 from kleinserve.job_inputs import pack_inputs
-from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
+from kleinserve.jobs import Job, JobStatus, JobStore, UsageEntry, new_job_id
 from kleinserve.metrics import Metrics
 from kleinserve.outbound import Outbound
 from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record, stored_folders
+from kleinserve.pricing import Prices
 from kleinserve.request import GenerationRequest, GenerationResult
 from kleinserve.served_models import DEMO_LABEL, ServedModel, served_specs
 from kleinserve.settings import Settings
-from kleinserve.stats import RequestStats
 from kleinserve.storage import LocalFile, Store
 from kleinserve.usage import request_usage
 from kleinserve.webhooks import WebhookSender
@@ -71,7 +71,7 @@ class ImageService:
         self.jobs = jobs
         self.store = store
         self.metrics = metrics
-        self.stats = RequestStats(jobs, metrics, settings.stats_window_seconds)
+        self.prices = Prices(settings.prices)
         self.models = [ServedModel(spec, demo) for spec, demo in served_specs(settings)]
         self._by_name = {name.lower(): served for served in self.models for name in served.names}
         self._outputs = Outputs(store, jobs, settings.inline_result_ttl_s)
@@ -114,7 +114,6 @@ class ImageService:
             await self._load_safety_checker()
         self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
         self._tasks.append(asyncio.create_task(self._requeue_expired_leases(), name="requeue-expired"))
-        self._tasks.append(asyncio.create_task(self.stats.forget_old_samples(), name="forget-samples"))
         if self.settings.retention_hours > 0:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
@@ -297,10 +296,6 @@ class ImageService:
         """Queued jobs per served model."""
         return {served.spec.id: await self.jobs.queue_depth(served.spec.id) for served in self.models}
 
-    async def stats_report(self) -> dict:
-        """Per served model, from every API server's requests: what /v1/stats and /status show."""
-        return await self.stats.report([served.spec.id for served in self.models], await self.queue_depths())
-
     # --- generation ------------------------------------------------------------------------------
 
     async def submit(
@@ -424,17 +419,27 @@ class ImageService:
             generated = Generated(job.id, job.model, result.seed, images, timings, usage)
             if not output.store:
                 await self._outputs.hold_inline(generated)
-            if not await self._record_end(work, JobStatus.SUCCEEDED, result=result_record(generated)):
+            record, spent = result_record(generated), self._usage_entry(job, request, result)
+            if not await self._record_end(work, JobStatus.SUCCEEDED, result=record, usage=spent):
                 await self._outputs.discard(generated)  # cancelled meanwhile: its end is already recorded
                 return
         except Exception as exc:
             await self._job_failed(work, exc)
             return
         self.metrics.observe_images(job.model, len(images), request.width, request.height)
+        self.metrics.observe_usage(job.model, spent.engine_seconds, spent.cost_usd)
         self.metrics.observe_stages(
             job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
         )
         self._settle(job.id, generated)
+
+    def _usage_entry(self, job: Job, request: GenerationRequest, result: GenerationResult) -> UsageEntry:
+        """What the job cost, for the usage ledger: written with its end."""
+        images = request.num_images
+        megapixels = images * request.width * request.height / 1e6
+        cost = self.prices.cost(job.model, images, megapixels)
+        seconds = result.engine_seconds
+        return UsageEntry(job.id, job.owner, job.model, time.time(), images, megapixels, seconds, cost)
 
     async def _job_failed(self, work: Work, exc: Exception) -> None:
         """The details stay in the server log; clients get no internals."""
@@ -464,8 +469,7 @@ class ImageService:
         if waiter.detached and not isinstance(error, JobCancelled):
             seconds = time.time() - waiter.created_at
             status = 500 if error is not None else 200
-            images = len(generated.images) if generated is not None else 0
-            self.stats.observe(waiter.model, seconds, seconds, status, images)
+            self.metrics.observe_generation_request(waiter.model, seconds, seconds, status)
 
     async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
         """Flag unsafe images (and black them out in place) when the request asks for the checker."""
@@ -499,13 +503,15 @@ class ImageService:
                 raise StorageFull(DISK_FULL) from exc
             raise
 
-    async def _record_end(self, work: Work, status: JobStatus, *, result=None, error=None) -> bool:
+    async def _record_end(
+        self, work: Work, status: JobStatus, *, result=None, error=None, usage=None
+    ) -> bool:
         """The job's final state, written under its lease (False: it was no longer held, e.g. cancelled).
         With the disk full it is retried until space returns: the job must not stay "running"."""
         for delay in RECORD_RETRY_DELAYS:
             try:
                 ended = await self.jobs.finish(
-                    work.job_id, status, result=result, error=error, lease=work.lease
+                    work.job_id, status, result=result, error=error, lease=work.lease, usage=usage
                 )
                 break
             except Exception as exc:
@@ -573,6 +579,10 @@ class ImageService:
 
     async def recent_jobs(self, owner: str | None, status: JobStatus | None, limit: int) -> list[Job]:
         return await self.jobs.recent(owner, status, limit)
+
+    async def usage(self, owner: str | None, **filters) -> list[dict]:
+        """The usage ledger's sums per UTC day, owner and model (JobStore.usage_by_day's filters)."""
+        return await self.jobs.usage_by_day(owner, **filters)
 
     async def result(self, job: Job) -> Generated:
         """The images of a succeeded job (raises ResultGone for inline images no longer kept)."""

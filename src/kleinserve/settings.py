@@ -12,6 +12,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from kleinserve.pricing import parse_prices
+
 MiB = 1024 * 1024
 DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 DTYPES = ("bfloat16", "float16", "float32")
@@ -123,6 +125,16 @@ class Settings(BaseSettings):
         (),
         description="a key clients must send (repeatable; none: the API is open to anyone who can reach it)",
     )
+    admin_key: Annotated[str | None, Flag(metavar="KEY")] = Field(
+        None,
+        description="a key that also sees every key's usage in GET /v1/usage; valid for every endpoint (with "
+        "no --api-key, it is the only key and the API is no longer open)",
+    )
+    prices: Annotated[Repeatable, Flag("--price", metavar="MODEL=USD[/image]")] = Field(
+        (),
+        description="what a model costs, in US dollars per megapixel (MODEL=0.012 or MODEL=0.012/mp) or per "
+        "image (MODEL=0.02/image), for GET /v1/usage (repeatable; default: no prices, no cost)",
+    )
     rate_limit_per_minute: int = Field(
         0, description="requests per minute per API key (or client address when open); 0 = unlimited"
     )
@@ -204,6 +216,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "models", "api_keys", "allowed_private_networks", "warmup_sizes", "allowed_hosts", "trusted_proxies",
+        "prices",
         mode="before",
     )  # fmt: skip
     @classmethod
@@ -218,6 +231,21 @@ class Settings(BaseSettings):
         if any(not key.strip() or key != key.strip() for key in keys):
             raise ValueError("an API key must not be empty or start or end with whitespace")
         return keys
+
+    @field_validator("admin_key")
+    @classmethod
+    def _real_admin_key(cls, key: str | None, info) -> str | None:
+        if key is not None and (not key.strip() or key != key.strip()):
+            raise ValueError("the admin key must not be empty or start or end with whitespace")
+        if key is not None and key in info.data.get("api_keys", ()):
+            raise ValueError("the admin key must differ from every --api-key")
+        return key
+
+    @field_validator("prices")
+    @classmethod
+    def _readable_prices(cls, prices: tuple[str, ...]) -> tuple[str, ...]:
+        parse_prices(prices)  # InvalidPrice (a ValueError) says which entry and the accepted forms
+        return prices
 
     @field_validator("store")
     @classmethod

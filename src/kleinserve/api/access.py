@@ -30,6 +30,11 @@ def owner_of(request) -> str | None:
     return getattr(request.state, "owner", None)
 
 
+def is_admin(request) -> bool:
+    """Whether the request came with the admin key (--admin-key): it sees every key's usage."""
+    return getattr(request.state, "admin", False)
+
+
 def key_fingerprint(key: bytes) -> str:
     """Who an API key is, in records and metrics, without the key itself."""
     return KEY_PREFIX + hashlib.sha256(key).hexdigest()[:16]
@@ -84,7 +89,9 @@ class RateLimiter:
 class AccessMiddleware:
     def __init__(self, app, settings: Settings):
         self.app = app
-        self.keys = [key.encode() for key in settings.api_keys]
+        admin = [settings.admin_key] if settings.admin_key else []
+        self.keys = [key.encode() for key in (*settings.api_keys, *admin)]
+        self.admin = key_fingerprint(admin[0].encode()) if admin else None
         self.hosts = {host.lower().strip("[]") for host in settings.allowed_hosts}
         self.max_body = settings.max_request_bytes
         self.body_timeout = settings.body_timeout_s
@@ -100,6 +107,7 @@ class AccessMiddleware:
         state = scope.setdefault("state", {})
         state["caller"] = caller
         state["owner"] = caller if caller.startswith(KEY_PREFIX) else None  # jobs belong to API keys
+        state["admin"] = caller == self.admin
         await self.app(scope, self._limited(receive), send)
 
     def _check(self, scope) -> str:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import console, fal, files, openai, system
+from kleinserve.api import console, fal, files, openai, system, usage
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal_proxy import FalProxyMiddleware
@@ -31,7 +31,7 @@ log = logging.getLogger("kleinserve")
 
 def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics()
+    metrics = Metrics(settings.stats_window_seconds)
     jobs = jobs if jobs is not None else open_job_store(settings)  # --database-url, or SQLite
     if store is None:  # --store: local files, or an S3 bucket checked reachable now
         store = open_store(
@@ -54,12 +54,13 @@ def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store
     install_error_handlers(app)
     app.include_router(openai.router(service))
     app.include_router(system.router(service))
+    app.include_router(usage.router(service))
     app.include_router(files.router(service))
     app.include_router(fal.router(service))
     app.include_router(console.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, stats=service.stats)  # sees every answer
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # sees every answer
     app.add_middleware(FalProxyMiddleware)  # outermost: the others see the route a proxied call maps to
     return app
 
@@ -77,7 +78,7 @@ def _announce(settings: Settings, service: ImageService) -> None:
             "neither --public-base-url nor --allowed-host is set: image URLs copy each request's Host "
             "header, which a client controls"
         )
-    if not settings.api_keys:
+    if not settings.api_keys and not settings.admin_key:
         log.warning(
             "no API keys configured: the API is OPEN to anyone who can reach %s:%d",
             settings.host,

@@ -29,9 +29,9 @@ from kleinserve.api.errors import ApiError, invalid
 from kleinserve.errors import InvalidRequest
 from kleinserve.jobs import Job, JobStatus
 from kleinserve.outputs import Generated
+from kleinserve.request import ENGINE_STAGES
 from kleinserve.service import ImageService
 
-ENGINE_STAGES = ("text", "references", "denoise", "decode")  # what fal counts as inference time
 REQUEST_ID_HEADER = "x-fal-request-id"
 STREAM_POLL_S = 0.1
 # fal's output JSON for a finished generation: (service, generated, prompt, base_url) -> the body

@@ -165,6 +165,7 @@ class Engine:
                     request.height,
                     dict(timings),
                     self._text_tokens(request),
+                    batch_images=len(images),
                 )
             )
         return results
