@@ -182,7 +182,8 @@ def test_a_bad_field_shows_its_error_at_the_field(server, browser):
 
 def test_base_models_offer_guidance_and_a_negative_prompt(server, browser):
     page = ready_page(browser, server.url + "/")
-    assert page.get_by_label("Guidance").is_hidden()
+    page.get_by_label("Model").select_option("flux.2-klein-4b")
+    assert page.get_by_label("Guidance").is_hidden() and page.get_by_label("Negative prompt").is_hidden()
     fill_request(page, "a lighthouse", 64, 64, model="flux.2-klein-base-4b")
     assert page.get_by_label("Steps").input_value() == "50"
     page.get_by_label("Guidance").fill("3.5")
@@ -261,6 +262,9 @@ def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
         page.wait_for_selector("body[data-ready]", state="attached")
         assert page.get_by_label("API key").input_value() == KEY
         page.errors.check()
+        other = ready_page(browser, server.url + "/")
+        assert other.get_by_label("API key").input_value() == ""
+        other.errors.check()
 
 
 def test_console_files_load_without_a_key_under_a_strict_policy(tmp_path):
