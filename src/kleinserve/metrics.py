@@ -1,14 +1,8 @@
-"""Prometheus metrics (one registry per server, no globals) and the per-model stats the provider pages show:
-p50/p95 generation time, p50/p95 time to first byte, success rate and request count over a window."""
+"""Prometheus metrics: one registry per server, no globals. (The per-model figures of /v1/stats and /status
+are read from the job store: stats.py.)"""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import deque
-from dataclasses import dataclass
-
-import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -20,22 +14,12 @@ from prometheus_client import (
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
-MAX_SAMPLES_PER_MODEL = 100_000
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-@dataclass(frozen=True)
-class Sample:
-    at: float
-    seconds: float  # request received -> response fully sent
-    ttfb: float  # request received -> first response byte
-    status: int
-
-
 class Metrics:
-    def __init__(self, window_seconds: float = 3600.0):
+    def __init__(self):
         self.registry = CollectorRegistry()
-        self.window_seconds = window_seconds
         r = self.registry
         self.http_requests = Counter(
             "kleinserve_http_requests",
@@ -93,8 +77,6 @@ class Metrics:
         self.usage_cost = Counter(
             "kleinserve_usage_cost_usd", "Cost of succeeded jobs at the --price set", ["model"], registry=r
         )
-        self._samples: dict[str, deque[Sample]] = {}
-        self._lock = threading.Lock()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -103,12 +85,9 @@ class Metrics:
         self.http_requests.labels(route, method, str(status)).inc()
         self.http_seconds.labels(route).observe(seconds)
 
-    def observe_generation_request(self, model: str, seconds: float, ttfb: float, status: int) -> None:
+    def observe_generation_request(self, model: str, seconds: float, ttfb: float) -> None:
         self.generation_seconds.labels(model).observe(seconds)
         self.ttfb_seconds.labels(model).observe(ttfb)
-        with self._lock:
-            samples = self._samples.setdefault(model, deque(maxlen=MAX_SAMPLES_PER_MODEL))
-            samples.append(Sample(time.time(), seconds, ttfb, status))
 
     def observe_batch(self, model: str, images: int, timings: dict[str, float]) -> None:
         self.batch_images.labels(model).observe(images)
@@ -126,43 +105,3 @@ class Metrics:
         self.usage_engine_seconds.labels(model).inc(engine_seconds)
         if cost_usd is not None:
             self.usage_cost.labels(model).inc(cost_usd)
-
-    def stats(self) -> dict:
-        """Per model over the window: what gateways publish for a provider."""
-        since = time.time() - self.window_seconds
-        with self._lock:
-            windows = {
-                model: [s for s in samples if s.at >= since] for model, samples in self._samples.items()
-            }
-        return {
-            "window_seconds": self.window_seconds,
-            "models": {model: _summarize(samples) for model, samples in windows.items()},
-        }
-
-
-def _summarize(samples: list[Sample]) -> dict:
-    """Success rate counts server failures (5xx) against us; rejected bad input (4xx) is reported apart."""
-    succeeded = [s for s in samples if s.status < 400]
-    failed = sum(1 for s in samples if s.status >= 500)
-    rejected = len(samples) - len(succeeded) - failed
-    served = len(succeeded) + failed
-    return {
-        "requests": len(samples),
-        "succeeded": len(succeeded),
-        "failed": failed,
-        "rejected": rejected,
-        "success_rate": round(len(succeeded) / served, 4) if served else None,
-        "generation_ms": _percentiles([s.seconds for s in succeeded]),
-        "time_to_first_byte_ms": _percentiles([s.ttfb for s in succeeded]),
-    }
-
-
-def _percentiles(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p95": None, "mean": None}
-    array = np.asarray(values) * 1000
-    return {
-        "p50": round(float(np.percentile(array, 50)), 1),
-        "p95": round(float(np.percentile(array, 95)), 1),
-        "mean": round(float(array.mean()), 1),
-    }

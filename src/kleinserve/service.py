@@ -45,6 +45,7 @@ from kleinserve.pricing import Prices
 from kleinserve.request import GenerationRequest, GenerationResult
 from kleinserve.served_models import DEMO_LABEL, ServedModel, served_specs
 from kleinserve.settings import Settings
+from kleinserve.stats import RequestStats
 from kleinserve.storage import LocalFile, Store
 from kleinserve.usage import request_usage
 from kleinserve.webhooks import WebhookSender
@@ -72,6 +73,7 @@ class ImageService:
         self.store = store
         self.metrics = metrics
         self.prices = Prices(settings.prices)
+        self.stats = RequestStats(jobs, metrics, settings.stats_window_seconds)
         self.models = [ServedModel(spec, demo) for spec, demo in served_specs(settings)]
         self._by_name = {name.lower(): served for served in self.models for name in served.names}
         self._outputs = Outputs(store, jobs, settings.inline_result_ttl_s)
@@ -114,6 +116,7 @@ class ImageService:
             await self._load_safety_checker()
         self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
         self._tasks.append(asyncio.create_task(self._requeue_expired_leases(), name="requeue-expired"))
+        self._tasks.append(asyncio.create_task(self.stats.forget_old_samples(), name="forget-samples"))
         if self.settings.retention_hours > 0:
             self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
@@ -296,6 +299,10 @@ class ImageService:
         """Queued jobs per served model."""
         return {served.spec.id: await self.jobs.queue_depth(served.spec.id) for served in self.models}
 
+    async def stats_report(self) -> dict:
+        """Per served model, from every API server's requests: what /v1/stats and /status show."""
+        return await self.stats.report([served.spec.id for served in self.models], await self.queue_depths())
+
     # --- generation ------------------------------------------------------------------------------
 
     async def submit(
@@ -469,7 +476,8 @@ class ImageService:
         if waiter.detached and not isinstance(error, JobCancelled):
             seconds = time.time() - waiter.created_at
             status = 500 if error is not None else 200
-            self.metrics.observe_generation_request(waiter.model, seconds, seconds, status)
+            images = len(generated.images) if generated is not None else 0
+            self.stats.observe(waiter.model, seconds, seconds, status, images)
 
     async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
         """Flag unsafe images (and black them out in place) when the request asks for the checker."""

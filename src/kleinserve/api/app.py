@@ -31,7 +31,7 @@ log = logging.getLogger("kleinserve")
 
 def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store | None = None) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics(settings.stats_window_seconds)
+    metrics = Metrics()
     jobs = jobs if jobs is not None else open_job_store(settings)  # --database-url, or SQLite
     if store is None:  # --store: local files, or an S3 bucket checked reachable now
         store = open_store(
@@ -60,7 +60,7 @@ def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store
     app.include_router(console.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # sees every answer
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics, stats=service.stats)  # sees every answer
     app.add_middleware(FalProxyMiddleware)  # outermost: the others see the route a proxied call maps to
     return app
 
