@@ -151,8 +151,15 @@ class Playground {
     link.append(img);
     const caption = document.createElement("figcaption");
     const facts = document.createElement("span");
-    const timings = Object.entries(entry.timings || {}).map(([stage, s]) => `${stage} ${s} s`);
-    facts.textContent = `${image.width}×${image.height} · seed ${entry.seed} · ${timings.join(", ")}`;
+    const inference = entry.timings && entry.timings.inference;
+    facts.textContent = `${image.width}×${image.height} · seed ${entry.seed}` +
+      (inference === undefined ? "" : ` · inference ${inference} s`);
+    const timings = document.createElement("details");
+    const summary = document.createElement("summary");
+    summary.textContent = "Timings";
+    const stages = document.createElement("p");
+    stages.textContent = Object.entries(entry.timings || {}).map(([stage, s]) => `${stage} ${s} s`).join(", ");
+    timings.append(summary, stages);
     const download = document.createElement("a");
     download.href = image.url;
     download.download = image.file_name || `image-${index}`;
@@ -164,7 +171,7 @@ class Playground {
       this.form.useSeed(entry.seed);
       this.updateCode();
     });
-    caption.append(facts, " ", download, " ", reuse);
+    caption.append(facts, " ", download, " ", reuse, timings);
     figure.append(link, caption);
     return figure;
   }
