@@ -245,6 +245,10 @@ def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
         page = ready_page(browser, server.url + "/")
         key_field = page.get_by_label("API key")
         assert key_field.is_visible()
+        usage = page.locator("#usage")
+        usage.locator("summary").click()  # without a key, usage is not asked for: the panel says why
+        assert "API key" in page.locator("#usage-status").inner_text()
+        usage.locator("summary").click()
         fill_request(page, "a lighthouse", 64, 64)
         page.get_by_role("button", name="Generate").click()
         assert "API key" in page.locator("#api-key-error").inner_text()  # asked, nothing sent
@@ -256,6 +260,13 @@ def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
         assert page.evaluate("sessionStorage.getItem('kleinserve.apiKey')") == KEY
         assert KEY not in page.evaluate("JSON.stringify(localStorage)")
         assert "$KLEINSERVE_API_KEY" in page.locator("#code-text").inner_text() and KEY not in page.content()
+        usage.locator("summary").click()  # with the key: this key's usage, one request of one image
+        page.locator("#usage-table tbody tr").wait_for()
+        row = page.locator("#usage-table tbody tr").inner_text()
+        assert "flux.2-klein-4b" in row
+        totals = page.locator("#usage-table tfoot").inner_text().split("\t")
+        headers = page.locator("#usage-table thead").inner_text().split("\t")
+        assert totals[headers.index("requests")].strip() == "1"
 
         # a reload in the same tab keeps the key; a new tab (session) does not have it
         page.reload()
