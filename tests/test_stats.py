@@ -16,7 +16,7 @@ from kleinserve.models import Variant
 from kleinserve.service import ImageService
 from kleinserve.settings import Settings
 from kleinserve.sqlite_jobs import SQLiteJobStore
-from kleinserve.stats import SERIES_POINTS, WINDOWS, RequestStats, latency_series, summarize
+from kleinserve.stats import SERIES_POINTS, WINDOWS, Columns, RequestStats, latency_series, summarize
 from kleinserve.storage import LocalStore
 
 from live_server import LiveServer
@@ -118,6 +118,30 @@ def test_queue_depth_is_read_from_the_store(tmp_path):
         assert window["models"][MODEL]["queue_depth"] == 3 and window["models"][OTHER]["queue_depth"] == 0
 
 
+def test_a_report_reads_the_samples_recorded_since_the_last_one(tmp_path):
+    async def scenario():
+        jobs = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+        recorder = RequestStats(jobs, Metrics())
+        try:
+            await jobs.record_sample(RequestSample(time.time() - 7200, MODEL, 1.0, 0.5, 200, 1))
+            first = await recorder.report([MODEL], {})  # reads the day; keeps its settled part
+            recorder.observe(MODEL, 2.0, 0.5, 200, 2)
+            recorder.observe(MODEL, 0.1, 0.1, 400, 0)
+            while recorder._writes:
+                await asyncio.sleep(0.01)
+            return first, await recorder.report([MODEL], {})
+        finally:
+            await jobs.close()
+
+    first, second = asyncio.run(scenario())
+    counts = lambda report, window: report["windows"][window]["models"][MODEL]["requests"]  # noqa: E731
+    assert (counts(first, "1h"), counts(first, "24h")) == (0, 1)
+    assert (counts(second, "1h"), counts(second, "24h")) == (2, 3)
+    day = second["windows"]["24h"]["models"][MODEL]
+    assert (day["succeeded"], day["rejected"], day["images"]) == (2, 1, 3)
+    assert day["generation_ms"]["p50"] == 1500.0 and second["models"][MODEL]["generation_ms"]["p50"] == 2000.0
+
+
 def test_a_sample_that_cannot_be_written_is_logged_and_nothing_fails(tmp_path, caplog):
     class FullDisk(SQLiteJobStore):
         async def record_sample(self, sample):
@@ -149,7 +173,7 @@ def test_the_latency_series_splits_the_window_into_equal_intervals():
         RequestSample(now - 0.5 * step, MODEL, 2.0, 0.1, 500, 0),  # a failure has no latency to show
         RequestSample(now, MODEL, 4.0, 0.1, 200, 1),  # the window's end belongs to the last interval
     ]
-    series = latency_series(samples, now, span)
+    series = latency_series(Columns.of(samples), now, span)
     assert [point["requests"] for point in series] == [2] + [0] * (SERIES_POINTS - 2) + [2]
     assert series[0]["start"] == now - span and series[1]["start"] == pytest.approx(now - span + step)
     assert series[0]["p50_ms"] == 2000.0
@@ -159,7 +183,7 @@ def test_the_latency_series_splits_the_window_into_equal_intervals():
 
 def test_success_rate_counts_server_failures_and_not_rejected_input():
     samples = [RequestSample(0, MODEL, 1, 0.5, status, 0) for status in (200, 200, 200, 400, 422, 500, 503)]
-    summary = summarize(samples)
+    summary = summarize(Columns.of(samples))
     assert (summary["succeeded"], summary["rejected"], summary["failed"]) == (3, 2, 2)
     assert summary["success_rate"] == round(3 / 5, 4)
     assert summary["generation_ms"] == {"p50": 1000.0, "p95": 1000.0, "mean": 1000.0}
