@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -197,8 +198,6 @@ def test_base_models_offer_guidance_and_a_negative_prompt(server, browser):
 
 
 def run_snippet(command: list[str], cwd: Path, env: dict | None = None) -> None:
-    import os
-
     done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -293,3 +292,19 @@ def test_console_files_load_without_a_key_under_a_strict_policy(tmp_path):
         assert httpx.get(server.url + "/v1/models").status_code == 401  # the API itself still needs the key
         schema = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"}).json()
         assert not [path for path in schema["paths"] if path == "/" or path.startswith("/console")]
+
+
+def test_copied_fal_client_code_runs_against_a_tls_server(fal_server, browser, tmp_path):
+    """fal-client speaks only https: the page served over TLS gives a snippet that points it at itself."""
+    page = ready_page(browser, fal_server.url + "/", ignore_https_errors=True)
+    fill_request(page, "a lighthouse", 64, 96)
+    page.get_by_role("tab", name="Python (fal-client)").click()
+    code = page.locator("#code-text").inner_text()
+    assert f"127.0.0.1:{fal_server.port}/queue" in code
+    hosts = ("FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "FAL_KEY")  # the snippet sets these itself
+    env = {name: value for name, value in os.environ.items() if name not in hosts}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120, env={**env, "SSL_CERT_FILE": fal_server.certificate})  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert saved_image_sizes(tmp_path) == [(64, 96)]
+    page.errors.check()
