@@ -3,6 +3,7 @@ restart and would be the same on every API server), per served model over the co
 hour and the last day."""
 
 import asyncio
+import json
 import logging
 import time
 
@@ -37,9 +38,9 @@ def test_stats_count_every_kind_of_request_and_a_restart_keeps_them(checkpoints,
         before = stats(server)
     finally:
         server.stop()
-    assert statuses == [200, 400, 200, 200]  # OpenAI n=2, OpenAI without a prompt, fal sync, fal queue
+    assert statuses == [200, 400, 200, 200, 200]  # OpenAI n=2, OpenAI without prompt, fal sync, stream, queue
     mine = before["models"][MODEL]
-    assert (mine["requests"], mine["succeeded"], mine["rejected"], mine["failed"]) == (4, 3, 1, 0)
+    assert (mine["requests"], mine["succeeded"], mine["rejected"], mine["failed"]) == (5, 4, 1, 0)
     assert mine["success_rate"] == 1.0 and before["window_seconds"] == 3600
     for figure in ("generation_ms", "time_to_first_byte_ms"):
         assert 0 < mine[figure]["p50"] <= mine[figure]["p95"] <= elapsed_ms
@@ -47,10 +48,10 @@ def test_stats_count_every_kind_of_request_and_a_restart_keeps_them(checkpoints,
         summary = window["models"][MODEL]
         assert window["seconds"] == WINDOWS[name]
         assert {k: summary[k] for k in mine} == mine  # every sample is inside both windows
-        assert summary["images"] == images == 4
+        assert summary["images"] == images == 6
         assert summary["images_per_second"] == pytest.approx(images / WINDOWS[name], abs=1e-6)
         assert summary["queue_depth"] == 0
-        assert len(summary["series"]) == SERIES_POINTS and sum(p["requests"] for p in summary["series"]) == 4
+        assert len(summary["series"]) == SERIES_POINTS and sum(p["requests"] for p in summary["series"]) == 5
         unused = window["models"][OTHER]  # served, never asked: listed with nothing
         assert (unused["requests"], unused["success_rate"], unused["generation_ms"]["p50"]) == (0, None, None)
 
@@ -77,14 +78,17 @@ def make_requests(server: LiveServer) -> tuple[list[int], int]:
         httpx.post(f"{server.url}/{ENDPOINT}", timeout=120,
                    json={"prompt": "a fox", "image_size": {"width": 64, "height": 64}}),
     ]  # fmt: skip
+    streamed = {"prompt": "streamed", "image_size": {"width": 64, "height": 64}, "num_images": 2}
+    with httpx.stream("POST", f"{server.url}/{ENDPOINT}/stream", json=streamed, timeout=120) as stream:
+        events = [json.loads(line[5:]) for line in stream.iter_lines() if line.startswith("data:")]
     queued = {"prompt": "queued", "image_size": "square"}
     submitted = httpx.post(f"{server.url}/queue/{ENDPOINT}", json=queued)
     status_url = submitted.json()["status_url"]
     wait_until(lambda: httpx.get(status_url).json()["status"] == "COMPLETED")
     result = httpx.get(submitted.json()["response_url"])
-    statuses = [answer.status_code for answer in answers] + [result.status_code]
+    statuses = [answer.status_code for answer in answers] + [stream.status_code, result.status_code]
     images = sum(len(answer.json().get("data") or answer.json().get("images") or []) for answer in answers)
-    return statuses, images + len(result.json()["images"])
+    return statuses, images + len(events[-1]["images"]) + len(result.json()["images"])
 
 
 def stats(server: LiveServer) -> dict:

@@ -1,10 +1,7 @@
 """The status page (/status) in Debian's Chromium: it shows, per served model, the requests just made (from
 /v1/stats), a latency chart per window, and asks for the API key where the server needs one."""
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +12,6 @@ from kleinserve.models import Variant
 from live_server import LiveServer
 
 MODEL, OTHER = "flux.2-klein-4b", "flux.2-klein-base-4b"
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_the_status_page_shows_the_requests_just_made(checkpoints, tmp_path):
@@ -41,7 +37,6 @@ def test_the_status_page_shows_the_requests_just_made(checkpoints, tmp_path):
         assert row(other, "Last hour")["Requests"] == "0" and row(other, "Last hour")["Success rate"] == "—"
         empty = other.get_by_role("img", name=re.compile("last day"))
         assert empty.get_by_text("no successful requests").count() == 1
-        screenshot(page, tmp_path)
         page.errors.check()
 
 
@@ -78,12 +73,3 @@ def row(section, window: str) -> dict[str, str]:
     line = section.get_by_role("row").filter(has=header)
     cells = [line.get_by_role("rowheader").inner_text(), *line.get_by_role("cell").all_inner_texts()]
     return dict(zip(headers, cells, strict=True))
-
-
-def screenshot(page, tmp_path: Path) -> None:
-    """docs/status.png is this page: KLEINSERVE_SCREENSHOTS=1 writes it there."""
-    path = tmp_path / "status.png"
-    page.screenshot(path=path, full_page=True)
-    assert path.stat().st_size > 0
-    if os.environ.get("KLEINSERVE_SCREENSHOTS") == "1":
-        shutil.copyfile(path, DOCS / "status.png")
