@@ -109,14 +109,14 @@ function latencyChart(series, label, span) {
   const svg = svgElement("svg", { class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": label });
   svg.append(svgElement("title", {}, label));
   const values = series.flatMap((point) => [point.p50_ms, point.p95_ms]).filter((v) => v !== null);
-  const ceiling = values.length ? niceCeiling(Math.max(...values)) : 1000;
+  const ceiling = values.length ? niceCeiling(Math.max(...values, 1)) : 1000;
   const plotWidth = width - left - right;
   const x = (i) => left + ((i + 0.5) * plotWidth) / series.length;
   const y = (value) => top + (height - top - bottom) * (1 - value / ceiling);
   svg.append(
     svgElement("line", { class: "axis", x1: left, y1: top, x2: left, y2: height - bottom }),
     svgElement("line", { class: "axis", x1: left, y1: height - bottom, x2: width - right, y2: height - bottom }),
-    svgElement("text", { x: left - 4, y: top + 4, "text-anchor": "end" }, ms(ceiling)),
+    svgElement("text", { x: left - 4, y: top + 4, "text-anchor": "end" }, axisLabel(ceiling)),
     svgElement("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, "0"),
     svgElement("text", { x: left, y: height - 6 }, span),
     svgElement("text", { x: width - right, y: height - 6, "text-anchor": "end" }, "now"),
@@ -146,6 +146,10 @@ function latencyChart(series, label, span) {
 function niceCeiling(value) {
   const magnitude = 10 ** Math.floor(Math.log10(value));
   return [1, 2, 5, 10].map((m) => m * magnitude).find((v) => v >= value);
+}
+
+function axisLabel(ms) {
+  return ms < 1000 ? `${ms} ms` : `${ms / 1000} s`; // a nice ceiling: 1, 2 or 5 times a power of ten
 }
 
 function ms(value) {
