@@ -14,7 +14,6 @@ The engine side is a protocol (`BatchEngine`): a batch key and `generate` with a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +33,7 @@ if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not whe
 
 log = logging.getLogger("kleinserve")
 
-POLL_S = 1.0  # a backstop: new work in this process wakes the loop at once
+POLL_S = 1.0  # a backstop: new work (here, or from another process through the store) wakes the loop
 
 
 class BatchEngine(Protocol):
@@ -124,6 +123,11 @@ class Batcher:
     def running_leases(self) -> set[str]:
         return {work.lease for work in self._running}
 
+    @property
+    def running_jobs(self) -> int:
+        """Jobs in the batch running now (Ray Serve's engine autoscaling counts them)."""
+        return len(self._running)
+
     def stop_running(self) -> list[Work]:
         """Stop the running batch at its next step; its works."""
         for work in self._running:
@@ -148,14 +152,25 @@ class Batcher:
         )
         if not claim.jobs:
             wait = POLL_S if claim.ready_at is None else claim.ready_at + self.max_wait_s - time.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout=min(POLL_S, max(wait, 0.001)))
+            await self._wait_for_work(min(POLL_S, max(wait, 0.001)))
             return []
         works = []
         for job in claim.jobs:
             if (work := await self._unpack(job, claim.lease)) is not None:
                 works.append(work)
         return works
+
+    async def _wait_for_work(self, timeout: float) -> None:
+        """Until work is queued in this process (wake) or by any process sharing the store, or `timeout`."""
+        waits = {
+            asyncio.ensure_future(self._arrived.wait()),
+            asyncio.ensure_future(self._jobs.wait_queued(self.model, timeout)),
+        }
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _unpack(self, job: Job, lease: str) -> Work | None:
         data = await self._jobs.inputs(job.id)

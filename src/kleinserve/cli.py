@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--no-download", action="store_true", help="use only weights already on disk")
 
     _add_serve_parser(commands)
+    _add_worker_parser(commands)
+    _add_ray_deploy_parser(commands)
 
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint in the real layout")
     tiny.add_argument("directory")
@@ -72,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         if args.command == "serve":
             return serve(args)
+        if args.command == "worker":
+            return worker(args)
+        if args.command == "ray-deploy":
+            return ray_deploy(args)
         return tiny_checkpoint(args)
     except KleinserveError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -234,7 +240,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     flag."""
     from pydantic import ValidationError
 
-    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
+    given = {name: getattr(args, name, None) for name in Settings.model_fields}  # `worker` has no --role
+    given = {name: value for name, value in given.items() if value is not None}
     try:
         return Settings(**given)
     except ValidationError as exc:
@@ -257,7 +264,9 @@ def serve(args: argparse.Namespace) -> int:
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
         raise InvalidRequest("--ssl-certfile", "give both --ssl-certfile and --ssl-keyfile, or neither")
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    for spec, demo in served_specs(settings):
+    if settings.role == "api":
+        _check_api_role(settings)
+    for spec, demo in served_specs(settings) if settings.role == "all" else ():
         if not demo:
             check_weights(spec, settings)
     check_networks(settings.allowed_private_networks)
@@ -265,11 +274,129 @@ def serve(args: argparse.Namespace) -> int:
         parse_size(size, "--warmup-size")
     if settings.attention_backend:
         check_attention_backend(settings.attention_backend)
-    if settings.safety_checker:
+    if settings.safety_checker and settings.role == "all":  # in split roles, workers check images
         locate_safety_model(settings)
     from kleinserve import server
 
     server.run(create_app(settings), settings, args.log_level)
+    return 0
+
+
+def _add_ray_deploy_parser(commands) -> None:
+    deploy = commands.add_parser(
+        "ray-deploy",
+        help="deploy the API and one autoscaled engine application per model on a Ray cluster (Ray Serve)",
+        epilog="Takes every `serve` flag: the API replicas run with --role api, each engine replica runs a "
+        "worker for one --model. Needs --database-url (the shared queue) and the `scale` extra. Ray's token "
+        "comes from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (README: Scaling out).",
+    )
+    for name, flag in setting_flags().items():
+        _add_setting_flag(deploy, name, flag)
+    ray = deploy.add_argument_group("Ray Serve placement")
+    for flag, kind, default, help_text in RAY_PLACEMENT_FLAGS:
+        ray.add_argument(flag, type=kind, default=default, metavar="N", help=help_text)
+    ray.add_argument("--ray-address", default="auto", metavar="HOST:PORT",
+                     help="the Ray head's GCS address (default: the cluster `ray start` runs here)")
+    ray.add_argument("--proxy-location", choices=["HeadOnly", "EveryNode"], default="HeadOnly",
+                     help="Serve's HTTP proxy on the head only, listening on --host (default), or on every "
+                     "machine (then --host 0.0.0.0)")  # fmt: skip
+
+
+RAY_PLACEMENT_FLAGS = [  # (flag, type, default, help) of `ray-deploy`'s Placement
+    ("--api-replicas", int, 1, "HTTP server replicas (default 1)"),
+    ("--min-engine-replicas", int, 1, "engine replicas per model, fewest (at least 1; default 1)"),
+    ("--max-engine-replicas", int, 1, "engine replicas per model at most (default 1)"),
+    ("--jobs-per-engine-replica", int, None,
+     "queued + running jobs that make one more engine replica (default --max-batch-images)"),
+    ("--engine-gpus", float, 1.0, "GPUs per engine replica (0 on CPU; default 1)"),
+    ("--upscale-delay-s", float, 0.0,
+     "seconds the queue must ask for more replicas before they start (default 0)"),
+    ("--downscale-delay-s", float, 300.0,
+     "seconds the queue must ask for fewer replicas before one stops (default 300)"),
+]  # fmt: skip
+
+
+def ray_deploy(args: argparse.Namespace) -> int:
+    import logging
+
+    from kleinserve.served_models import served_specs
+
+    settings = settings_from_args(args)
+    if not settings.database_url:
+        raise InvalidRequest("--database-url", "ray-deploy needs PostgreSQL: the replicas share its queue")
+    if args.api_replicas < 1:
+        raise InvalidRequest("--api-replicas", "must be at least 1")
+    if not 1 <= args.min_engine_replicas <= args.max_engine_replicas:
+        raise InvalidRequest("--min-engine-replicas", "give 1 <= it <= --max-engine-replicas")
+    if args.jobs_per_engine_replica is not None and args.jobs_per_engine_replica < 1:
+        raise InvalidRequest("--jobs-per-engine-replica", "must be at least 1")
+    served_specs(settings)  # unknown models fail here, not on the cluster
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
+    try:
+        from kleinserve.ray_serve import Placement, deploy
+    except ImportError as exc:
+        raise InvalidRequest("ray-deploy", f"Ray Serve is missing ({exc}): needs kleinserve[scale]") from exc
+    placement = Placement(
+        api_replicas=args.api_replicas,
+        min_engine_replicas=args.min_engine_replicas,
+        max_engine_replicas=args.max_engine_replicas,
+        jobs_per_engine_replica=args.jobs_per_engine_replica,
+        engine_gpus=args.engine_gpus,
+        upscale_delay_s=args.upscale_delay_s,
+        downscale_delay_s=args.downscale_delay_s,
+        proxy_location=args.proxy_location,
+    )
+    apps = deploy(settings, placement, args.ray_address)
+    scheme = "https" if settings.ssl_certfile else "http"
+    print(f"deployed {', '.join(apps)}; the API answers on {scheme}://{settings.host}:{settings.port}")
+    return 0
+
+
+def _check_api_role(settings: Settings) -> None:
+    if not settings.database_url:
+        raise InvalidRequest(
+            "--database-url", "--role api answers from the job store its workers share: give its URL"
+        )
+    if settings.models or settings.demo:
+        flag = "--model" if settings.models else "--demo"
+        raise InvalidRequest(flag, "--role api loads no model; give it to `kleinserve worker` instead")
+
+
+def _add_worker_parser(commands) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run the models for API servers started with `serve --role api` (no HTTP)",
+        epilog="Takes `serve`'s flags except --role; needs --database-url, the job store it shares with "
+        "the API servers (README: Roles). Stops on SIGTERM or SIGINT, giving running jobs back to the queue.",
+    )
+    for name, flag in setting_flags().items():
+        if name != "role":
+            _add_setting_flag(worker, name, flag)
+    worker.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
+    )
+
+
+def worker(args: argparse.Namespace) -> int:
+    import logging
+
+    from kleinserve import worker as worker_process
+    from kleinserve.engine_startup import check_weights
+    from kleinserve.safety import locate_safety_model
+    from kleinserve.served_models import served_specs
+
+    settings = settings_from_args(args)
+    if not settings.database_url:
+        raise InvalidRequest(
+            "--database-url", "a worker shares its jobs with API servers: give the PostgreSQL database's URL"
+        )
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
+    for spec, demo in served_specs(settings):
+        if not demo:
+            check_weights(spec, settings)
+    if settings.safety_checker:
+        locate_safety_model(settings)
+    worker_process.run(settings)
     return 0
 
 

@@ -51,6 +51,7 @@ class Job:
     num_images: int = 1
     detached: bool = False  # no caller waits on it (a queue submission): it is run again after a crash
     attempts: int = 0  # times a worker claimed it
+    webhook: str | None = None  # where its end is POSTed; kept in the store's webhook rows, not read back
 
 
 def new_job_id() -> str:
@@ -239,5 +240,14 @@ class JobStore(Protocol):
 
     async def workers(self, seen_since: float) -> list[WorkerRecord]:
         """Workers whose last heartbeat is at or after `seen_since`."""
+
+    # webhooks: a job added with `webhook` set has a pending delivery, sent once the job ended (wherever it
+    # ran) by the one process that claimed it
+    async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[str]:
+        """Up to `limit` ended jobs whose webhook is pending and not held under a live lease, oldest end
+        first, now leased to the caller for `lease_s` (no other process gets them meanwhile)."""
+
+    async def webhook_done(self, job_id: str) -> None:
+        """The job's webhook was delivered or given up on: it is never claimed again."""
 
     async def close(self) -> None: ...

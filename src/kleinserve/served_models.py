@@ -24,6 +24,7 @@ class ServedModel:
     state: str = "loading"  # loading | ready | failed
     error: str | None = None
     batcher: Batcher | None = None  # once loaded
+    workers: int | None = None  # --role api: live workers with it ready (None: this process runs it)
 
     @property
     def names(self) -> list[str]:

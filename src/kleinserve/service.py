@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,12 +36,14 @@ from kleinserve.errors import (
     StorageFull,
     is_disk_full,
 )
+from kleinserve.housekeeping import Housekeeping
 from kleinserve.imaging import DECODE_SLOTS, decode_image
 from kleinserve.job_inputs import pack_inputs
+from kleinserve.job_watch import ProgressRecorder, follow, outcome_of
 from kleinserve.jobs import Job, JobStatus, JobStore, UsageEntry, new_job_id
 from kleinserve.metrics import Metrics
 from kleinserve.outbound import Outbound
-from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record, stored_folders
+from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record
 from kleinserve.pricing import Prices
 from kleinserve.request import GenerationRequest, GenerationResult
 from kleinserve.served_models import DEMO_LABEL, ServedModel, served_specs
@@ -48,7 +51,9 @@ from kleinserve.settings import Settings
 from kleinserve.stats import RequestStats
 from kleinserve.storage import LocalFile, Store
 from kleinserve.usage import request_usage
+from kleinserve.webhook_queue import WebhookQueue
 from kleinserve.webhooks import WebhookSender
+from kleinserve.worker_models import WorkerModels
 
 if TYPE_CHECKING:
     from kleinserve.safety import SafetyChecker
@@ -67,15 +72,34 @@ RECORD_RETRY_DELAYS = (0.5, 1, 2, 5, *(10,) * 60)  # about ten minutes of retrie
 
 
 class ImageService:
-    def __init__(self, settings: Settings, jobs: JobStore, store: Store, metrics: Metrics):
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        store: Store,
+        metrics: Metrics,
+        *,
+        role: str | None = None,
+        worker_id: str | None = None,
+    ):
+        """`role`: "all" (HTTP and models, the default), "api" (HTTP; workers run the models, listed from
+        their heartbeats) or "worker" (models only; worker.py, whose id goes into its jobs' logs)."""
         self.settings = settings
+        self.role = role or settings.role
+        self.worker_id = worker_id
         self.jobs = jobs
         self.store = store
         self.metrics = metrics
         self.prices = Prices(settings.prices)
         self.stats = RequestStats(jobs, metrics, settings.stats_window_seconds)
-        self.models = [ServedModel(spec, demo) for spec, demo in served_specs(settings)]
-        self._by_name = {name.lower(): served for served in self.models for name in served.names}
+        self.worker_models = None
+        if self.role == "api":
+            self.worker_models = WorkerModels(
+                jobs, heartbeat_s=settings.worker_heartbeat_s, ttl_s=settings.worker_ttl_s
+            )
+        self._models = [] if self.worker_models else [ServedModel(*each) for each in served_specs(settings)]
+        self._by_name = {name.lower(): served for served in self._models for name in served.names}
+        self._progress = ProgressRecorder(jobs) if self.role == "worker" else None
         self._outputs = Outputs(store, jobs, settings.inline_result_ttl_s)
         # Reference images decode here, DECODE_SLOTS at a time: what bounds their memory (imaging.py).
         self._decoder = ThreadPoolExecutor(max_workers=DECODE_SLOTS, thread_name_prefix="kleinserve-decode")
@@ -92,6 +116,16 @@ class ImageService:
             retry_base_s=settings.webhook_retry_base_s,
             timeout_s=settings.webhook_timeout_s,
         )
+        self.webhook_queue = WebhookQueue(
+            jobs,
+            attempts=settings.webhook_attempts,
+            timeout_s=settings.webhook_timeout_s,
+            retry_base_s=settings.webhook_retry_base_s,
+        )
+        self.housekeeping = Housekeeping(
+            jobs, store, lease_s=settings.job_lease_s, max_attempts=settings.max_attempts,
+            settle=self._settle, wake=self._wake_batchers,
+        )  # fmt: skip
         self.safety: SafetyChecker | None = None
         # Each model's engine has a thread of its own (loading one model never stalls another's batches);
         # the safety checker has another, so a job's check never waits behind the next batch.
@@ -109,16 +143,25 @@ class ImageService:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if removed := await asyncio.to_thread(self.store.remove_partial_files):
-            log.warning("removed %d half-written image file(s) left by a previous run", removed)
-        await self._recover()
-        if self.settings.safety_checker:
-            await self._load_safety_checker()
-        self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
-        self._tasks.append(asyncio.create_task(self._requeue_expired_leases(), name="requeue-expired"))
+        if self.role == "all":  # alone with its files: what it finds half done is its own
+            if removed := await asyncio.to_thread(self.store.remove_partial_files):
+                log.warning("removed %d half-written image file(s) left by a previous run", removed)
+            await self._recover()
+        if self.worker_models is not None:
+            await self.worker_models.refresh()
+            self._tasks.append(asyncio.create_task(self.worker_models.keep_fresh(), name="worker-models"))
+        else:
+            if self.settings.safety_checker:
+                await self._load_safety_checker()
+            self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
+        requeue = self.housekeeping.requeue_expired_leases()
+        self._tasks.append(asyncio.create_task(requeue, name="requeue-expired"))
+        if self.role != "worker":  # webhooks and retention: API servers
+            self._tasks.append(asyncio.create_task(self.webhook_queue.run(), name="webhooks"))
+            if self.settings.retention_hours > 0:
+                expire = self.housekeeping.expire_old_jobs(self.settings.retention_hours * 3600)
+                self._tasks.append(asyncio.create_task(expire, name="expire-jobs"))
         self._tasks.append(asyncio.create_task(self.stats.forget_old_samples(), name="forget-samples"))
-        if self.settings.retention_hours > 0:
-            self._tasks.append(asyncio.create_task(self._expire_old_jobs(), name="expire-jobs"))
 
     async def _recover(self) -> None:
         """Jobs the last process left: the SQLite store is this process's alone (its data dir is locked), so
@@ -137,6 +180,7 @@ class ImageService:
             )  # fmt: skip
 
     async def stop(self) -> None:
+        await self.webhook_queue.stop()  # a delivery cut short is sent again once its lease runs out
         tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
@@ -180,7 +224,7 @@ class ImageService:
             for lease in {work.lease for work in works}:
                 await self.jobs.release(lease)  # detached jobs run again at the next start
             for work in works:
-                if work.job.detached:
+                if work.job.detached or self.role == "worker":  # another worker's caller may wait for it
                     self._waiting.pop(work.job_id, None)  # it has not ended: it runs after the restart
                 else:
                     await self._record_end(work, JobStatus.FAILED, error=error)
@@ -188,7 +232,23 @@ class ImageService:
 
     @property
     def ready(self) -> bool:
+        if self.worker_models is not None:  # --role api: ready once a worker serves something
+            return not self.shutting_down and any(served.state == "ready" for served in self.models)
         return not self.shutting_down and all(served.state == "ready" for served in self.models)
+
+    @property
+    def models(self) -> list[ServedModel]:
+        return self.worker_models.models if self.worker_models is not None else self._models
+
+    async def settled(self, timeout: float) -> None:
+        """After begin_shutdown: until the batchers stopped and their last results are recorded (or
+        `timeout`)."""
+        batchers = [task for task in self._tasks if task.get_name().startswith("batcher-")]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*batchers, return_exceptions=True)
+                while self._background:
+                    await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _load_models(self) -> None:
         from kleinserve.engine_startup import load_engine  # torch is imported here, off the event loop
@@ -240,46 +300,17 @@ class ImageService:
         served.state = "failed"
         log.error("%s is out of service: its batcher failed %d times", served.spec.id, BATCHER_RESTARTS + 1)
 
-    async def _requeue_expired_leases(self) -> None:
-        """Jobs whose worker went silent (another process died, or a wedged batch) are queued again."""
-        while True:
-            await asyncio.sleep(self.settings.job_lease_s / 2)
-            try:
-                requeued, failed = await self.jobs.requeue_expired(time.time(), self.settings.max_attempts)
-            except Exception:
-                log.exception("requeueing expired leases failed; retrying later")
-                continue
-            for job_id in failed:
-                self._settle(job_id, error=GenerationFailed("the worker running this job stopped"))
-            if requeued:
-                log.warning("%d job(s) whose worker stopped were queued again", len(requeued))
-                for served in self.models:
-                    if served.batcher is not None:
-                        served.batcher.wake()
-
-    async def _expire_old_jobs(self) -> None:
-        retention = self.settings.retention_hours * 3600
-        while True:
-            try:
-                await self.expire_jobs(time.time() - retention)
-            except Exception:  # e.g. a full disk: try again next round
-                log.exception("expiring old jobs failed; retrying later")
-            await asyncio.sleep(min(max(retention / 4, 1.0), 600.0))
-
-    async def expire_jobs(self, before: float) -> int:
-        jobs = await self.jobs.expired(before)
-        for job in jobs:
-            for folder in stored_folders(job):
-                await asyncio.to_thread(self.store.delete_folder, folder)
-        await self.jobs.delete([job.id for job in jobs])
-        if jobs:
-            log.info("expired %d job(s) and their files", len(jobs))
-        return len(jobs)
+    def _wake_batchers(self) -> None:
+        for served in self.models:
+            if served.batcher is not None:
+                served.batcher.wake()
 
     # --- models ----------------------------------------------------------------------------------
 
     def model(self, name: str | None) -> ServedModel:
         """The served model a request names (id or alias, any case); None means the default (first)."""
+        if self.worker_models is not None:
+            return self.worker_models.model(name)
         if name is None:
             return self.models[0]
         served = self._by_name.get(name.strip().lower())
@@ -288,7 +319,10 @@ class ImageService:
             raise ModelNotServed(f"model '{name}' is not served here; this server serves: {served_ids}")
         return served
 
-    def ready_batcher(self, served: ServedModel) -> Batcher:
+    def ready_batcher(self, served: ServedModel) -> Batcher | None:
+        """The model's batcher (None in --role api, where workers run it); ModelNotReady unless ready."""
+        if served.state == "ready" and self.worker_models is not None:
+            return None
         if served.batcher is None or served.state != "ready":
             if served.state == "failed":
                 raise ModelNotReady(f"{served.spec.id} is out of service: {served.error}")
@@ -315,14 +349,17 @@ class ImageService:
         on_step: StepListener | None = None,
         detached: bool = False,
         owner: str | None = None,
+        webhook: str | None = None,
     ) -> Job:
         """Record a job with its inputs: from then on it is queued, and runs even if this process dies
         (when `detached`: a queue submission nobody here waits on). `on_step` hears each denoising step,
-        with previews."""
+        with previews. `webhook`: where the dialect's webhook sender reports the job's end."""
         if self.shutting_down:
             raise ShuttingDown(f"{SHUTDOWN}; retry in a moment (another replica, or this one restarted)")
         batcher = self.ready_batcher(served)
         params = {**params, **_describe(request), "output_format": output.format}
+        if on_step is not None:
+            params["previews"] = True  # the worker that runs it records step previews
         job = Job(
             new_job_id(),
             served.spec.id,
@@ -331,25 +368,41 @@ class ImageService:
             batch_key=batch_key(served.spec, request),
             num_images=request.num_images,
             detached=detached,
+            webhook=webhook,
         )
         inputs = await asyncio.to_thread(pack_inputs, request, output)
         depth = await self.jobs.queue_depth(served.spec.id)
         job.logs.append(
             {"timestamp": time.time(), "level": "INFO", "message": f"queued behind {depth} job(s)"}
         )
-        self._waiting[job.id] = _Waiter(served.spec.id, detached, on_step, job.created_at)
+        waited = not (detached and batcher is None)  # a worker's job nobody here waits on: not followed
+        if waited:
+            self._waiting[job.id] = _Waiter(served.spec.id, detached, on_step, job.created_at)
         try:
             added = await self._record(self.jobs.add(job, inputs, max_queued=self.settings.max_queue_depth))
         except BaseException:
-            self._waiting.pop(job.id)
+            self._waiting.pop(job.id, None)
             raise
         if not added:
-            self._waiting.pop(job.id)
-            raise QueueFull(served.spec.id, depth, self._retry_after(batcher, depth))
-        batcher.wake()
+            self._waiting.pop(job.id, None)
+            raise QueueFull(served.spec.id, depth, self._retry_after(served, batcher, depth))
+        if batcher is not None:
+            batcher.wake()
+        elif waited:
+            self._spawn(self._follow(job.id))
         return job
 
-    def _retry_after(self, batcher: Batcher, depth: int) -> int:
+    async def _follow(self, job_id: str) -> None:
+        """--role api: a worker runs the job; its steps and end come from the job store (job_watch.py)."""
+        waiter = self._waiting[job_id]
+        job = await follow(self.jobs, job_id, waiter.on_step, lambda: job_id in self._waiting)
+        if job_id in self._waiting:  # not settled here meanwhile (a cancel)
+            generated, error = await outcome_of(job, self._outputs)
+            self._settle(job_id, generated, error=error)
+
+    def _retry_after(self, served: ServedModel, batcher: Batcher | None, depth: int) -> int:
+        if batcher is None:
+            return self.worker_models.retry_after(served.spec.id, depth)
         batches_ahead = math.ceil((depth + 1) / batcher.max_batch_images)
         return max(1, math.ceil(batches_ahead * batcher.seconds_per_batch))
 
@@ -463,6 +516,7 @@ class ImageService:
         self, job_id: str, generated: Generated | None = None, *, error: Exception | None = None
     ) -> None:
         """The job ended here: tell the end listeners and whoever waits, and measure a detached job."""
+        self.webhook_queue.wake()
         for listener in self._end_listeners:
             self._spawn(listener(job_id))
         waiter = self._waiting.pop(job_id, None)
@@ -614,30 +668,49 @@ class _JobEvents:
     def __init__(self, service: ImageService, model: str):
         self.service = service
         self.model = model
+        self.worker = service.role == "worker"
+        self._previews: set[str] = set()  # worker: the running jobs whose submitter streams their steps
 
     def wants_previews(self, job_id: str) -> bool:
-        return self.service.wants_previews(job_id)
+        return job_id in self._previews or self.service.wants_previews(job_id)
 
     def batch_started(self, works: list[Work]) -> None:
         images = sum(w.request.num_images for w in works)
+        where = f" by worker {self.service.worker_id} (pid {os.getpid()})" if self.service.worker_id else ""
+        self._previews = {w.job_id for w in works if self.worker and w.job.params.get("previews")}
         for work in works:
             attempt = f" (attempt {work.job.attempts})" if work.job.attempts > 1 else ""
-            self.service._spawn(self._log(work.job_id, f"started in a batch of {images} image(s){attempt}"))
+            message = f"started in a batch of {images} image(s){attempt}{where}"
+            self.service._spawn(self._log(work.job_id, message))
 
     def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
         for work in works:
             if not work.stopped:
                 self.service._spawn(self._log(work.job_id, f"step {step}/{total}"))
                 self.service.step_taken(work.job_id, step, total, previews.get(work.job_id, []))
+                if self.worker:  # for the API server following it (job_watch.py)
+                    self.service._spawn(self._record_step(work, step, total, previews.get(work.job_id, [])))
+
+    async def _record_step(self, work: Work, step: int, total: int, previews: list) -> None:
+        if not await self.service._progress.record(work.job_id, work.lease, step, total, previews):
+            work.stopped = True  # cancelled or requeued: seen before the next lease renewal
+
+    def _measure(self, work: Work) -> None:
+        """Worker: a queue job's end is measured here, as --role all measures it (nobody here waits)."""
+        if self.worker and work.job.detached:
+            waiter = _Waiter(self.model, True, None, work.job.created_at)
+            self.service._waiting.setdefault(work.job_id, waiter)
 
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None:
         images = sum(w.request.num_images for w in works)
         self.service.metrics.observe_batch(self.model, images, timings)
 
     def job_done(self, work: Work, result: GenerationResult) -> None:
+        self._measure(work)
         self.service._spawn(self.service._complete(work, result))
 
     def job_failed(self, work: Work, error: Exception) -> None:
+        self._measure(work)
         self.service._spawn(self.service._job_failed(work, error))
 
     async def _log(self, job_id: str, message: str) -> None:

@@ -120,7 +120,6 @@ class Settings(BaseSettings):
         "of it) instead of presigned ones",
     )
 
-
     api_keys: Annotated[Repeatable, Flag("--api-key", metavar="KEY")] = Field(
         (),
         description="a key clients must send (repeatable; none: the API is open to anyone who can reach it)",
@@ -157,6 +156,23 @@ class Settings(BaseSettings):
         3,
         ge=1,
         description="attempts a queued job gets when its worker dies, before it fails with the reason",
+    )
+    # Roles (scaled out: API servers apart from workers; worker.py, worker_models.py). Workers report
+    # themselves every worker_heartbeat_s; an API server counts a worker as live for worker_ttl_s after that.
+    role: Annotated[str, Flag(choices=("all", "api"))] = Field(
+        "all",
+        pattern="^(all|api)$",
+        description="all: one process serves HTTP and runs the models; api: HTTP only, no models loaded, "
+        "jobs run by `kleinserve worker` processes sharing --database-url",
+    )
+    worker_heartbeat_s: float = Field(
+        2.0, gt=0, description="seconds between a worker's heartbeats (which models it serves, their state)"
+    )
+    worker_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="seconds after its last heartbeat an API server still counts a worker (and its models) "
+        "as live",
     )
     inline_result_ttl_s: float = Field(
         600.0,

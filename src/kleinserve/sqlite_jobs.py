@@ -96,6 +96,13 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd REAL
 );
 CREATE INDEX IF NOT EXISTS usage_finished ON usage (finished_at);
+CREATE TABLE IF NOT EXISTS webhooks (
+    job_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    lease_expires_at REAL,
+    done INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (done);
 """
 # Columns added after the first release, for databases made before them.
 _COLUMNS_ADDED = {
@@ -175,6 +182,8 @@ class SQLiteJobStore:
                 ),
             )
             self._db.execute("INSERT INTO job_inputs VALUES (?, ?)", (job.id, inputs))
+            if job.webhook:
+                self._db.execute("INSERT INTO webhooks (job_id, url) VALUES (?, ?)", (job.id, job.webhook))
         self._signals.notify(CLAIMABLE, job.model)
         return True
 
@@ -443,7 +452,7 @@ class SQLiteJobStore:
     def _delete(self, job_ids: list[str]) -> None:
         with self._transaction():
             for job_id in job_ids:
-                for table in ("job_logs", "job_inputs", "inline_images", "job_progress"):
+                for table in ("job_logs", "job_inputs", "inline_images", "job_progress", "webhooks"):
                     self._db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
                 self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
@@ -551,6 +560,28 @@ class SQLiteJobStore:
             (seen_since,),
         ).fetchall()
         return [WorkerRecord(*row[:3], json.loads(row[3]), *row[4:]) for row in rows]
+
+    # --- webhooks -------------------------------------------------------------------------------------
+
+    async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[str]:
+        return await self._run(self._claim_webhooks, limit, lease_s)
+
+    def _claim_webhooks(self, limit: int, lease_s: float) -> list[str]:
+        now = time.time()
+        with self._transaction():
+            ids = self._ids(
+                "SELECT w.job_id FROM webhooks w JOIN jobs j ON j.id = w.job_id WHERE w.done = 0"
+                " AND (w.lease_expires_at IS NULL OR w.lease_expires_at < ?) AND j.status NOT IN (?, ?)"
+                " ORDER BY j.finished_at LIMIT ?",
+                (now, *_UNFINISHED, limit),
+            )
+            self._db.executemany(
+                "UPDATE webhooks SET lease_expires_at = ? WHERE job_id = ?", [(now + lease_s, i) for i in ids]
+            )
+        return ids
+
+    async def webhook_done(self, job_id: str) -> None:
+        await self._run(self._db.execute, "UPDATE webhooks SET done = 1 WHERE job_id = ?", (job_id,))
 
     def _ids(self, sql: str, args: tuple) -> list[str]:
         return [row[0] for row in self._db.execute(sql, args).fetchall()]

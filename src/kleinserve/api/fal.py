@@ -65,13 +65,16 @@ def router(service: ImageService) -> APIRouter:
         served, generation, options, webhook = await _parse(service, request, endpoint, queued=True)
         params = {**_params(endpoint, options, webhook), "base_url": str(request.base_url)}
         owner = owner_of(request)
-        job = await service.submit(served, generation, options, params, detached=True, owner=owner)
+        job = await service.submit(
+            served, generation, options, params, detached=True, owner=owner, webhook=webhook
+        )
         urls = fal_queue.request_urls(request, endpoint, job.id)
         body = {"request_id": job.id, **urls, "queue_position": await service.queue_position(job) or 0}
         return JSONResponse(body, headers=generation_headers(served, job.id, REQUEST_ID_HEADER))
 
     routes.include_router(fal_queue.router(service, output))  # a submitted request's status, result, cancel
-    service.on_job_end(fal_queue.webhook_sender(service, output))  # from the job's record: survives restarts
+    # sent from the job's record by whichever API server claims it (webhook_queue.py): survives restarts
+    service.webhook_queue.add_sender(fal_queue.webhook_sender(service, output))
 
     @routes.post(
         "/fal-ai/{path:path}/stream",

@@ -1,0 +1,78 @@
+"""The queue's and the store's upkeep, run by every process that shares a job store (API servers and workers
+alike; each step is safe when several run it at once):
+
+- Expired leases: jobs whose worker went silent (it died, or a batch wedged) are queued again, or fail when
+  out of attempts or when nobody waits for them. The store decides each job in one transaction whose
+  updates re-check the lease, so two processes never requeue a job twice.
+- Retention (API servers and --role all): jobs older than --retention-hours are deleted with their images.
+  Two processes may pick the same expired jobs; deleting a folder or a row twice is harmless (deleting what
+  is already gone does nothing), so no claim is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from kleinserve.errors import GenerationFailed
+from kleinserve.jobs import JobStore
+from kleinserve.outputs import stored_folders
+from kleinserve.storage import Store
+
+log = logging.getLogger("kleinserve")
+
+MAX_RETENTION_PAUSE_S = 600.0
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        jobs: JobStore,
+        store: Store,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        settle: Callable[..., None],
+        wake: Callable[[], None],
+    ):
+        """`settle(job_id, error=...)` tells a waiter here its job failed; `wake()` wakes local batchers."""
+        self.jobs = jobs
+        self.store = store
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self._settle = settle
+        self._wake = wake
+
+    async def requeue_expired_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 2)
+            try:
+                requeued, failed = await self.jobs.requeue_expired(time.time(), self.max_attempts)
+            except Exception:
+                log.exception("requeueing expired leases failed; retrying later")
+                continue
+            for job_id in failed:
+                self._settle(job_id, error=GenerationFailed("the worker running this job stopped"))
+            if requeued:
+                log.warning("%d job(s) whose worker stopped were queued again", len(requeued))
+                self._wake()
+
+    async def expire_old_jobs(self, retention_s: float) -> None:
+        while True:
+            try:
+                await self.expire_jobs(time.time() - retention_s)
+            except Exception:  # e.g. a full disk: try again next round
+                log.exception("expiring old jobs failed; retrying later")
+            await asyncio.sleep(min(max(retention_s / 4, 1.0), MAX_RETENTION_PAUSE_S))
+
+    async def expire_jobs(self, before: float) -> int:
+        jobs = await self.jobs.expired(before)
+        for job in jobs:
+            for folder in stored_folders(job):
+                await asyncio.to_thread(self.store.delete_folder, folder)
+        await self.jobs.delete([job.id for job in jobs])
+        if jobs:
+            log.info("expired %d job(s) and their files", len(jobs))
+        return len(jobs)

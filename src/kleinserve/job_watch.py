@@ -1,0 +1,89 @@
+"""A job's progress and end across processes (scaled out: the API server a caller waits on is not the worker
+that runs the job).
+
+The worker records each denoising step in the job store (`ProgressRecorder`), with small JPEG previews for
+jobs whose submitter asked for them (params["previews"]: a streamed request). The API server follows the
+job (`follow`): it waits on the store's change signal, re-reads the job after every wake (a wait may end
+early or spuriously), hands new steps to the caller's step listener, and returns the final record, which
+`outcome_of` turns into what the caller gets: the images, or the error the job ended with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from kleinserve.errors import GenerationFailed, JobCancelled, ShuttingDown, StorageFull
+from kleinserve.imaging import encode_image
+from kleinserve.jobs import Job, JobStatus, JobStore
+from kleinserve.outputs import Generated, Outputs
+
+log = logging.getLogger("kleinserve")
+
+PREVIEW_FORMAT, PREVIEW_QUALITY = "jpeg", 80
+FOLLOW_POLL_S = 1.0  # a backstop: the store's change signal wakes a follower at once
+StepListener = Callable[[int, int, list[np.ndarray]], None]
+
+
+class ProgressRecorder:
+    """Worker side: each step of each running job into the store (later steps replace earlier ones)."""
+
+    def __init__(self, jobs: JobStore):
+        self.jobs = jobs
+
+    async def record(self, job_id: str, lease: str, step: int, total: int, previews: list) -> bool:
+        """False when the lease no longer holds the job (cancelled or requeued): its batch may stop.
+        `previews`: HxWx3 uint8 pictures, stored as JPEG."""
+        encoded = await asyncio.gather(
+            *(asyncio.to_thread(encode_image, p, PREVIEW_FORMAT, PREVIEW_QUALITY) for p in previews)
+        )
+        try:
+            return await self.jobs.record_progress(job_id, lease, step, total, list(encoded))
+        except Exception as exc:  # e.g. the database is briefly away: the next step tries again
+            log.warning("could not record the progress of job %s: %s", job_id, exc)
+            return True
+
+
+async def follow(
+    jobs: JobStore, job_id: str, on_step: StepListener | None, waited: Callable[[], bool]
+) -> Job | None:
+    """Until the job ends: its new steps go to `on_step`; returns its final record (None if it was deleted
+    or nobody here waits for it any more)."""
+    last_step = 0
+    while waited():
+        if on_step is not None:
+            progress = await jobs.progress(job_id)
+            if progress is not None and progress.step > last_step:
+                last_step = progress.step
+                pictures = await asyncio.gather(*(asyncio.to_thread(_decode, d) for d in progress.previews))
+                on_step(progress.step, progress.total, list(pictures))
+        job = await jobs.get(job_id)
+        if job is None or job.status.finished:
+            return job
+        await jobs.wait_changed(job_id, FOLLOW_POLL_S)
+    return None
+
+
+async def outcome_of(job: Job | None, outputs: Outputs) -> tuple[Generated | None, Exception | None]:
+    """What a waiting caller gets for a job's final record: (images, None) or (None, the error)."""
+    if job is None:
+        return None, GenerationFailed("the job's record is gone (expired); submit it again")
+    if job.status is JobStatus.SUCCEEDED:
+        try:
+            return await outputs.rebuild(job), None
+        except Exception as exc:
+            return None, exc
+    error = job.error or {}
+    message = error.get("message", job.status.value)
+    kinds = {"cancelled": JobCancelled, "storage_full": StorageFull, "shutting_down": ShuttingDown}
+    return None, kinds.get(error.get("type"), GenerationFailed)(message)
+
+
+def _decode(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
