@@ -583,3 +583,56 @@ def test_workers_report_by_heartbeat_and_are_listed_while_seen(open_store):
     recent, all_seen = run(scenario())
     assert recent == [WorkerRecord("w-new", "host-b", 22, ready, now - 10, now)]
     assert [worker.id for worker in all_seen] == ["w-old", "w-new"]  # oldest started first
+
+
+# --- webhooks -----------------------------------------------------------------------------------------
+
+
+def with_webhook(job: Job, url: str = "https://hooks.example.com/done") -> Job:
+    job.webhook = url
+    return job
+
+
+def test_a_webhook_is_claimed_once_its_job_ended_and_by_one_claimer_at_a_time(open_store):
+    async def scenario():
+        store = open_store()
+        hooked, plain, waiting = await add(
+            store, with_webhook(queued_job()), queued_job(), with_webhook(queued_job())
+        )
+        while_queued = await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+        for job in (hooked, plain):
+            assert await store.finish(job.id, JobStatus.SUCCEEDED, result={})
+        first = await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+        second = await store.claim_webhooks(limit=10, lease_s=LEASE_S)  # the first claim's lease holds
+        return while_queued, first, second, waiting.id, hooked.id
+
+    while_queued, first, second, waiting, hooked = run(scenario())
+    assert while_queued == [] and first == [hooked] and second == []
+    assert waiting not in first  # its job has not ended
+
+
+def test_an_expired_webhook_lease_is_claimed_again_and_a_done_one_never(open_store):
+    async def scenario():
+        store = open_store()
+        again, done = await add(store, with_webhook(queued_job()), with_webhook(queued_job()))
+        for job in (again, done):
+            await store.cancel(job.id, {"type": "cancelled", "message": "cancelled", "param": None})
+        first = await store.claim_webhooks(limit=10, lease_s=0.05)
+        await store.webhook_done(done.id)
+        await asyncio.sleep(0.1)
+        later = await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+        return again.id, done.id, first, later
+
+    again, done, first, later = run(scenario())
+    assert sorted(first) == sorted([again, done]) and later == [again]
+
+
+def test_a_deleted_jobs_webhook_is_gone(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, with_webhook(queued_job()))
+        await store.finish(job.id, JobStatus.FAILED, error=INTERRUPTED)
+        await store.delete([job.id])
+        return await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+
+    assert run(scenario()) == []
