@@ -9,7 +9,8 @@ waiters (job_signals.py), whose timeout is the polling backstop.
 
 Calls run synchronous psycopg connections on a small thread pool, one connection per thread: as with the
 SQLite store, the event loop never waits on the database and a store opened under one event loop serves
-another. psycopg comes with the `scale` extra; the default install never imports this module.
+another. psycopg comes with the `scale` extra; the default install never imports this module. Its length
+is the whole JobStore contract, method for method beside sqlite_jobs.py (the tables: postgres_schema.py).
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class PostgresJobStore:
                  job.num_images, job.detached, job.attempts, time.time()),
             )  # fmt: skip
             conn.execute("INSERT INTO job_inputs VALUES (%s, %s)", (job.id, inputs))
+            if job.webhook:
+                conn.execute("INSERT INTO webhooks (job_id, url) VALUES (%s, %s)", (job.id, job.webhook))
             _notify(conn, CLAIMABLE, job.model)
         return True
 
@@ -377,7 +380,7 @@ class PostgresJobStore:
 
     def _delete(self, conn, job_ids: list[str]) -> None:
         with conn.transaction():
-            for table in ("job_logs", "job_inputs", "inline_images", "job_progress"):
+            for table in ("job_logs", "job_inputs", "inline_images", "job_progress", "webhooks"):
                 conn.execute(f"DELETE FROM {table} WHERE job_id = ANY(%s)", (job_ids,))
             conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (job_ids,))
 
@@ -511,6 +514,29 @@ class PostgresJobStore:
             (seen_since,),
         ).fetchall()
         return [WorkerRecord(*row[:3], json.loads(row[3]), *row[4:]) for row in rows]
+
+    # --- webhooks ----------------------------------------------------------------------------------------
+
+    async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[str]:
+        return await self._run(self._claim_webhooks, limit, lease_s)
+
+    def _claim_webhooks(self, conn, limit: int, lease_s: float) -> list[str]:
+        now = time.time()
+        with conn.transaction():
+            ids = _ids(
+                conn,
+                "SELECT w.job_id FROM webhooks w JOIN jobs j ON j.id = w.job_id WHERE NOT w.done"
+                " AND (w.lease_expires_at IS NULL OR w.lease_expires_at < %s) AND j.status <> ALL(%s)"
+                " ORDER BY j.finished_at, j.seq LIMIT %s FOR UPDATE OF w SKIP LOCKED",
+                (now, [QUEUED, RUNNING], limit),
+            )
+            conn.execute(
+                "UPDATE webhooks SET lease_expires_at = %s WHERE job_id = ANY(%s)", (now + lease_s, ids)
+            )
+        return ids
+
+    async def webhook_done(self, job_id: str) -> None:
+        await self._run(_execute, "UPDATE webhooks SET done = TRUE WHERE job_id = %s", (job_id,))
 
     # --- closing -----------------------------------------------------------------------------------------
 

@@ -91,6 +91,13 @@ CREATE TABLE IF NOT EXISTS request_samples (
     images INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS request_samples_at ON request_samples (at);
+CREATE TABLE IF NOT EXISTS webhooks (
+    job_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    lease_expires_at DOUBLE PRECISION,
+    done BOOLEAN NOT NULL DEFAULT FALSE
+);
+CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (job_id) WHERE NOT done;
 """
 
 
