@@ -90,7 +90,7 @@ def _instant(value: str | None, param: str) -> float | None:
     try:
         if len(text) > MAX_TIME_CHARS:
             raise ValueError
-        if re.fullmatch(r"\d+(\.\d+)?", text):
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):
             return float(text)
         moment = datetime.fromisoformat(text)
     except ValueError:
