@@ -10,7 +10,8 @@ it at its next renewal. Every write made under a lease names it, so a late write
 lost its lease changes nothing.
 
 `JobStore` is the interface; tests/store_contract.py is the contract every implementation passes.
-`sqlite_jobs.SQLiteJobStore` is the embedded default.
+`sqlite_jobs.SQLiteJobStore` is the embedded default; `postgres_jobs.PostgresJobStore` the one several
+processes share (--database-url); job_store.open_job_store picks one from the settings.
 """
 
 from __future__ import annotations
