@@ -76,6 +76,7 @@ def _model_states(service: ImageService) -> dict:
             "state": served.state,
             **({"error": served.error} if served.error else {}),
             **({"warning": DEMO_LABEL} if served.demo else {}),
+            **({"workers": served.workers} if served.workers is not None else {}),  # --role api
         }
         for served in service.models
     }
