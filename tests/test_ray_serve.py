@@ -1,0 +1,191 @@
+"""Ray Serve: `kleinserve ray-deploy` on a real Ray head (127.0.0.1, token authentication) with a real
+PostgreSQL queue; one API replica and an engine application for the tiny model, 1..2 replicas scaled on the
+queue depth. It generates through both dialects, scales up for a burst of queue jobs, and loses none of them
+when its engine replicas are SIGKILLed mid-job. The scaling policy is also checked on its own."""
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from PIL import Image
+from ray.serve._private.common import DeploymentID, ReplicaID
+from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+from kleinserve.engine_autoscaling import QUEUED, RUNNING, QueueDepthPolicy, wanted_replicas
+from kleinserve.models import Variant
+from kleinserve.ray_serve import API_APP, engine_app_name
+from postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
+from ray_cluster import ServeStatus, ray_head  # noqa: F401 (fixture)
+
+from live_server import free_port
+
+MODEL = "flux.2-klein-4b"
+ENGINE_APP = engine_app_name(MODEL)
+ENDPOINT = "fal-ai/flux-2/klein/4b"
+WAITING = 6  # queue jobs kept waiting until Serve scales up: with 2 per replica they ask for 3, clamped to 2
+QUICK_JOB = {"prompt": "a quick one", "image_size": {"width": 256, "height": 256}, "num_inference_steps": 4}
+SLOW_JOB = {"prompt": "a slow one", "image_size": {"width": 1024, "height": 1024}, "num_inference_steps": 8}
+
+
+def test_serve_generates_scales_on_the_queue_and_loses_no_job_to_sigkill(
+    checkpoints, tmp_path, database_url, ray_head  # noqa: F811
+):
+    status = ServeStatus(ray_head)
+    try:
+        url = deploy(ray_head, database_url, checkpoints[Variant.DISTILLED], tmp_path)
+        assert status_settles(status, lambda: status.running(ENGINE_APP, "Engine") == 1)
+        assert status.running(API_APP, "Api") == 1
+        generate_in_both_dialects(url)
+
+        burst_at = time.monotonic()
+        burst = keep_jobs_waiting(url, until=lambda: status.first_at(ENGINE_APP, "Engine", 2, burst_at))
+        scaled_at = status.first_at(ENGINE_APP, "Engine", 2, burst_at)
+
+        slow = [submit(url, {**SLOW_JOB, "seed": seed}) for seed in range(4)]
+        wait_until(lambda: any(state(url, job_id) == "IN_PROGRESS" for job_id in slow), 300)
+        interrupted = next(job_id for job_id in slow if state(url, job_id) == "IN_PROGRESS")
+        victims = ray_head.replica_pids(ENGINE_APP)  # every engine replica: one of them runs that job
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        accepted = burst + slow
+        wait_until(lambda: all(state(url, job_id) == "COMPLETED" for job_id in accepted), 600)
+        done_at = time.monotonic()
+        jobs = {job_id: httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30).json() for job_id in accepted}
+        assert [job["status"] for job in jobs.values()] == ["succeeded"] * len(accepted)
+        assert jobs[interrupted]["attempts"] >= 2  # killed mid-job, it ran again
+        assert all(result(url, job_id)["images"] for job_id in accepted)
+        back = ray_head.replica_pids(ENGINE_APP)
+        assert back and not set(back) & set(victims)  # Serve started new replicas
+        print(f"\n{len(burst)} quick jobs kept {WAITING} waiting: 1 -> 2 engine replicas running after "
+              f"{scaled_at - burst_at:.1f} s; SIGKILL of {len(victims)} engine replicas -> all "
+              f"{len(accepted)} jobs done {done_at - killed_at:.1f} s later")  # fmt: skip
+    finally:
+        status.stop()
+
+
+def generate_in_both_dialects(url: str) -> None:
+    body = {"model": MODEL, "prompt": "a red fox", "size": "128x64", "response_format": "b64_json"}
+    openai = httpx.post(f"{url}/v1/images/generations", json=body, timeout=300)
+    assert openai.status_code == 200, openai.text
+    png = base64.b64decode(openai.json()["data"][0]["b64_json"])
+    assert Image.open(io.BytesIO(png)).size == (128, 64)
+    job_id = submit(url, {"prompt": "a blue bird", "image_size": {"width": 64, "height": 64}})
+    wait_until(lambda: state(url, job_id) == "COMPLETED", 300)
+    (image,) = result(url, job_id)["images"]
+    assert Image.open(io.BytesIO(httpx.get(image["url"], timeout=30).content)).size == (64, 64)
+
+
+def keep_jobs_waiting(url: str, until, most: int = 300) -> list[str]:
+    """Submit quick queue jobs so that WAITING of them wait, until `until()` (however fast they run)."""
+    ids: list[str] = []
+    while not until():
+        assert len(ids) < most, f"no scale-up after {len(ids)} queue jobs"
+        waiting = sum(state(url, job_id) == "IN_QUEUE" for job_id in ids[-2 * WAITING :])
+        ids += [submit(url, {**QUICK_JOB, "seed": len(ids) + i}) for i in range(WAITING - waiting)]
+        time.sleep(0.5)
+    return ids
+
+
+def deploy(head, database: str, checkpoint, tmp_path) -> str:
+    port = free_port()
+    command = [sys.executable, "-m", "kleinserve", "ray-deploy", "--ray-address", head.address,
+               "--database-url", database, "--data-dir", str(tmp_path / "data"),
+               "--model", f"{MODEL}={checkpoint}", "--no-warmup", "--host", "127.0.0.1", "--port", str(port),
+               "--api-replicas", "1", "--min-engine-replicas", "1", "--max-engine-replicas", "2",
+               "--jobs-per-engine-replica", "2", "--engine-gpus", "0",
+               "--max-batch-images", "1", "--batch-wait-ms", "0", "--job-lease-s", "3",
+               "--shutdown-grace-s", "2"]  # fmt: skip
+    done = subprocess.run(command, env=head.env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{head.log()}"
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: ready(url), 120)
+    return url
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def submit(url: str, body: dict) -> str:
+    answer = httpx.post(f"{url}/queue/{ENDPOINT}", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["request_id"]
+
+
+def state(url: str, job_id: str) -> str:
+    return httpx.get(f"{url}/queue/{ENDPOINT}/requests/{job_id}/status", timeout=30).json()["status"]
+
+
+def result(url: str, job_id: str) -> dict:
+    answer = httpx.get(f"{url}/queue/{ENDPOINT}/requests/{job_id}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def status_settles(status: ServeStatus, condition, timeout: float = 300.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+# The policy on its own: Ray's AutoscalingContext as Serve's controller builds it -------------------------
+
+
+def context(metrics: dict[str, list[float]] | None, current: int = 1, target: int = 1) -> AutoscalingContext:
+    deployment = DeploymentID(name="Engine", app_name=ENGINE_APP)
+    replicas = [ReplicaID(f"r{i}", deployment) for i in range(current)]
+    aggregated = None if metrics is None else {
+        name: dict(zip(replicas, values, strict=True)) for name, values in metrics.items()
+    }  # fmt: skip
+    return AutoscalingContext(
+        deployment_id=deployment, deployment_name="Engine", app_name=ENGINE_APP,
+        current_num_replicas=current, target_num_replicas=target, running_replicas=replicas,
+        total_num_requests=0.0, total_queued_requests=0.0, aggregated_metrics=aggregated, raw_metrics=None,
+        capacity_adjusted_min_replicas=1, capacity_adjusted_max_replicas=2, policy_state={},
+        last_scale_up_time=None, last_scale_down_time=None, current_time=time.time(),
+        config=AutoscalingConfig(min_replicas=1, max_replicas=2),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("queued", "running", "per_replica", "wanted"),
+    [(0, 0, 2, 0), (1, 0, 2, 1), (2, 0, 2, 1), (3, 0, 2, 2), (0, 3, 2, 2), (12, 4, 8, 2), (120, 0, 8, 15)],
+)
+def test_replicas_follow_queued_plus_running_jobs(queued, running, per_replica, wanted):
+    assert wanted_replicas(queued, running, per_replica) == wanted
+
+
+def test_the_policy_reads_the_queue_once_and_sums_what_replicas_run():
+    policy = QueueDepthPolicy(jobs_per_replica=2)
+    # Both replicas read the same queue (5 jobs) and each runs one job: 7 jobs want 4 replicas.
+    assert policy(context({QUEUED: [5, 5], RUNNING: [1, 1]}, current=2, target=2)) == (4, {})
+    assert policy(context({QUEUED: [0], RUNNING: [0]})) == (0, {})  # Ray clamps 0 to min_replicas
+
+
+def test_without_reports_the_policy_keeps_the_target():
+    policy = QueueDepthPolicy(jobs_per_replica=2)
+    assert policy(context(None, current=0, target=2)) == (2, {})
+    assert policy(context({}, current=0, target=1)) == (1, {})
+    with pytest.raises(ValueError, match="jobs_per_replica"):
+        QueueDepthPolicy(jobs_per_replica=0)
