@@ -1,10 +1,12 @@
 """Ray Serve: `kleinserve ray-deploy` on a real Ray head (127.0.0.1, token authentication) with a real
 PostgreSQL queue; one API replica and an engine application for the tiny model, 1..2 replicas scaled on the
-queue depth. It generates through both dialects, scales up for a burst of queue jobs, and loses none of them
-when its engine replicas are SIGKILLed mid-job. The scaling policy is also checked on its own."""
+queue depth. It generates through both dialects (with server-sent events through Serve's proxy), scales up
+while queue jobs wait, and loses no accepted job when its engine replicas are SIGKILLed mid-job. The scaling
+policy is also checked on its own."""
 
 import base64
 import io
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +83,14 @@ def generate_in_both_dialects(url: str) -> None:
     wait_until(lambda: state(url, job_id) == "COMPLETED", 300)
     (image,) = result(url, job_id)["images"]
     assert Image.open(io.BytesIO(httpx.get(image["url"], timeout=30).content)).size == (64, 64)
+    # Server-sent events pass Serve's proxy as they come: a step with its preview, then the output.
+    fields = {"prompt": "a green frog", "image_size": {"width": 96, "height": 64}, "num_inference_steps": 4}
+    with httpx.stream("POST", f"{url}/{ENDPOINT}/stream", json=fields, timeout=300) as answer:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in answer.iter_lines() if line.startswith("data: ")]
+    *steps, output = events
+    assert steps and all(event["status"] == "IN_PROGRESS" and event["images"] for event in steps)
+    assert (output["images"][0]["width"], output["images"][0]["height"]) == (96, 64)
 
 
 def keep_jobs_waiting(url: str, until, most: int = 300) -> list[str]:
