@@ -155,10 +155,10 @@ while True:
             return None
         return self.samples[-1][1].get(app, {}).get(deployment, {}).get("RUNNING", 0)
 
-    def first_at(self, app: str, deployment: str, replicas: int, since: float) -> float | None:
-        """When a sample taken at or after `since` first showed that many RUNNING replicas of a deployment."""
+    def first_at(self, app: str, deployment: str, since: float, condition) -> float | None:
+        """When a sample taken at or after `since` first met `condition({state: replicas})`."""
         for at, states in list(self.samples):
-            if at >= since and states.get(app, {}).get(deployment, {}).get("RUNNING", 0) == replicas:
+            if at >= since and condition(states.get(app, {}).get(deployment, {})):
                 return at
         return None
 

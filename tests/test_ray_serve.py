@@ -5,6 +5,7 @@ while queue jobs wait, and loses no accepted job when its engine replicas are SI
 policy is also checked on its own."""
 
 import base64
+import functools
 import io
 import json
 import os
@@ -19,6 +20,7 @@ from PIL import Image
 from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
+from kleinserve.cli import main
 from kleinserve.engine_autoscaling import QUEUED, RUNNING, QueueDepthPolicy, wanted_replicas
 from kleinserve.models import Variant
 from kleinserve.ray_serve import API_APP, engine_app_name
@@ -46,8 +48,10 @@ def test_serve_generates_scales_on_the_queue_and_loses_no_job_to_sigkill(
         generate_in_both_dialects(url)
 
         burst_at = time.monotonic()
-        burst = keep_jobs_waiting(url, until=lambda: status.first_at(ENGINE_APP, "Engine", 2, burst_at))
-        scaled_at = status.first_at(ENGINE_APP, "Engine", 2, burst_at)
+        scaled = functools.partial(status.first_at, ENGINE_APP, "Engine", burst_at, two_running)
+        burst = keep_jobs_waiting(url, until=scaled)
+        scaled_at = status.first_at(ENGINE_APP, "Engine", burst_at, two_running)
+        decided_at = status.first_at(ENGINE_APP, "Engine", burst_at, two_replicas)
 
         slow = [submit(url, {**SLOW_JOB, "seed": seed}) for seed in range(4)]
         wait_until(lambda: any(state(url, job_id) == "IN_PROGRESS" for job_id in slow), 300)
@@ -66,11 +70,20 @@ def test_serve_generates_scales_on_the_queue_and_loses_no_job_to_sigkill(
         assert all(result(url, job_id)["images"] for job_id in accepted)
         back = ray_head.replica_pids(ENGINE_APP)
         assert back and not set(back) & set(victims)  # Serve started new replicas
-        print(f"\n{len(burst)} quick jobs kept {WAITING} waiting: 1 -> 2 engine replicas running after "
-              f"{scaled_at - burst_at:.1f} s; SIGKILL of {len(victims)} engine replicas -> all "
-              f"{len(accepted)} jobs done {done_at - killed_at:.1f} s later")  # fmt: skip
+        print(f"\n{len(burst)} quick jobs kept {WAITING} waiting: a 2nd engine replica started after "
+              f"{decided_at - burst_at:.1f} s, running after {scaled_at - burst_at:.1f} s; SIGKILL of "
+              f"{len(victims)} engine replicas -> all {len(accepted)} jobs done "
+              f"{done_at - killed_at:.1f} s later")  # fmt: skip
     finally:
         status.stop()
+
+
+def two_running(states: dict[str, int]) -> bool:
+    return states.get("RUNNING", 0) == 2
+
+
+def two_replicas(states: dict[str, int]) -> bool:  # starting or running: Serve raised the target
+    return sum(states.values()) >= 2
 
 
 def generate_in_both_dialects(url: str) -> None:
@@ -199,3 +212,14 @@ def test_without_reports_the_policy_keeps_the_target():
     assert policy(context({}, current=0, target=1)) == (1, {})
     with pytest.raises(ValueError, match="jobs_per_replica"):
         QueueDepthPolicy(jobs_per_replica=0)
+
+
+def test_ray_deploy_needs_a_shared_database_and_a_replica_per_model(capsys):
+    assert main(["ray-deploy", "--demo"]) == 2
+    assert "--database-url" in capsys.readouterr().err
+    database = ["--database-url", "postgresql://kleinserve@127.0.0.1:5432/kleinserve"]
+    assert main(["ray-deploy", "--demo", *database, "--min-engine-replicas", "0"]) == 2
+    assert "--min-engine-replicas" in capsys.readouterr().err
+    fewer_than_min = ["--min-engine-replicas", "3", "--max-engine-replicas", "2"]
+    assert main(["ray-deploy", "--demo", *database, *fewer_than_min]) == 2
+    assert "--min-engine-replicas" in capsys.readouterr().err

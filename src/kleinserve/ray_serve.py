@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import warnings
 from dataclasses import dataclass
 
 from ray import serve
@@ -29,9 +30,8 @@ API_APP = "api"
 API_CONCURRENCY = 1000  # requests one API replica holds at once (Serve's default, 5, would block SSE streams)
 LOAD_POLL_S = 0.5
 STOP_MARGIN_S = 30.0  # beyond --shutdown-grace-s, before Serve kills a stopping replica
-LOOK_BACK_S = 5.0  # queue depth is read every LOOK_BACK_S / 5 s; scaling sees the peak over this window
-# How often an engine replica sends its figures to Serve's controller (Ray's default: 10 s).
-METRICS_PUSH = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
+REPORT_S = 1.0  # seconds between an engine replica's reports of the queue to Serve (Ray's default: 10)
+LOOK_BACK_S = 5.0  # scaling sees the peak of the figures over this window
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class EngineReplica:
             await asyncio.sleep(LOAD_POLL_S)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """The figures QueueDepthPolicy scales on (Serve asks every LOOK_BACK_S / 5 seconds)."""
+        """The figures QueueDepthPolicy scales on (Serve asks every REPORT_S)."""
         service = self.worker.service
         queued = sum((await service.queue_depths()).values())
         running = sum(served.batcher.running_jobs for served in service.models if served.batcher)
@@ -122,27 +122,26 @@ def engine_applications(settings: Settings, placement: Placement) -> dict[str, o
 
 def _engine_deployment(settings: Settings, placement: Placement):
     per_replica = placement.jobs_per_engine_replica or settings.max_batch_images
-    autoscaling = AutoscalingConfig(
-        min_replicas=placement.min_engine_replicas,
-        max_replicas=placement.max_engine_replicas,
-        upscale_delay_s=placement.upscale_delay_s,
-        downscale_delay_s=placement.downscale_delay_s,
-        look_back_period_s=LOOK_BACK_S,
-        aggregation_function="max",
-        policy=AutoscalingPolicy(
-            policy_function=QueueDepthPolicy, policy_kwargs={"jobs_per_replica": per_replica}
-        ),
-    )
+    with warnings.catch_warnings():  # Ray 2.60 deprecates metrics_interval_s, yet replicas push at that pace
+        warnings.simplefilter("ignore", DeprecationWarning)
+        autoscaling = AutoscalingConfig(
+            min_replicas=placement.min_engine_replicas,
+            max_replicas=placement.max_engine_replicas,
+            upscale_delay_s=placement.upscale_delay_s,
+            downscale_delay_s=placement.downscale_delay_s,
+            metrics_interval_s=REPORT_S,
+            look_back_period_s=LOOK_BACK_S,
+            aggregation_function="max",
+            policy=AutoscalingPolicy(
+                policy_function=QueueDepthPolicy, policy_kwargs={"jobs_per_replica": per_replica}
+            ),
+        )
     return serve.deployment(
         EngineReplica,
         name="Engine",
         autoscaling_config=autoscaling,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s + STOP_MARGIN_S,
-        ray_actor_options={
-            "num_gpus": placement.engine_gpus,
-            "num_cpus": 1,
-            "runtime_env": {"env_vars": METRICS_PUSH},
-        },
+        ray_actor_options={"num_gpus": placement.engine_gpus, "num_cpus": 1},
     )
 
 
