@@ -110,9 +110,10 @@ def api_application(settings: Settings, placement: Placement):
 
 def engine_applications(settings: Settings, placement: Placement) -> dict[str, object]:
     """One application per served model (--model entries, and --demo), each with its own Settings."""
-    entries = [settings.model_copy(update={"models": (entry,), "demo": False}) for entry in settings.models]
+    engine = settings.model_copy(update={"worker_metrics_port": None})  # replicas share a machine's ports
+    entries = [engine.model_copy(update={"models": (entry,), "demo": False}) for entry in settings.models]
     if settings.demo:
-        entries.append(settings.model_copy(update={"models": (), "demo": True}))
+        entries.append(engine.model_copy(update={"models": (), "demo": True}))
     apps = {}
     for one in entries:
         ((spec, _demo),) = served_specs(one)
