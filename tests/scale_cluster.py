@@ -57,19 +57,23 @@ class WorkerProcess:
 
 class Cluster:
     """`workers` workers and one API server; `shared` flags go to every process, `worker_flags` to workers,
-    `api_flags` to API servers (more can be added with `add_api`)."""
+    `api_flags` to API servers (more can be added with `add_api`); `env` to every process, `worker_env[i]`
+    to worker i."""
 
     def __init__(
-        self, root: Path, url: str, *, workers: int, worker_flags=(), api_flags=(), shared=(), env=None
-    ):
+        self, root: Path, url: str, *, workers: int, worker_flags=(), api_flags=(), shared=(), env=None,
+        worker_env=None,
+    ):  # fmt: skip
         self.root = root
         self.env = env or {}
         self.shared = ["--database-url", url, *shared]
         self.api_flags = list(api_flags)
+        worker_env = worker_env or [{}] * workers
         self.workers = [
-            WorkerProcess(root / "workers", *self.shared, *worker_flags, env=self.env, name=f"worker-{i}")
+            WorkerProcess(root / "workers", *self.shared, *worker_flags, env={**self.env, **worker_env[i]},
+                          name=f"worker-{i}")
             for i in range(workers)
-        ]
+        ]  # fmt: skip
         self.apis: list[LiveServer] = []
 
     def start(self, timeout: float = 300.0) -> Cluster:

@@ -18,7 +18,7 @@ from postgres_server import database_url, postgres_server  # noqa: F401 (fixture
 from s3_server import bucket, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
 from scale_cluster import Cluster, started_by
 
-from live_server import LiveServer
+from live_server import LiveServer, free_port
 
 pytestmark = pytest.mark.live
 
@@ -35,10 +35,11 @@ def worker_flags(checkpoints) -> list[str]:
             "--batch-wait-ms", "100"]  # fmt: skip
 
 
-def cluster_of(root, url: str, bucket_name: str, aws: dict, checkpoints, workers: int) -> Cluster:
+def cluster_of(root, url: str, bucket_name: str, aws: dict, checkpoints, workers: int, worker_env=None):
     """`workers` workers and an API server on PostgreSQL at `url`, images in the bucket (`aws`: AWS_* env)."""
     return Cluster(root, url, workers=workers, worker_flags=worker_flags(checkpoints), api_flags=API,
-                   shared=[*SHARED, "--store", f"s3://{bucket_name}/images"], env=aws)  # fmt: skip
+                   shared=[*SHARED, "--store", f"s3://{bucket_name}/images"], env=aws,
+                   worker_env=worker_env)  # fmt: skip
 
 
 def body(i: int, steps: int = 4) -> dict:
@@ -56,7 +57,11 @@ def cluster(postgres_server, s3, s3_env, checkpoints, tmp_path_factory):  # noqa
     bucket_name = f"kleinserve-scale-{name[-8:]}"
     s3.create_bucket(Bucket=bucket_name)
     root = tmp_path_factory.mktemp("cluster")
-    with cluster_of(root, postgres_server.url(name), bucket_name, s3_env, checkpoints, workers=2) as running:
+    ports = [free_port(), free_port()]
+    metrics = [{"KLEINSERVE_WORKER_METRICS_PORT": str(port)} for port in ports]
+    url = postgres_server.url(name)
+    with cluster_of(root, url, bucket_name, s3_env, checkpoints, workers=2, worker_env=metrics) as running:
+        running.metrics_ports = ports
         yield running
     postgres_server.drop_database(name)
 
@@ -101,6 +106,17 @@ def test_waits_streams_status_result_and_cancel_are_answered_for_jobs_workers_ru
     if cancel.json()["status"] == "CANCELLATION_REQUESTED":
         answer = httpx.get(f"{url}/queue/{ENDPOINT}/requests/{doomed}")
         assert answer.status_code == 400 and "was cancelled" in answer.text
+
+
+def test_workers_publish_their_engine_metrics(cluster):
+    job_ids = [submit(cluster.api, body(i)) for i in range(4)]
+    wait_until(lambda: all(status(cluster.api, job_id)["status"] == "COMPLETED" for job_id in job_ids), 300)
+    images = 0.0
+    for port in cluster.metrics_ports:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        images += sum(float(line.split()[-1]) for line in text.splitlines()
+                      if line.startswith("kleinserve_images_generated_total{"))  # fmt: skip
+    assert images >= 4  # earlier tests made more; each worker counts what it ran
 
 
 def test_two_api_servers_send_each_webhook_exactly_once(cluster, webhooks):

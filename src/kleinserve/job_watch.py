@@ -65,7 +65,11 @@ async def follow(
         job = await jobs.get(job_id)
         if job is None or job.status.finished:
             return job
-        await jobs.wait_changed(job_id, FOLLOW_POLL_S)
+        waiting = asyncio.ensure_future(jobs.wait_changed(job_id, FOLLOW_POLL_S))
+        try:  # not awaited directly: a cancel must reach this loop even as the wait ends (Python 3.11)
+            await asyncio.wait({waiting})
+        finally:
+            waiting.cancel()
     return None
 
 

@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         description="seconds after its last heartbeat an API server still counts a worker (and its models) "
         "as live",
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        description="`kleinserve worker` only: serve its Prometheus metrics (batches, stages, images, jobs) "
+        "at http://HOST:PORT/metrics (default: none)",
+    )
     inline_result_ttl_s: float = Field(
         600.0,
         gt=0,

@@ -58,8 +58,7 @@ class WebhookQueue:
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
             if len(due) < CLAIM_LIMIT:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._due.wait(), POLL_S)
+                await _until(self._due.wait(), POLL_S)
 
     async def _send(self, job_id: str) -> None:
         try:
@@ -75,3 +74,13 @@ class WebhookQueue:
         for task in list(self._sending):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _until(awaitable, timeout: float) -> None:
+    """Until `awaitable` is done or `timeout`. Not asyncio.wait_for: on Python 3.11 a cancel that comes as the
+    awaitable finishes is lost there, and a stopping server would wait for this loop forever."""
+    waiting = asyncio.ensure_future(awaitable)
+    try:
+        await asyncio.wait({waiting}, timeout=timeout)
+    finally:
+        waiting.cancel()

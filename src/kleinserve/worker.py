@@ -48,6 +48,7 @@ class Worker:
         self._jobs, self._store = jobs, store
         self._owns_jobs = jobs is None
         self._heartbeat: asyncio.Task | None = None
+        self._metrics_server = None  # --worker-metrics-port: Prometheus' own small HTTP server
 
     async def start(self) -> None:
         """Open the stores, start loading the models (in the background) and heartbeating."""
@@ -60,10 +61,17 @@ class Worker:
         if self._store is None:
             where = (settings.store, settings.files_dir, settings.presign_expiry_s, settings.store_public_url)
             self._store = await asyncio.to_thread(open_store, *where)
+        metrics = Metrics()
         self.service = ImageService(
-            settings, self._jobs, self._store, Metrics(), role="worker", worker_id=self.id
+            settings, self._jobs, self._store, metrics, role="worker", worker_id=self.id
         )
         await self.service.start()
+        if settings.worker_metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            self._metrics_server, _ = start_http_server(
+                settings.worker_metrics_port, addr=settings.host, registry=metrics.registry
+            )
         await self._beat()
         self._heartbeat = asyncio.create_task(self._keep_beating(), name="heartbeat")
         log.info("worker %s (pid %d) started: %s", self.id, os.getpid(), ", ".join(self.models()))
@@ -98,6 +106,8 @@ class Worker:
         except Exception as exc:
             log.warning("could not record the worker's end: %s", exc)
         await self.service.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         if self._owns_jobs:
             await self._jobs.close()
         self.service = None
