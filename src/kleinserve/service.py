@@ -14,20 +14,15 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from kleinserve.batch_policy import batch_key
-from kleinserve.batcher import Batcher, Work
+from kleinserve.batcher import Batcher
 from kleinserve.errors import (
     BatcherFailed,
-    GenerationFailed,
     JobCancelled,
     ModelNotReady,
     ModelNotServed,
@@ -38,19 +33,27 @@ from kleinserve.errors import (
 )
 from kleinserve.housekeeping import Housekeeping
 from kleinserve.imaging import DECODE_SLOTS, decode_image
+from kleinserve.job_completion import (
+    DISK_FULL,
+    BatchEvents,
+    EndListener,
+    JobCompletion,
+    StepListener,
+    Waiter,
+    failure,
+)
 from kleinserve.job_inputs import pack_inputs
-from kleinserve.job_watch import ProgressRecorder, follow, outcome_of
-from kleinserve.jobs import Job, JobStatus, JobStore, UsageEntry, new_job_id
+from kleinserve.job_watch import follow, outcome_of
+from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
 from kleinserve.metrics import Metrics
 from kleinserve.outbound import Outbound
-from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record
+from kleinserve.outputs import Generated, OutputOptions, Outputs
 from kleinserve.pricing import Prices
-from kleinserve.request import GenerationRequest, GenerationResult
+from kleinserve.request import GenerationRequest
 from kleinserve.served_models import DEMO_LABEL, ServedModel, served_specs
 from kleinserve.settings import Settings
 from kleinserve.stats import RequestStats
 from kleinserve.storage import LocalFile, Store
-from kleinserve.usage import request_usage
 from kleinserve.webhook_queue import WebhookQueue
 from kleinserve.webhooks import WebhookSender
 from kleinserve.worker_models import WorkerModels
@@ -58,17 +61,10 @@ from kleinserve.worker_models import WorkerModels
 if TYPE_CHECKING:
     from kleinserve.safety import SafetyChecker
 
-EndListener = Callable[[str], Awaitable[None]]
-# (step, total steps, previews): called on the event loop after each denoising step of a watched job, with
-# small HxWx3 uint8 pictures of the current estimate, one per image of the job.
-StepListener = Callable[[int, int, list[np.ndarray]], None]
-
 log = logging.getLogger("kleinserve")
 
 BATCHER_RESTARTS = 3
-DISK_FULL = "the server's disk is full, so nothing more can be recorded or stored; retry once space is freed"
 SHUTDOWN = "the server is shutting down"
-RECORD_RETRY_DELAYS = (0.5, 1, 2, 5, *(10,) * 60)  # about ten minutes of retries
 
 
 class ImageService:
@@ -99,7 +95,6 @@ class ImageService:
             )
         self._models = [] if self.worker_models else [ServedModel(*each) for each in served_specs(settings)]
         self._by_name = {name.lower(): served for served in self._models for name in served.names}
-        self._progress = ProgressRecorder(jobs) if self.role == "worker" else None
         self._outputs = Outputs(store, jobs, settings.inline_result_ttl_s)
         # Reference images decode here, DECODE_SLOTS at a time: what bounds their memory (imaging.py).
         self._decoder = ThreadPoolExecutor(max_workers=DECODE_SLOTS, thread_name_prefix="kleinserve-decode")
@@ -122,23 +117,23 @@ class ImageService:
             timeout_s=settings.webhook_timeout_s,
             retry_base_s=settings.webhook_retry_base_s,
         )
+        self._waiting: dict[str, Waiter] = {}  # job id -> who in this process waits for its end
+        self._background: set[asyncio.Future] = set()  # fire-and-forget work (completions, callbacks)
+        self._completion = JobCompletion(
+            jobs, self._outputs, metrics, self.prices, self.stats, self.webhook_queue,
+            waiting=self._waiting, spawn=self._spawn, role=self.role, worker_id=worker_id,
+        )  # fmt: skip
         self.housekeeping = Housekeeping(
             jobs, store, lease_s=settings.job_lease_s, max_attempts=settings.max_attempts,
-            settle=self._settle, wake=self._wake_batchers,
+            settle=self._completion.settle, wake=self._wake_batchers,
         )  # fmt: skip
-        self.safety: SafetyChecker | None = None
-        # Each model's engine has a thread of its own (loading one model never stalls another's batches);
-        # the safety checker has another, so a job's check never waits behind the next batch.
+        # Each model's engine has a thread of its own (loading one model never stalls another's batches).
         self._engine_threads = {
             served.spec.id: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kleinserve-engine-{i}")
             for i, served in enumerate(self.models)
         }
-        self._safety_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-safety")
         self._tasks: list[asyncio.Task] = []
-        self._waiting: dict[str, _Waiter] = {}  # job id -> who in this process waits for its end
-        self._end_listeners: list[EndListener] = []  # told of every job that ends in this process
         self.shutting_down = False
-        self._background: set[asyncio.Future] = set()  # fire-and-forget work (completions, callbacks)
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -152,7 +147,7 @@ class ImageService:
             self._tasks.append(asyncio.create_task(self.worker_models.keep_fresh(), name="worker-models"))
         else:
             if self.settings.safety_checker:
-                await self._load_safety_checker()
+                await self._completion.load_safety_checker(self.settings)
             self._tasks.append(asyncio.create_task(self._load_models(), name="load-models"))
         requeue = self.housekeeping.requeue_expired_leases()
         self._tasks.append(asyncio.create_task(requeue, name="requeue-expired"))
@@ -187,7 +182,7 @@ class ImageService:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        for thread in (*self._engine_threads.values(), self._safety_thread):
+        for thread in (*self._engine_threads.values(), self._completion.safety_thread):
             thread.shutdown(wait=True, cancel_futures=True)
         self._decoder.shutdown(wait=False, cancel_futures=True)
         await self.outbound.close()
@@ -203,7 +198,7 @@ class ImageService:
         for served in self.models:
             if served.batcher is not None:
                 served.batcher.drain()
-        error = _failure(f"{SHUTDOWN}: this job had not started", "shutting_down")
+        error = failure(f"{SHUTDOWN}: this job had not started", "shutting_down")
         for job_id, waiter in list(self._waiting.items()):
             if not waiter.detached:
                 self._spawn(self._fail_if_queued(job_id, waiter.model, error))
@@ -211,12 +206,12 @@ class ImageService:
 
     async def _fail_if_queued(self, job_id: str, model: str, error: dict) -> None:
         if await self.jobs.finish(job_id, JobStatus.FAILED, error=error, only_queued=True):
-            self._count_end(model, JobStatus.FAILED)
-            await self._log_end(job_id, JobStatus.FAILED, error)
-            self._settle(job_id, error=ShuttingDown(error["message"]))
+            self._completion.count_end(model, JobStatus.FAILED)
+            await self._completion.log_end(job_id, JobStatus.FAILED, error)
+            self._completion.settle(job_id, error=ShuttingDown(error["message"]))
 
     async def _stop_running_batches(self) -> None:
-        error = _failure(f"{SHUTDOWN}: this job was stopped before it finished", "shutting_down")
+        error = failure(f"{SHUTDOWN}: this job was stopped before it finished", "shutting_down")
         for served in self.models:
             if served.batcher is None:
                 continue
@@ -227,14 +222,18 @@ class ImageService:
                 if work.job.detached or self.role == "worker":  # another worker's caller may wait for it
                     self._waiting.pop(work.job_id, None)  # it has not ended: it runs after the restart
                 else:
-                    await self._record_end(work, JobStatus.FAILED, error=error)
-                    self._settle(work.job_id, error=ShuttingDown(error["message"]))
+                    await self._completion.record_end(work, JobStatus.FAILED, error=error)
+                    self._completion.settle(work.job_id, error=ShuttingDown(error["message"]))
 
     @property
     def ready(self) -> bool:
         if self.worker_models is not None:  # --role api: ready once a worker serves something
             return not self.shutting_down and any(served.state == "ready" for served in self.models)
         return not self.shutting_down and all(served.state == "ready" for served in self.models)
+
+    @property
+    def safety(self) -> SafetyChecker | None:
+        return self._completion.safety
 
     @property
     def models(self) -> list[ServedModel]:
@@ -267,7 +266,7 @@ class ImageService:
                 engine,
                 self._engine_threads[served.spec.id],
                 self.jobs,
-                _JobEvents(self, served.spec.id),
+                BatchEvents(self._completion, served.spec.id),
                 max_batch_images=self.settings.max_batch_images,
                 max_wait_s=self.settings.batch_wait_ms / 1000,
                 lease_s=self.settings.job_lease_s,
@@ -275,14 +274,6 @@ class ImageService:
             self._tasks.append(asyncio.create_task(self._supervise(served), name=f"batcher-{served.spec.id}"))
             served.state = "ready"
             log.info("%s is ready%s", served.spec.id, f" ({DEMO_LABEL})" if served.demo else "")
-
-    async def _load_safety_checker(self) -> None:
-        """Loaded before the server accepts requests; a failure stops the start-up."""
-        from kleinserve.safety import load_safety_checker
-
-        loop = asyncio.get_running_loop()
-        self.safety = await loop.run_in_executor(self._safety_thread, load_safety_checker, self.settings)
-        log.info("safety checker ready: %s", self.safety.describe())
 
     async def _supervise(self, served: ServedModel) -> None:
         """Runs the model's batcher loop; if it dies (a bug), the batch it held fails with the reason and it
@@ -295,7 +286,7 @@ class ImageService:
                 log.exception("the batcher of %s died (attempt %d)", served.spec.id, attempt + 1)
                 message = f"the model's batcher failed ({type(exc).__name__})"
                 for work in served.batcher.stop_running():
-                    await self._job_failed(work, BatcherFailed(message))
+                    await self._completion.failed(work, BatcherFailed(message))
                 served.error = f"its batcher failed ({type(exc).__name__}: {exc})"
         served.state = "failed"
         log.error("%s is out of service: its batcher failed %d times", served.spec.id, BATCHER_RESTARTS + 1)
@@ -377,7 +368,7 @@ class ImageService:
         )
         waited = not (detached and batcher is None)  # a worker's job nobody here waits on: not followed
         if waited:
-            self._waiting[job.id] = _Waiter(served.spec.id, detached, on_step, job.created_at)
+            self._waiting[job.id] = Waiter(served.spec.id, detached, on_step, job.created_at)
         try:
             added = await self._record(self.jobs.add(job, inputs, max_queued=self.settings.max_queue_depth))
         except BaseException:
@@ -398,7 +389,7 @@ class ImageService:
         job = await follow(self.jobs, job_id, waiter.on_step, lambda: job_id in self._waiting)
         if job_id in self._waiting:  # not settled here meanwhile (a cancel)
             generated, error = await outcome_of(job, self._outputs)
-            self._settle(job_id, generated, error=error)
+            self._completion.settle(job_id, generated, error=error)
 
     def _retry_after(self, served: ServedModel, batcher: Batcher | None, depth: int) -> int:
         if batcher is None:
@@ -439,112 +430,30 @@ class ImageService:
         return await self._cancel(job_id, "cancelled at the client's request")
 
     async def _cancel(self, job_id: str, reason: str) -> str | None:
-        outcome = await self.jobs.cancel(job_id, _cancelled(reason))
+        outcome = await self.jobs.cancel(job_id, failure(reason, "cancelled"))
         if outcome != "cancelled":
             return outcome
         job = await self.jobs.get(job_id)
-        self._count_end(job.model, JobStatus.CANCELLED)
+        self._completion.count_end(job.model, JobStatus.CANCELLED)
         if (served := self._by_name.get(job.model.lower())) and served.batcher:
             served.batcher.stop_job(job_id)  # its batch stops at the next step once none of it is wanted
-        self._settle(job_id, error=JobCancelled(reason))
+        self._completion.settle(job_id, error=JobCancelled(reason))
         return "requested"
 
     def on_job_end(self, listener: EndListener) -> None:
         """`await listener(job_id)` once each job ends in this process (its record final), including jobs
         recovered from a previous run."""
-        self._end_listeners.append(listener)
+        self._completion.end_listeners.append(listener)
 
     def step_taken(self, job_id: str, step: int, total: int, previews: list) -> None:
-        waiter = self._waiting.get(job_id)
-        if waiter is not None and waiter.on_step is not None:
-            waiter.on_step(step, total, previews)
+        self._completion.step_taken(job_id, step, total, previews)
 
     def wants_previews(self, job_id: str) -> bool:
-        waiter = self._waiting.get(job_id)
-        return waiter is not None and waiter.on_step is not None
+        return self._completion.wants_previews(job_id)
 
     async def queue_position(self, job: Job) -> int | None:
         """0-based place among its model's queued jobs; None once it has left the queue."""
         return await self.jobs.queue_position(job.id)
-
-    async def _complete(self, work: Work, result: GenerationResult) -> None:
-        """A job's images came out of the engine: screen, encode, store, record, tell its waiter."""
-        job, request, output = work.job, work.request, work.output
-        try:
-            waited = max(0.0, (job.started_at or job.created_at) - job.created_at)
-            timings = {"queue": waited, **result.timings}
-            flags = await self._screen(result.images, output, timings)
-            images = await self._outputs.encode_and_store(result.images, flags, request, output, timings)
-            usage = request_usage(request, result.text_tokens)
-            generated = Generated(job.id, job.model, result.seed, images, timings, usage)
-            if not output.store:
-                await self._outputs.hold_inline(generated)
-            record, spent = result_record(generated), self._usage_entry(job, request, result)
-            if not await self._record_end(work, JobStatus.SUCCEEDED, result=record, usage=spent):
-                await self._outputs.discard(generated)  # cancelled meanwhile: its end is already recorded
-                return
-        except Exception as exc:
-            await self._job_failed(work, exc)
-            return
-        self.metrics.observe_images(job.model, len(images), request.width, request.height)
-        self.metrics.observe_usage(job.model, spent.engine_seconds, spent.cost_usd)
-        self.metrics.observe_stages(
-            job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
-        )
-        self._settle(job.id, generated)
-
-    def _usage_entry(self, job: Job, request: GenerationRequest, result: GenerationResult) -> UsageEntry:
-        """What the job cost, for the usage ledger: written with its end."""
-        images = request.num_images
-        megapixels = images * request.width * request.height / 1e6
-        cost = self.prices.cost(job.model, images, megapixels)
-        seconds = result.engine_seconds
-        return UsageEntry(job.id, job.owner, job.model, time.time(), images, megapixels, seconds, cost)
-
-    async def _job_failed(self, work: Work, exc: Exception) -> None:
-        """The details stay in the server log; clients get no internals."""
-        log.error("generation failed for job %s", work.job_id, exc_info=exc)
-        if is_disk_full(exc):
-            error, raised = _failure(DISK_FULL, "storage_full"), StorageFull
-        else:
-            message = f"generation failed ({type(exc).__name__}); the server log has details"
-            error, raised = _failure(message), GenerationFailed
-        await self._record_end(work, JobStatus.FAILED, error=error)
-        self._settle(work.job_id, error=raised(error["message"]))
-
-    def _settle(
-        self, job_id: str, generated: Generated | None = None, *, error: Exception | None = None
-    ) -> None:
-        """The job ended here: tell the end listeners and whoever waits, and measure a detached job."""
-        self.webhook_queue.wake()
-        for listener in self._end_listeners:
-            self._spawn(listener(job_id))
-        waiter = self._waiting.pop(job_id, None)
-        if waiter is None:  # a job recovered from a previous run
-            return
-        if error is not None:
-            waiter.ended.set_exception(error)
-            waiter.ended.exception()  # retrieved: detached jobs have no caller awaiting them
-        else:
-            waiter.ended.set_result(generated)
-        if waiter.detached and not isinstance(error, JobCancelled):
-            seconds = time.time() - waiter.created_at
-            status = 500 if error is not None else 200
-            images = len(generated.images) if generated is not None else 0
-            self.stats.observe(waiter.model, seconds, seconds, status, images)
-
-    async def _screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
-        """Flag unsafe images (and black them out in place) when the request asks for the checker."""
-        if not output.safety_check or self.safety is None:
-            return [False] * len(arrays)
-        start = time.monotonic()
-        loop = asyncio.get_running_loop()
-        flags = await loop.run_in_executor(self._safety_thread, self.safety.flags, arrays)
-        for i, flagged in enumerate(flags):
-            if flagged:
-                arrays[i] = np.zeros_like(arrays[i])
-        timings["safety"] = time.monotonic() - start
-        return flags
 
     def _spawn(self, coroutine) -> None:
         task = asyncio.ensure_future(coroutine)
@@ -564,39 +473,6 @@ class ImageService:
             if is_disk_full(exc):
                 raise StorageFull(DISK_FULL) from exc
             raise
-
-    async def _record_end(
-        self, work: Work, status: JobStatus, *, result=None, error=None, usage=None
-    ) -> bool:
-        """The job's final state, written under its lease (False: it was no longer held, e.g. cancelled).
-        With the disk full it is retried until space returns: the job must not stay "running"."""
-        for delay in RECORD_RETRY_DELAYS:
-            try:
-                ended = await self.jobs.finish(
-                    work.job_id, status, result=result, error=error, lease=work.lease, usage=usage
-                )
-                break
-            except Exception as exc:
-                if not is_disk_full(exc):
-                    raise
-                log.warning(
-                    "could not record the end of job %s (disk full); retrying in %g s", work.job_id, delay
-                )
-                await asyncio.sleep(delay)
-        else:
-            return False
-        if ended:
-            self._count_end(work.job.model, status)
-            await self._log_end(work.job_id, status, error)
-        return ended
-
-    def _count_end(self, model: str, status: JobStatus) -> None:
-        self.metrics.jobs.labels(model, status.value).inc()
-
-    async def _log_end(self, job_id: str, status: JobStatus, error: dict | None) -> None:
-        message = status.value if error is None else f"{status.value}: {error['message']}"
-        with contextlib.suppress(Exception):  # a log line is not worth failing over
-            await self.jobs.log(job_id, message)
 
     # --- references and webhooks ----------------------------------------------------------------
 
@@ -651,75 +527,6 @@ class ImageService:
         return await self._outputs.rebuild(job)
 
 
-@dataclass
-class _Waiter:
-    """Who in this process waits for a job's end."""
-
-    model: str
-    detached: bool
-    on_step: StepListener | None
-    created_at: float
-    ended: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-
-class _JobEvents:
-    """Batch events -> job logs, completions and metrics."""
-
-    def __init__(self, service: ImageService, model: str):
-        self.service = service
-        self.model = model
-        self.worker = service.role == "worker"
-        self._previews: set[str] = set()  # worker: the running jobs whose submitter streams their steps
-
-    def wants_previews(self, job_id: str) -> bool:
-        return job_id in self._previews or self.service.wants_previews(job_id)
-
-    def batch_started(self, works: list[Work]) -> None:
-        images = sum(w.request.num_images for w in works)
-        where = f" by worker {self.service.worker_id} (pid {os.getpid()})" if self.service.worker_id else ""
-        self._previews = {w.job_id for w in works if self.worker and w.job.params.get("previews")}
-        for work in works:
-            attempt = f" (attempt {work.job.attempts})" if work.job.attempts > 1 else ""
-            message = f"started in a batch of {images} image(s){attempt}{where}"
-            self.service._spawn(self._log(work.job_id, message))
-
-    def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
-        for work in works:
-            if not work.stopped:
-                self.service._spawn(self._log(work.job_id, f"step {step}/{total}"))
-                self.service.step_taken(work.job_id, step, total, previews.get(work.job_id, []))
-                if self.worker:  # for the API server following it (job_watch.py)
-                    self.service._spawn(self._record_step(work, step, total, previews.get(work.job_id, [])))
-
-    async def _record_step(self, work: Work, step: int, total: int, previews: list) -> None:
-        if not await self.service._progress.record(work.job_id, work.lease, step, total, previews):
-            work.stopped = True  # cancelled or requeued: seen before the next lease renewal
-
-    def _measure(self, work: Work) -> None:
-        """Worker: a queue job's end is measured here, as --role all measures it (nobody here waits)."""
-        if self.worker and work.job.detached:
-            waiter = _Waiter(self.model, True, None, work.job.created_at)
-            self.service._waiting.setdefault(work.job_id, waiter)
-
-    def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None:
-        images = sum(w.request.num_images for w in works)
-        self.service.metrics.observe_batch(self.model, images, timings)
-
-    def job_done(self, work: Work, result: GenerationResult) -> None:
-        self._measure(work)
-        self.service._spawn(self.service._complete(work, result))
-
-    def job_failed(self, work: Work, error: Exception) -> None:
-        self._measure(work)
-        self.service._spawn(self.service._job_failed(work, error))
-
-    async def _log(self, job_id: str, message: str) -> None:
-        try:
-            await self.service.jobs.log(job_id, message)
-        except Exception as exc:  # e.g. a full disk: the log line is lost, the job goes on
-            log.warning("could not record a job update: %s", exc)
-
-
 def _describe(request: GenerationRequest) -> dict:
     return {
         "prompt": request.prompt,
@@ -732,11 +539,3 @@ def _describe(request: GenerationRequest) -> dict:
         "reference_images": len(request.images),
         "negative_prompt": request.negative_prompt,
     }
-
-
-def _failure(message: str, kind: str = "server_error") -> dict:
-    return {"type": kind, "message": message, "param": None}
-
-
-def _cancelled(message: str) -> dict:
-    return {"type": "cancelled", "message": message, "param": None}
