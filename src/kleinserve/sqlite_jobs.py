@@ -3,6 +3,10 @@
 Its calls run on one dedicated thread so the event loop never waits on disk. While it is open it holds
 an exclusive lock on the data directory: two servers there would run each other's jobs, and being
 alone is what lets a restart treat every running lease it finds as dead.
+
+Here: the records and the queue (past 400 lines because that is half the JobStore contract, each call a
+thin async wrapper over its body on the store's thread); the tables beside the queue (inline results,
+usage, samples, workers, webhooks) are sqlite_side_tables.py's; the schema is sqlite_schema.py's.
 """
 
 from __future__ import annotations
@@ -20,102 +24,9 @@ from pathlib import Path
 
 from kleinserve.errors import KleinserveError
 from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
-from kleinserve.jobs import (
-    INTERRUPTED,
-    Claim,
-    Job,
-    JobStatus,
-    Progress,
-    RequestSample,
-    UsageEntry,
-    WorkerRecord,
-    gave_up,
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    params TEXT NOT NULL,
-    result TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE TABLE IF NOT EXISTS job_logs (
-    job_id TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    level TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id);
-CREATE TABLE IF NOT EXISTS job_inputs (job_id TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS inline_images (
-    job_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    keep_until REAL NOT NULL,
-    PRIMARY KEY (job_id, position)
-);
-CREATE TABLE IF NOT EXISTS job_progress (
-    job_id TEXT PRIMARY KEY,
-    step INTEGER NOT NULL,
-    total INTEGER NOT NULL,
-    previews BLOB NOT NULL,
-    at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    models TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    seen_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS request_samples (
-    at REAL NOT NULL,
-    model TEXT NOT NULL,
-    seconds REAL NOT NULL,
-    ttfb REAL NOT NULL,
-    status INTEGER NOT NULL,
-    images INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS request_samples_at ON request_samples (at);
-CREATE TABLE IF NOT EXISTS usage (
-    job_id TEXT PRIMARY KEY,
-    owner TEXT,
-    model TEXT NOT NULL,
-    finished_at REAL NOT NULL,
-    images INTEGER NOT NULL,
-    megapixels REAL NOT NULL,
-    engine_seconds REAL NOT NULL,
-    cost_usd REAL
-);
-CREATE INDEX IF NOT EXISTS usage_finished ON usage (finished_at);
-CREATE TABLE IF NOT EXISTS webhooks (
-    job_id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    lease_expires_at REAL,
-    done INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (done);
-"""
-# Columns added after the first release, for databases made before them.
-_COLUMNS_ADDED = {
-    "owner": "TEXT",
-    "batch_key": "TEXT NOT NULL DEFAULT ''",
-    "num_images": "INTEGER NOT NULL DEFAULT 1",
-    "detached": "INTEGER NOT NULL DEFAULT 0",
-    "attempts": "INTEGER NOT NULL DEFAULT 0",
-    "lease": "TEXT",
-    "lease_expires_at": "REAL",
-    "queued_at": "REAL",  # when the store took it: a batch's wait for company counts from here
-}
-_QUEUE_INDEX = "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, created_at)"
+from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, Progress, UsageEntry, gave_up
+from kleinserve.sqlite_schema import create_schema
+from kleinserve.sqlite_side_tables import SQLiteSideTables
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _UNFINISHED = (QUEUED, RUNNING)
@@ -129,7 +40,7 @@ class DataDirInUse(KleinserveError):
     """Another server already uses this job database."""
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(SQLiteSideTables):
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _exclusive_lock(path.with_name(path.name + ".lock"))
@@ -137,12 +48,7 @@ class SQLiteJobStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait on the writer
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes, fast
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-        for column, kind in _COLUMNS_ADDED.items():
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-        self._db.execute(_QUEUE_INDEX)
+        create_schema(self._db)
         self._signals = Signals()  # within this process: the data-dir lock makes it the only one
 
     async def _run(self, function, *args):
@@ -413,27 +319,7 @@ class SQLiteJobStore:
             (model, QUEUED, created, created, rowid),
         ).fetchone()[0]
 
-    # --- inline results and retention --------------------------------------------------------------
-
-    async def put_inline(self, job_id: str, images: list[bytes], keep_until: float) -> None:
-        await self._run(self._put_inline, job_id, images, keep_until)
-
-    def _put_inline(self, job_id: str, images: list[bytes], keep_until: float) -> None:
-        with self._transaction():
-            self._db.executemany(
-                "INSERT OR REPLACE INTO inline_images VALUES (?, ?, ?, ?)",
-                [(job_id, i, data, keep_until) for i, data in enumerate(images)],
-            )
-
-    async def inline(self, job_id: str) -> list[bytes] | None:
-        return await self._run(self._inline, job_id)
-
-    def _inline(self, job_id: str) -> list[bytes] | None:
-        rows = self._db.execute(
-            "SELECT data FROM inline_images WHERE job_id = ? AND keep_until > ? ORDER BY position",
-            (job_id, time.time()),
-        ).fetchall()
-        return [bytes(row[0]) for row in rows] or None
+    # --- retention ---------------------------------------------------------------------------------
 
     async def expired(self, before: float) -> list[Job]:
         return await self._run(self._expired, before)
@@ -456,57 +342,7 @@ class SQLiteJobStore:
                     self._db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
                 self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
-    # --- the usage ledger ---------------------------------------------------------------------------
-
-    async def usage_by_day(
-        self,
-        owner: str | None,
-        *,
-        all_owners: bool = False,
-        model: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[dict]:
-        return await self._run(self._usage_by_day, owner, all_owners, model, since, until)
-
-    def _usage_by_day(self, owner, all_owners, model, since, until) -> list[dict]:
-        rows = self._db.execute(
-            "SELECT date(finished_at, 'unixepoch') AS day, owner, model, COUNT(*), SUM(images),"
-            " SUM(megapixels), SUM(engine_seconds), SUM(cost_usd) FROM usage"
-            " WHERE (? OR owner IS ?) AND (? IS NULL OR model = ?)"
-            " AND (? IS NULL OR finished_at >= ?) AND (? IS NULL OR finished_at < ?)"
-            " GROUP BY day, owner, model ORDER BY day, owner, model",
-            (all_owners, owner, model, model, since, since, until, until),
-        ).fetchall()
-        names = ("day", "owner", "model", "requests", "images", "megapixels", "engine_seconds", "cost_usd")
-        return [dict(zip(names, row, strict=True)) for row in rows]
-
-    # --- request samples -----------------------------------------------------------------------------
-
-    async def record_sample(self, sample: RequestSample) -> None:
-        await self._run(self._record_sample, sample)
-
-    def _record_sample(self, sample: RequestSample) -> None:
-        self._db.execute(
-            "INSERT INTO request_samples VALUES (?, ?, ?, ?, ?, ?)",
-            (sample.at, sample.model, sample.seconds, sample.ttfb, sample.status, sample.images),
-        )
-
-    async def samples(self, since: float, model: str | None = None) -> list[RequestSample]:
-        return await self._run(self._samples, since, model)
-
-    def _samples(self, since: float, model: str | None) -> list[RequestSample]:
-        rows = self._db.execute(
-            "SELECT at, model, seconds, ttfb, status, images FROM request_samples"
-            " WHERE at >= ? AND (? IS NULL OR model = ?) ORDER BY at, rowid",
-            (since, model, model),
-        ).fetchall()
-        return [RequestSample(*row) for row in rows]
-
-    async def forget_samples(self, before: float) -> None:
-        await self._run(self._db.execute, "DELETE FROM request_samples WHERE at < ?", (before,))
-
-    # --- signals, progress and workers ----------------------------------------------------------------
+    # --- signals and progress --------------------------------------------------------------------------
 
     async def wait_queued(self, model: str, timeout: float) -> None:
         await self._signals.wait(CLAIMABLE, model, timeout)
@@ -541,47 +377,6 @@ class SQLiteJobStore:
             "SELECT step, total, previews, at FROM job_progress WHERE job_id = ?", (job_id,)
         ).fetchone()
         return None if row is None else Progress(row[0], row[1], _unpack(row[2]), row[3])
-
-    async def heartbeat(self, worker: WorkerRecord) -> None:
-        await self._run(
-            self._db.execute,
-            "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?)",
-            (worker.id, worker.host, worker.pid, json.dumps(worker.models), worker.started_at,
-             worker.seen_at),
-        )  # fmt: skip
-
-    async def workers(self, seen_since: float) -> list[WorkerRecord]:
-        return await self._run(self._workers, seen_since)
-
-    def _workers(self, seen_since: float) -> list[WorkerRecord]:
-        rows = self._db.execute(
-            "SELECT id, host, pid, models, started_at, seen_at FROM workers WHERE seen_at >= ?"
-            " ORDER BY started_at, id",
-            (seen_since,),
-        ).fetchall()
-        return [WorkerRecord(*row[:3], json.loads(row[3]), *row[4:]) for row in rows]
-
-    # --- webhooks -------------------------------------------------------------------------------------
-
-    async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[str]:
-        return await self._run(self._claim_webhooks, limit, lease_s)
-
-    def _claim_webhooks(self, limit: int, lease_s: float) -> list[str]:
-        now = time.time()
-        with self._transaction():
-            ids = self._ids(
-                "SELECT w.job_id FROM webhooks w JOIN jobs j ON j.id = w.job_id WHERE w.done = 0"
-                " AND (w.lease_expires_at IS NULL OR w.lease_expires_at < ?) AND j.status NOT IN (?, ?)"
-                " ORDER BY j.finished_at LIMIT ?",
-                (now, *_UNFINISHED, limit),
-            )
-            self._db.executemany(
-                "UPDATE webhooks SET lease_expires_at = ? WHERE job_id = ?", [(now + lease_s, i) for i in ids]
-            )
-        return ids
-
-    async def webhook_done(self, job_id: str) -> None:
-        await self._run(self._db.execute, "UPDATE webhooks SET done = 1 WHERE job_id = ?", (job_id,))
 
     def _ids(self, sql: str, args: tuple) -> list[str]:
         return [row[0] for row in self._db.execute(sql, args).fetchall()]
