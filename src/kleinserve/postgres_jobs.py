@@ -9,8 +9,9 @@ waiters (job_signals.py), whose timeout is the polling backstop.
 
 Calls run synchronous psycopg connections on a small thread pool, one connection per thread: as with the
 SQLite store, the event loop never waits on the database and a store opened under one event loop serves
-another. psycopg comes with the `scale` extra; the default install never imports this module. Its length
-is the whole JobStore contract, method for method beside sqlite_jobs.py (the tables: postgres_schema.py).
+another. psycopg comes with the `scale` extra; the default install never imports this module. Here: the
+records and the queue, method for method beside sqlite_jobs.py; the tables beside the queue (inline results,
+usage, samples, workers, webhooks) are postgres_side_tables.py's; the schema is postgres_schema.py's.
 """
 
 from __future__ import annotations
@@ -26,18 +27,9 @@ from urllib.parse import urlsplit
 
 from kleinserve.errors import KleinserveError
 from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
-from kleinserve.jobs import (
-    INTERRUPTED,
-    Claim,
-    Job,
-    JobStatus,
-    Progress,
-    RequestSample,
-    UsageEntry,
-    WorkerRecord,
-    gave_up,
-)
+from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, Progress, UsageEntry, gave_up
 from kleinserve.postgres_schema import create_schema
+from kleinserve.postgres_side_tables import PostgresSideTables
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _CHANNELS = {"kleinserve_claimable": CLAIMABLE, "kleinserve_changed": CHANGED}
@@ -54,7 +46,7 @@ class DatabaseUnavailable(KleinserveError):
     """The job database cannot be reached or used."""
 
 
-class PostgresJobStore:
+class PostgresJobStore(PostgresSideTables):
     def __init__(self, url: str, *, connections: int = 4):
         try:
             import psycopg
@@ -341,28 +333,7 @@ class PostgresJobStore:
             (row[0], QUEUED, row[1], row[2]),
         ).fetchone()[0]
 
-    # --- inline results and retention ------------------------------------------------------------------
-
-    async def put_inline(self, job_id: str, images: list[bytes], keep_until: float) -> None:
-        await self._run(self._put_inline, job_id, images, keep_until)
-
-    def _put_inline(self, conn, job_id: str, images: list[bytes], keep_until: float) -> None:
-        with conn.transaction(), conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO inline_images VALUES (%s, %s, %s, %s) ON CONFLICT (job_id, position)"
-                " DO UPDATE SET data = EXCLUDED.data, keep_until = EXCLUDED.keep_until",
-                [(job_id, i, data, keep_until) for i, data in enumerate(images)],
-            )
-
-    async def inline(self, job_id: str) -> list[bytes] | None:
-        return await self._run(self._inline, job_id)
-
-    def _inline(self, conn, job_id: str) -> list[bytes] | None:
-        rows = conn.execute(
-            "SELECT data FROM inline_images WHERE job_id = %s AND keep_until > %s ORDER BY position",
-            (job_id, time.time()),
-        ).fetchall()
-        return [bytes(row[0]) for row in rows] or None
+    # --- retention -----------------------------------------------------------------------------------
 
     async def expired(self, before: float) -> list[Job]:
         return await self._run(self._expired, before)
@@ -384,56 +355,7 @@ class PostgresJobStore:
                 conn.execute(f"DELETE FROM {table} WHERE job_id = ANY(%s)", (job_ids,))
             conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (job_ids,))
 
-    # --- the usage ledger and request samples ------------------------------------------------------------
-
-    async def usage_by_day(
-        self,
-        owner: str | None,
-        *,
-        all_owners: bool = False,
-        model: str | None = None,
-        since: float | None = None,
-        until: float | None = None,
-    ) -> list[dict]:
-        return await self._run(self._usage_by_day, owner, all_owners, model, since, until)
-
-    def _usage_by_day(self, conn, owner, all_owners, model, since, until) -> list[dict]:
-        rows = conn.execute(
-            "SELECT to_char(to_timestamp(finished_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, owner, model,"
-            " COUNT(*), SUM(images), SUM(megapixels), SUM(engine_seconds), SUM(cost_usd) FROM usage_ledger"
-            " WHERE (%s OR owner IS NOT DISTINCT FROM %s::text) AND (%s::text IS NULL OR model = %s)"
-            " AND (%s::float8 IS NULL OR finished_at >= %s) AND (%s::float8 IS NULL OR finished_at < %s)"
-            " GROUP BY day, owner, model ORDER BY day, owner NULLS FIRST, model",
-            (all_owners, owner, model, model, since, since, until, until),
-        ).fetchall()
-        names = ("day", "owner", "model", "requests", "images", "megapixels", "engine_seconds", "cost_usd")
-        return [dict(zip(names, row, strict=True)) for row in rows]
-
-    async def record_sample(self, sample: RequestSample) -> None:
-        await self._run(self._record_sample, sample)
-
-    def _record_sample(self, conn, sample: RequestSample) -> None:
-        conn.execute(
-            "INSERT INTO request_samples (at, model, seconds, ttfb, status, images)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (sample.at, sample.model, sample.seconds, sample.ttfb, sample.status, sample.images),
-        )
-
-    async def samples(self, since: float, model: str | None = None) -> list[RequestSample]:
-        return await self._run(self._samples, since, model)
-
-    def _samples(self, conn, since: float, model: str | None) -> list[RequestSample]:
-        rows = conn.execute(
-            "SELECT at, model, seconds, ttfb, status, images FROM request_samples"
-            " WHERE at >= %s AND (%s::text IS NULL OR model = %s) ORDER BY at, seq",
-            (since, model, model),
-        ).fetchall()
-        return [RequestSample(*row) for row in rows]
-
-    async def forget_samples(self, before: float) -> None:
-        await self._run(_execute, "DELETE FROM request_samples WHERE at < %s", (before,))
-
-    # --- signals, progress and workers -------------------------------------------------------------------
+    # --- signals and progress ----------------------------------------------------------------------------
 
     async def wait_queued(self, model: str, timeout: float) -> None:
         await self._signals.wait(CLAIMABLE, model, timeout)
@@ -494,50 +416,6 @@ class PostgresJobStore:
         ).fetchone()
         return None if row is None else Progress(row[0], row[1], [bytes(p) for p in row[2]], row[3])
 
-    async def heartbeat(self, worker: WorkerRecord) -> None:
-        await self._run(
-            _execute,
-            "INSERT INTO workers VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
-            " host = EXCLUDED.host, pid = EXCLUDED.pid, models = EXCLUDED.models,"
-            " started_at = EXCLUDED.started_at, seen_at = EXCLUDED.seen_at",
-            (worker.id, worker.host, worker.pid, json.dumps(worker.models), worker.started_at,
-             worker.seen_at),
-        )  # fmt: skip
-
-    async def workers(self, seen_since: float) -> list[WorkerRecord]:
-        return await self._run(self._workers, seen_since)
-
-    def _workers(self, conn, seen_since: float) -> list[WorkerRecord]:
-        rows = conn.execute(
-            "SELECT id, host, pid, models, started_at, seen_at FROM workers WHERE seen_at >= %s"
-            " ORDER BY started_at, id",
-            (seen_since,),
-        ).fetchall()
-        return [WorkerRecord(*row[:3], json.loads(row[3]), *row[4:]) for row in rows]
-
-    # --- webhooks ----------------------------------------------------------------------------------------
-
-    async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[str]:
-        return await self._run(self._claim_webhooks, limit, lease_s)
-
-    def _claim_webhooks(self, conn, limit: int, lease_s: float) -> list[str]:
-        now = time.time()
-        with conn.transaction():
-            ids = _ids(
-                conn,
-                "SELECT w.job_id FROM webhooks w JOIN jobs j ON j.id = w.job_id WHERE NOT w.done"
-                " AND (w.lease_expires_at IS NULL OR w.lease_expires_at < %s) AND j.status <> ALL(%s)"
-                " ORDER BY j.finished_at, j.seq LIMIT %s FOR UPDATE OF w SKIP LOCKED",
-                (now, [QUEUED, RUNNING], limit),
-            )
-            conn.execute(
-                "UPDATE webhooks SET lease_expires_at = %s WHERE job_id = ANY(%s)", (now + lease_s, ids)
-            )
-        return ids
-
-    async def webhook_done(self, job_id: str) -> None:
-        await self._run(_execute, "UPDATE webhooks SET done = TRUE WHERE job_id = %s", (job_id,))
-
     # --- closing -----------------------------------------------------------------------------------------
 
     @property
@@ -567,10 +445,6 @@ class PostgresJobStore:
 def _depth(conn, model: str) -> int:
     query = "SELECT COUNT(*) FROM jobs WHERE model = %s AND status = %s"
     return conn.execute(query, (model, QUEUED)).fetchone()[0]
-
-
-def _execute(conn, sql: str, args: tuple) -> None:
-    conn.execute(sql, args)
 
 
 def _ids(conn, sql: str, args: tuple) -> list[str]:
