@@ -28,8 +28,9 @@ class Signals:
         with self._lock:
             self._waiters.setdefault((topic, key), set()).add(waiter)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(waiter[1]), max(timeout, 0.0))
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancel that arrives as its
+            # awaitable completes, and a stopping service would then wait here forever.
+            await asyncio.wait({waiter[1]}, timeout=max(timeout, 0.0))
         finally:
             with self._lock:
                 parked = self._waiters.get((topic, key))
