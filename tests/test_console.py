@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from browser import chromium, open_page
 from kleinserve.models import Variant
@@ -246,12 +247,12 @@ def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
         assert key_field.is_visible()
         usage = page.locator("#usage")
         usage.locator("summary").click()  # without a key, usage is not asked for: the panel says why
-        assert "API key" in page.locator("#usage-status").inner_text()
+        expect(page.locator("#usage-status")).to_contain_text("API key")  # set by the (queued) toggle event
         usage.locator("summary").click()
         fill_request(page, "a lighthouse", 64, 64)
         page.get_by_role("button", name="Generate").click()
-        assert "API key" in page.locator("#api-key-error").inner_text()  # asked, nothing sent
-        assert key_field.get_attribute("aria-invalid") == "true"
+        expect(page.locator("#api-key-error")).to_contain_text("API key")  # asked, nothing sent
+        expect(key_field).to_have_attribute("aria-invalid", "true")
 
         key_field.fill(KEY)
         page.get_by_role("button", name="Generate").click()
