@@ -11,7 +11,6 @@ import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-import boto3
 import httpx
 import pytest
 from PIL import Image
@@ -21,69 +20,11 @@ from kleinserve.errors import StoreUnavailable
 from kleinserve.s3_storage import S3Location, open_s3_store
 from kleinserve.settings import Settings
 from kleinserve.storage import image_key, new_folder
+from s3_server import bucket, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
 
-from live_server import LiveServer, free_port
+from live_server import LiveServer
 
-CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "test",
-    "AWS_SECRET_ACCESS_KEY": "test",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 FAL = "fal-ai/flux-2/klein/4b"
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """moto's S3 protocol server in a process of its own; stopped by its PID at the end."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for(endpoint, process)
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _wait_for(endpoint: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"moto server exited with {process.returncode}"
-        try:
-            httpx.get(endpoint, timeout=2)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"moto server not answering at {endpoint}")
-
-
-@pytest.fixture(scope="session")
-def s3_env(s3_endpoint):
-    """The standard AWS variables that point boto3 (in a server process or here) at the moto server."""
-    return {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}
-
-
-@pytest.fixture(scope="session")
-def s3(s3_env):
-    return boto3.client(
-        "s3",
-        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    name = f"kleinserve-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture
