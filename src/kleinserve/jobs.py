@@ -16,6 +16,7 @@ processes share (--database-url); job_store.open_job_store picks one from the se
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +54,37 @@ class Job:
     detached: bool = False  # no caller waits on it (a queue submission): it is run again after a crash
     attempts: int = 0  # times a worker claimed it
     webhook: str | None = None  # where its end is POSTed; kept in the store's webhook rows, not read back
+
+
+# A job row's columns, in the order `job_from_row` reads them (the same in every store's schema).
+JOB_COLUMNS = (
+    "id, model, status, created_at, started_at, finished_at, params, result, error, owner, batch_key,"
+    " num_images, detached, attempts"
+)
+
+
+def job_from_row(row: tuple, logs: list[tuple]) -> Job:
+    """A Job from a row of JOB_COLUMNS (params, result and error as JSON text) and its (time, level,
+    message) log rows."""
+    (job_id, model, status, created, started, finished, params, result, error, owner, key, images,
+     detached, tries) = row  # fmt: skip
+    return Job(
+        id=job_id,
+        model=model,
+        params=json.loads(params),
+        status=JobStatus(status),
+        created_at=created,
+        started_at=started,
+        finished_at=finished,
+        result=json.loads(result) if result else None,
+        error=json.loads(error) if error else None,
+        logs=[{"timestamp": t, "level": level, "message": message} for t, level, message in logs],
+        owner=owner,
+        batch_key=key,
+        num_images=images,
+        detached=bool(detached),
+        attempts=tries,
+    )
 
 
 def new_job_id() -> str:

@@ -27,7 +27,17 @@ from urllib.parse import urlsplit
 
 from kleinserve.errors import KleinserveError
 from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
-from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, Progress, UsageEntry, gave_up
+from kleinserve.jobs import (
+    INTERRUPTED,
+    JOB_COLUMNS,
+    Claim,
+    Job,
+    JobStatus,
+    Progress,
+    UsageEntry,
+    gave_up,
+    job_from_row,
+)
 from kleinserve.postgres_schema import create_schema
 from kleinserve.postgres_side_tables import PostgresSideTables
 
@@ -35,10 +45,6 @@ QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _CHANNELS = {"kleinserve_claimable": CLAIMABLE, "kleinserve_changed": CHANGED}
 _CHANNEL = {topic: channel for channel, topic in _CHANNELS.items()}
 _MAX_PAYLOAD = 7999  # bytes; PostgreSQL refuses 8000 and more (an empty payload wakes the whole topic)
-_FIELDS = (
-    "id, model, status, created_at, started_at, finished_at, params, result, error, owner, batch_key,"
-    " num_images, detached, attempts"
-)
 _ORDER = "ORDER BY created_at, seq"  # seq: insertion order, for jobs made at the same instant
 
 
@@ -112,7 +118,7 @@ class PostgresJobStore(PostgresSideTables):
                     [(job.id, e["timestamp"], e["level"], e["message"]) for e in job.logs],
                 )
             conn.execute(
-                f"INSERT INTO jobs ({_FIELDS}, queued_at) VALUES ({', '.join(['%s'] * 15)})",
+                f"INSERT INTO jobs ({JOB_COLUMNS}, queued_at) VALUES ({', '.join(['%s'] * 15)})",
                 (job.id, job.model, job.status.value, job.created_at, job.started_at, job.finished_at,
                  json.dumps(job.params), _dump(job.result), _dump(job.error), job.owner, job.batch_key,
                  job.num_images, job.detached, job.attempts, time.time()),
@@ -127,24 +133,24 @@ class PostgresJobStore(PostgresSideTables):
         return await self._run(self._get, job_id)
 
     def _get(self, conn, job_id: str) -> Job | None:
-        row = conn.execute(f"SELECT {_FIELDS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
+        row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
         if row is None:
             return None
         logs = conn.execute(
             "SELECT timestamp, level, message FROM job_logs WHERE job_id = %s ORDER BY seq", (job_id,)
         ).fetchall()
-        return _job_from_row(row, logs)
+        return job_from_row(row, logs)
 
     async def recent(self, owner: str | None, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
         return await self._run(self._recent, owner, status and status.value, limit)
 
     def _recent(self, conn, owner: str | None, status: str | None, limit: int) -> list[Job]:
         rows = conn.execute(
-            f"SELECT {_FIELDS} FROM jobs WHERE owner IS NOT DISTINCT FROM %s::text"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner IS NOT DISTINCT FROM %s::text"
             " AND (%s::text IS NULL OR status = %s) ORDER BY created_at DESC, seq DESC LIMIT %s",
             (owner, status, status, limit),
         ).fetchall()
-        return [_job_from_row(row, []) for row in rows]
+        return [job_from_row(row, []) for row in rows]
 
     async def log(self, job_id: str, message: str, level: str = "INFO") -> None:
         await self._run(self._log, job_id, message, level)
@@ -224,9 +230,10 @@ class PostgresJobStore(PostgresSideTables):
                 " lease_expires_at = %s WHERE id = ANY(%s)",
                 (RUNNING, now, lease, now + lease_s, ids),
             )
-            rows = conn.execute(f"SELECT {_FIELDS} FROM jobs WHERE id = ANY(%s) {_ORDER}", (ids,)).fetchall()
+            query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ANY(%s) {_ORDER}"
+            rows = conn.execute(query, (ids,)).fetchall()
             _notify_each(conn, CHANGED, ids)
-        return Claim(lease, [_job_from_row(row, []) for row in rows])  # without logs: a worker needs none
+        return Claim(lease, [job_from_row(row, []) for row in rows])  # without logs: a worker needs none
 
     async def inputs(self, job_id: str) -> bytes | None:
         return await self._run(self._inputs, job_id)
@@ -341,10 +348,10 @@ class PostgresJobStore(PostgresSideTables):
     def _expired(self, conn, before: float) -> list[Job]:
         conn.execute("DELETE FROM inline_images WHERE keep_until <= %s", (time.time(),))
         rows = conn.execute(
-            f"SELECT {_FIELDS} FROM jobs WHERE created_at < %s AND status <> ALL(%s) {_ORDER}",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE created_at < %s AND status <> ALL(%s) {_ORDER}",
             (before, [QUEUED, RUNNING]),
         ).fetchall()
-        return [_job_from_row(row, []) for row in rows]
+        return [job_from_row(row, []) for row in rows]
 
     async def delete(self, job_ids: list[str]) -> None:
         await self._run(self._delete, job_ids)
@@ -472,24 +479,3 @@ def _safe(url: str) -> str:
 def _dump(value: dict | None) -> str | None:
     return None if value is None else json.dumps(value)
 
-
-def _job_from_row(row: tuple, logs: list[tuple]) -> Job:
-    (job_id, model, status, created, started, finished, params, result, error, owner, key, images,
-     detached, tries) = row  # fmt: skip
-    return Job(
-        id=job_id,
-        model=model,
-        params=json.loads(params),
-        status=JobStatus(status),
-        created_at=created,
-        started_at=started,
-        finished_at=finished,
-        result=json.loads(result) if result else None,
-        error=json.loads(error) if error else None,
-        logs=[{"timestamp": t, "level": level, "message": message} for t, level, message in logs],
-        owner=owner,
-        batch_key=key,
-        num_images=images,
-        detached=detached,
-        attempts=tries,
-    )

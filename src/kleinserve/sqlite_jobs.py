@@ -24,16 +24,22 @@ from pathlib import Path
 
 from kleinserve.errors import KleinserveError
 from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
-from kleinserve.jobs import INTERRUPTED, Claim, Job, JobStatus, Progress, UsageEntry, gave_up
+from kleinserve.jobs import (
+    INTERRUPTED,
+    JOB_COLUMNS,
+    Claim,
+    Job,
+    JobStatus,
+    Progress,
+    UsageEntry,
+    gave_up,
+    job_from_row,
+)
 from kleinserve.sqlite_schema import create_schema
 from kleinserve.sqlite_side_tables import SQLiteSideTables
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _UNFINISHED = (QUEUED, RUNNING)
-_FIELDS = (
-    "id, model, status, created_at, started_at, finished_at, params, result, error, owner, batch_key,"
-    " num_images, detached, attempts"
-)
 
 
 class DataDirInUse(KleinserveError):
@@ -68,7 +74,7 @@ class SQLiteJobStore(SQLiteSideTables):
                 [(job.id, e["timestamp"], e["level"], e["message"]) for e in job.logs],
             )
             self._db.execute(
-                f"INSERT INTO jobs ({_FIELDS}, queued_at) VALUES ({', '.join('?' * 15)})",
+                f"INSERT INTO jobs ({JOB_COLUMNS}, queued_at) VALUES ({', '.join('?' * 15)})",
                 (
                     job.id,
                     job.model,
@@ -97,24 +103,24 @@ class SQLiteJobStore(SQLiteSideTables):
         return await self._run(self._get, job_id)
 
     def _get(self, job_id: str) -> Job | None:
-        row = self._db.execute(f"SELECT {_FIELDS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = self._db.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             return None
         logs = self._db.execute(
             "SELECT timestamp, level, message FROM job_logs WHERE job_id = ? ORDER BY rowid", (job_id,)
         ).fetchall()
-        return _job_from_row(row, logs)
+        return job_from_row(row, logs)
 
     async def recent(self, owner: str | None, status: JobStatus | None = None, limit: int = 100) -> list[Job]:
         return await self._run(self._recent, owner, status, limit)
 
     def _recent(self, owner: str | None, status: JobStatus | None, limit: int) -> list[Job]:
         rows = self._db.execute(
-            f"SELECT {_FIELDS} FROM jobs WHERE owner IS ? AND (? IS NULL OR status = ?)"
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE owner IS ? AND (? IS NULL OR status = ?)"
             " ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (owner, status and status.value, status and status.value, limit),
         ).fetchall()
-        return [_job_from_row(row, []) for row in rows]
+        return [job_from_row(row, []) for row in rows]
 
     async def log(self, job_id: str, message: str, level: str = "INFO") -> None:
         await self._run(self._log, job_id, message, level)
@@ -194,13 +200,13 @@ class SQLiteJobStore(SQLiteSideTables):
                     (RUNNING, now, lease, now + lease_s, job_id),
                 )
             rows = self._db.execute(
-                f"SELECT {_FIELDS} FROM jobs WHERE id IN ({', '.join('?' * len(ids))})"
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN ({', '.join('?' * len(ids))})"
                 " ORDER BY created_at, rowid",
                 ids,
             ).fetchall()
         for job_id in ids:
             self._signals.notify(CHANGED, job_id)
-        return Claim(lease, [_job_from_row(row, []) for row in rows])  # without logs: a worker needs none
+        return Claim(lease, [job_from_row(row, []) for row in rows])  # without logs: a worker needs none
 
     async def inputs(self, job_id: str) -> bytes | None:
         return await self._run(self._inputs, job_id)
@@ -327,10 +333,10 @@ class SQLiteJobStore(SQLiteSideTables):
     def _expired(self, before: float) -> list[Job]:
         self._db.execute("DELETE FROM inline_images WHERE keep_until <= ?", (time.time(),))
         rows = self._db.execute(
-            f"SELECT {_FIELDS} FROM jobs WHERE created_at < ? AND status NOT IN (?, ?)",
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE created_at < ? AND status NOT IN (?, ?)",
             (before, *_UNFINISHED),
         ).fetchall()
-        return [_job_from_row(row, []) for row in rows]
+        return [job_from_row(row, []) for row in rows]
 
     async def delete(self, job_ids: list[str]) -> None:
         await self._run(self._delete, job_ids)
@@ -439,38 +445,3 @@ def _unpack(data: bytes) -> list[bytes]:
 def _dump(value: dict | None) -> str | None:
     return None if value is None else json.dumps(value)
 
-
-def _job_from_row(row: tuple, logs: list[tuple]) -> Job:
-    (
-        job_id,
-        model,
-        status,
-        created,
-        started,
-        finished,
-        params,
-        result,
-        error,
-        owner,
-        key,
-        images,
-        detached,
-        tries,
-    ) = row
-    return Job(
-        id=job_id,
-        model=model,
-        params=json.loads(params),
-        status=JobStatus(status),
-        created_at=created,
-        started_at=started,
-        finished_at=finished,
-        result=json.loads(result) if result else None,
-        error=json.loads(error) if error else None,
-        logs=[{"timestamp": t, "level": level, "message": message} for t, level, message in logs],
-        owner=owner,
-        batch_key=key,
-        num_images=images,
-        detached=bool(detached),
-        attempts=tries,
-    )
