@@ -21,7 +21,7 @@ from PIL import Image
 
 from kleinserve.engine import Engine
 from kleinserve.models import Variant, resolve_model
-from kleinserve.safety import write_tiny_classifier
+from kleinserve.service.safety import write_tiny_classifier
 from kleinserve.tiny import write_tiny_checkpoint
 
 

@@ -10,7 +10,15 @@ import time
 
 import pytest
 
-from kleinserve.jobs import INTERRUPTED, Job, JobStatus, RequestSample, UsageEntry, WorkerRecord, new_job_id
+from kleinserve.jobs.records import (
+    INTERRUPTED,
+    Job,
+    JobStatus,
+    RequestSample,
+    UsageEntry,
+    WorkerRecord,
+    new_job_id,
+)
 
 MODEL = "flux.2-klein-4b"
 LEASE_S = 30.0

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from kleinserve.api.access import RateLimiter
 from kleinserve.settings import Settings
-from kleinserve.storage import LocalStore, image_key
+from kleinserve.storage.store import LocalStore, image_key
 
 
 def test_rate_limiter_refills_over_time(monkeypatch):

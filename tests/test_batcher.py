@@ -10,14 +10,13 @@ from functools import partial
 import numpy as np
 import pytest
 
-from kleinserve.batcher import Batcher
 from kleinserve.engine.engine import StepProgress
 from kleinserve.errors import GenerationStopped, JobCancelled
-from kleinserve.job_inputs import pack_inputs
-from kleinserve.jobs import Job, JobStatus
-from kleinserve.outputs import OutputOptions
-from kleinserve.request import GenerationRequest, GenerationResult
-from kleinserve.sqlite_jobs import SQLiteJobStore
+from kleinserve.jobs.batcher import Batcher
+from kleinserve.jobs.inputs import pack_inputs
+from kleinserve.jobs.records import Job, JobStatus
+from kleinserve.jobs.sqlite.store import SQLiteJobStore
+from kleinserve.request import GenerationRequest, GenerationResult, OutputOptions
 
 
 class RecordingEngine:

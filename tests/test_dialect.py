@@ -18,9 +18,9 @@ from kleinserve.api.errors import ApiError
 from kleinserve.errors import InvalidRequest
 from kleinserve.imaging import CONTENT_TYPES, EXTENSIONS, FORMAT_NAMES, OUTPUT_FORMATS, extension_of
 from kleinserve.models import resolve_model
-from kleinserve.outputs import OutputImage
-from kleinserve.served_models import DEMO_LABEL, ServedModel
-from kleinserve.storage import content_type_of, image_key, is_valid_key
+from kleinserve.service.outputs import OutputImage
+from kleinserve.service.served_models import DEMO_LABEL, ServedModel
+from kleinserve.storage.store import content_type_of, image_key, is_valid_key
 
 SPEC = resolve_model("flux.2-klein-4b")
 OPENAI = {**COMMON_FIELDS, "num_images": "n", "width": "size", "height": "size", "images": "image"}

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from kleinserve.models import Variant
-from kleinserve.storage import PARTIAL_PREFIX
+from kleinserve.storage.store import PARTIAL_PREFIX
 
 from conftest import random_image
 from live_server import LiveServer

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from kleinserve.models import Variant
-from kleinserve.outbound import Outbound
+from kleinserve.service.outbound import Outbound
 
 from live_server import LiveServer, free_port
 

@@ -6,8 +6,8 @@ import torch
 
 from kleinserve.engine import Engine
 from kleinserve.engine.optimize import Optimizations, check_attention_backend
+from kleinserve.service.engine_startup import engine_config
 from kleinserve.engine.warmup import warmup_plan
-from kleinserve.engine_startup import engine_config
 from kleinserve.errors import InvalidRequest
 from kleinserve.models import resolve_model
 from kleinserve.request import build_request

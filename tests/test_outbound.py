@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from kleinserve.errors import InvalidRequest
-from kleinserve.outbound import Outbound, check_networks
+from kleinserve.service.outbound import Outbound, check_networks
 
 
 def outbound(*allowed: str) -> Outbound:

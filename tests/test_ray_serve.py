@@ -21,9 +21,9 @@ from ray.serve._private.common import DeploymentID, ReplicaID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 from kleinserve.cli import main
-from kleinserve.engine_autoscaling import QUEUED, RUNNING, QueueDepthPolicy, wanted_replicas
 from kleinserve.models import Variant
-from kleinserve.ray_serve import API_APP, engine_app_name
+from kleinserve.roles.autoscaling import QUEUED, RUNNING, QueueDepthPolicy, wanted_replicas
+from kleinserve.roles.ray_serve import API_APP, engine_app_name
 from postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
 from ray_cluster import ServeStatus, ray_head  # noqa: F401 (fixture)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from kleinserve.models import Variant
-from kleinserve.safety import ClassifierSafetyChecker, SafetyModelUnavailable, unsafe_label_ids
+from kleinserve.service.safety import ClassifierSafetyChecker, SafetyModelUnavailable, unsafe_label_ids
 
 from live_server import LiveServer
 

@@ -6,15 +6,14 @@ import threading
 import pytest
 
 from kleinserve.errors import GenerationFailed, StorageFull
-from kleinserve.jobs import JobStatus
+from kleinserve.jobs.records import JobStatus
+from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant
-from kleinserve.outputs import OutputOptions
-from kleinserve.request import build_request
-from kleinserve.service import BATCHER_RESTARTS, ImageService
+from kleinserve.request import OutputOptions, build_request
+from kleinserve.service.facade import BATCHER_RESTARTS, ImageService
 from kleinserve.settings import Settings
-from kleinserve.sqlite_jobs import SQLiteJobStore
-from kleinserve.storage import LocalStore
+from kleinserve.storage.store import LocalStore
 
 
 class FullDisk(LocalStore):

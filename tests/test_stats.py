@@ -11,14 +11,14 @@ import httpx
 import numpy as np
 import pytest
 
-from kleinserve.jobs import Job, RequestSample, new_job_id
+from kleinserve.jobs.records import Job, RequestSample, new_job_id
+from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
+from kleinserve.service.stats import SERIES_POINTS, WINDOWS, Columns, RequestStats, latency_series, summarize
 from kleinserve.settings import Settings
-from kleinserve.sqlite_jobs import SQLiteJobStore
-from kleinserve.stats import SERIES_POINTS, WINDOWS, Columns, RequestStats, latency_series, summarize
-from kleinserve.storage import LocalStore
+from kleinserve.storage.store import LocalStore
 
 from live_server import LiveServer
 

@@ -17,9 +17,9 @@ from PIL import Image
 
 from kleinserve.cli import main
 from kleinserve.errors import StoreUnavailable
-from kleinserve.s3_storage import S3Location, open_s3_store
 from kleinserve.settings import Settings
-from kleinserve.storage import image_key, new_folder
+from kleinserve.storage.s3 import S3Location, open_s3_store
+from kleinserve.storage.store import image_key, new_folder
 from s3_server import bucket, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
 
 from live_server import LiveServer

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from kleinserve.sqlite_jobs import DataDirInUse, SQLiteJobStore
+from kleinserve.jobs.sqlite.store import DataDirInUse, SQLiteJobStore
 from store_contract import *  # noqa: F403 (the contract's tests run here)
 
 

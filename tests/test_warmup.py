@@ -17,8 +17,8 @@ from kleinserve.request import build_request
 PACKAGE = Path(kleinserve.__file__).parent
 # The server around the engine: the engine package must reach none of it, not even through other modules.
 SERVER_MODULES = (
-    "kleinserve.settings", "kleinserve.engine_startup", "kleinserve.service", "kleinserve.server",
-    "kleinserve.cli", "kleinserve.api", "kleinserve.batcher", "kleinserve.jobs",
+    "kleinserve.settings", "kleinserve.service", "kleinserve.roles", "kleinserve.cli", "kleinserve.api",
+    "kleinserve.jobs", "kleinserve.storage",
 )  # fmt: skip
 
 

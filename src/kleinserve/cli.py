@@ -255,10 +255,10 @@ def serve(args: argparse.Namespace) -> int:
 
     from kleinserve.api.app import create_app
     from kleinserve.engine.optimize import check_attention_backend
-    from kleinserve.engine_startup import check_weights
-    from kleinserve.outbound import check_networks
-    from kleinserve.safety import locate_safety_model
-    from kleinserve.served_models import served_specs
+    from kleinserve.service.engine_startup import check_weights
+    from kleinserve.service.outbound import check_networks
+    from kleinserve.service.safety import locate_safety_model
+    from kleinserve.service.served_models import served_specs
 
     settings = settings_from_args(args)
     if bool(settings.ssl_certfile) != bool(settings.ssl_keyfile):
@@ -276,7 +276,7 @@ def serve(args: argparse.Namespace) -> int:
         check_attention_backend(settings.attention_backend)
     if settings.safety_checker and settings.role == "all":  # in split roles, workers check images
         locate_safety_model(settings)
-    from kleinserve import server
+    from kleinserve.roles import server
 
     server.run(create_app(settings), settings, args.log_level)
     return 0
@@ -319,7 +319,7 @@ RAY_PLACEMENT_FLAGS = [  # (flag, type, default, help) of `ray-deploy`'s Placeme
 def ray_deploy(args: argparse.Namespace) -> int:
     import logging
 
-    from kleinserve.served_models import served_specs
+    from kleinserve.service.served_models import served_specs
 
     settings = settings_from_args(args)
     if not settings.database_url:
@@ -333,7 +333,7 @@ def ray_deploy(args: argparse.Namespace) -> int:
     served_specs(settings)  # unknown models fail here, not on the cluster
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s")
     try:
-        from kleinserve.ray_serve import Placement, deploy
+        from kleinserve.roles.ray_serve import Placement, deploy
     except ImportError as exc:
         raise InvalidRequest("ray-deploy", f"Ray Serve is missing ({exc}): needs kleinserve[scale]") from exc
     placement = Placement(
@@ -380,10 +380,10 @@ def _add_worker_parser(commands) -> None:
 def worker(args: argparse.Namespace) -> int:
     import logging
 
-    from kleinserve import worker as worker_process
-    from kleinserve.engine_startup import check_weights
-    from kleinserve.safety import locate_safety_model
-    from kleinserve.served_models import served_specs
+    from kleinserve.service.engine_startup import check_weights
+    from kleinserve.roles import worker as worker_process
+    from kleinserve.service.safety import locate_safety_model
+    from kleinserve.service.served_models import served_specs
 
     settings = settings_from_args(args)
     if not settings.database_url:

@@ -27,6 +27,16 @@ ENGINE_STAGES = ("text", "references", "denoise", "decode")  # a batch's time on
 
 
 @dataclass(frozen=True)
+class OutputOptions:
+    """How a job's images are encoded and kept (chosen by the dialect, carried with the job)."""
+
+    format: str = "png"  # png | jpeg | webp
+    quality: int | None = None  # jpeg/webp quality 0..100; None: 90
+    store: bool = True  # False: images only come back inline; nothing is written
+    safety_check: bool = False  # run the safety checker on each image
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     width: int

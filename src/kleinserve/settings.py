@@ -272,7 +272,7 @@ class Settings(BaseSettings):
     @classmethod
     def _store_location(cls, value: str) -> str:
         if value != "local":
-            from kleinserve.s3_storage import S3Location
+            from kleinserve.store_location import S3Location
 
             S3Location.parse(value)  # ValueError naming the accepted forms
         return value

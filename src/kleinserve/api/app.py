@@ -18,13 +18,14 @@ from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal_proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
-from kleinserve.job_store import open_job_store
-from kleinserve.jobs import JobStore
+from kleinserve.jobs.opening import open_job_store
+from kleinserve.jobs.records import JobStore
 from kleinserve.metrics import Metrics
-from kleinserve.served_models import DEMO_LABEL
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
+from kleinserve.service.served_models import DEMO_LABEL
 from kleinserve.settings import Settings
-from kleinserve.storage import Store, open_store
+from kleinserve.storage.opening import open_store
+from kleinserve.storage.store import Store
 
 log = logging.getLogger("kleinserve")
 

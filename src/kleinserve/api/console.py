@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from kleinserve.api.errors import ApiError
 from kleinserve.api.fal import DEFAULT_PRESET, ENDPOINT_PREFIX, PRESETS
 from kleinserve.imaging import OUTPUT_FORMATS
-from kleinserve.served_models import ServedModel
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
+from kleinserve.service.served_models import ServedModel
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -5,9 +5,9 @@ model listings."""
 from __future__ import annotations
 
 from kleinserve.imaging import base64_text, data_uri
-from kleinserve.outputs import OutputImage
-from kleinserve.served_models import DEMO_LABEL, ServedModel
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
+from kleinserve.service.outputs import OutputImage
+from kleinserve.service.served_models import DEMO_LABEL, ServedModel
 
 JOB_ID_HEADER = "x-kleinserve-job-id"
 WARNING_HEADER = "x-kleinserve-warning"

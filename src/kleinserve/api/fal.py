@@ -32,10 +32,10 @@ from kleinserve.api.json_body import json_object
 from kleinserve.errors import ModelNotServed, UnknownModel
 from kleinserve.imaging import OUTPUT_FORMATS, extension_of
 from kleinserve.models import resolve_model
-from kleinserve.outputs import Generated, OutputImage, OutputOptions
-from kleinserve.request import GenerationRequest
-from kleinserve.served_models import ServedModel
-from kleinserve.service import ImageService
+from kleinserve.request import GenerationRequest, OutputOptions
+from kleinserve.service.facade import ImageService
+from kleinserve.service.outputs import Generated, OutputImage
+from kleinserve.service.served_models import ServedModel
 
 ENDPOINT_PREFIX = "fal-ai/flux-2/klein/"
 PRESETS = {

@@ -27,10 +27,10 @@ from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.errors import InvalidRequest
-from kleinserve.jobs import Job, JobStatus
-from kleinserve.outputs import Generated
+from kleinserve.jobs.records import Job, JobStatus
 from kleinserve.request import ENGINE_STAGES
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
+from kleinserve.service.outputs import Generated
 
 REQUEST_ID_HEADER = "x-fal-request-id"
 STREAM_POLL_S = 0.1

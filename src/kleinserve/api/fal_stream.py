@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from kleinserve.api.errors import ApiError, from_service_error
 from kleinserve.errors import KleinserveError
 from kleinserve.imaging import CONTENT_TYPES, data_uri, encode_image
-from kleinserve.outputs import Generated
+from kleinserve.service.outputs import Generated
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # for any event stream: no buffering
 KEEP_ALIVE_S = 15.0  # an SSE comment while a streamed job waits, so idle proxies keep the connection

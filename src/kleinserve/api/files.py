@@ -10,8 +10,8 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.errors import ApiError
 from kleinserve.imaging import CONTENT_TYPES
-from kleinserve.service import ImageService
-from kleinserve.storage import CACHE_FOREVER, FILES_ROUTE
+from kleinserve.service.facade import ImageService
+from kleinserve.storage.store import CACHE_FOREVER, FILES_ROUTE
 
 
 def router(service: ImageService) -> APIRouter:

@@ -25,10 +25,10 @@ from kleinserve.api.dialect_response import (
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
 from kleinserve.imaging import FORMAT_NAMES
-from kleinserve.outputs import Generated, OutputOptions
-from kleinserve.request import GenerationRequest, parse_size
-from kleinserve.served_models import ServedModel
-from kleinserve.service import ImageService
+from kleinserve.request import GenerationRequest, OutputOptions, parse_size
+from kleinserve.service.facade import ImageService
+from kleinserve.service.outputs import Generated
+from kleinserve.service.served_models import ServedModel
 
 RESPONSE_FORMATS = ("url", "b64_json")
 QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")

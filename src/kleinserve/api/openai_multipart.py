@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from kleinserve.api.errors import ApiError, invalid
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
 
 MAX_FILES = 16
 MAX_FIELDS = 64

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from kleinserve.metrics import Metrics
-from kleinserve.stats import RequestStats
+from kleinserve.service.stats import RequestStats
 
 
 class RequestMetricsMiddleware:

@@ -11,10 +11,10 @@ from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError
 from kleinserve.errors import ModelNotReady
-from kleinserve.jobs import Job, JobStatus
+from kleinserve.jobs.records import Job, JobStatus
 from kleinserve.metrics import METRICS_CONTENT_TYPE
-from kleinserve.served_models import DEMO_LABEL
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
+from kleinserve.service.served_models import DEMO_LABEL
 
 
 def router(service: ImageService) -> APIRouter:

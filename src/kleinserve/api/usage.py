@@ -36,7 +36,7 @@ from kleinserve.api.access import is_admin, owner_of
 from kleinserve.api.errors import ApiError
 from kleinserve.errors import ModelNotServed
 from kleinserve.models import registered_model
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
 
 FINGERPRINT = re.compile(r"key-[0-9a-f]{16}")
 TIME_FORMS = "YYYY-MM-DD, an ISO 8601 datetime or unix seconds"

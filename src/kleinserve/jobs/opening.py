@@ -7,15 +7,15 @@ PostgreSQL store is imported only then: its driver comes with the `scale` extra.
 
 from __future__ import annotations
 
-from kleinserve.jobs import JobStore
+from kleinserve.jobs.records import JobStore
 from kleinserve.settings import Settings
 
 
 def open_job_store(settings: Settings) -> JobStore:
     if settings.database_url:
-        from kleinserve.postgres_jobs import PostgresJobStore
+        from kleinserve.jobs.postgres.store import PostgresJobStore
 
         return PostgresJobStore(settings.database_url)
-    from kleinserve.sqlite_jobs import SQLiteJobStore
+    from kleinserve.jobs.sqlite.store import SQLiteJobStore
 
     return SQLiteJobStore(settings.database_path)

@@ -21,21 +21,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kleinserve.batcher import Work
 from kleinserve.errors import GenerationFailed, JobCancelled, StorageFull, is_disk_full
-from kleinserve.job_watch import ProgressRecorder
-from kleinserve.jobs import Job, JobStatus, JobStore, UsageEntry
+from kleinserve.jobs.batcher import Work
+from kleinserve.jobs.records import Job, JobStatus, JobStore, UsageEntry
 from kleinserve.metrics import Metrics
-from kleinserve.outputs import Generated, OutputOptions, Outputs, result_record
 from kleinserve.pricing import Prices
-from kleinserve.request import GenerationRequest, GenerationResult
+from kleinserve.request import GenerationRequest, GenerationResult, OutputOptions
+from kleinserve.service.outputs import Generated, Outputs, result_record
+from kleinserve.service.stats import RequestStats
+from kleinserve.service.watch import ProgressRecorder
+from kleinserve.service.webhook_queue import WebhookQueue
 from kleinserve.settings import Settings
-from kleinserve.stats import RequestStats
 from kleinserve.usage import request_usage
-from kleinserve.webhook_queue import WebhookQueue
 
 if TYPE_CHECKING:
-    from kleinserve.safety import SafetyChecker
+    from kleinserve.service.safety import SafetyChecker
 
 EndListener = Callable[[str], Awaitable[None]]
 # (step, total steps, previews): called on the event loop after each denoising step of a watched job, with
@@ -94,7 +94,7 @@ class JobCompletion:
 
     async def load_safety_checker(self, settings: Settings) -> None:
         """Loaded before the server accepts requests; a failure stops the start-up."""
-        from kleinserve.safety import load_safety_checker
+        from kleinserve.service.safety import load_safety_checker
 
         loop = asyncio.get_running_loop()
         self.safety = await loop.run_in_executor(self.safety_thread, load_safety_checker, settings)

@@ -27,11 +27,12 @@ import signal
 import socket
 import time
 
-from kleinserve.jobs import JobStore, WorkerRecord
+from kleinserve.jobs.records import JobStore, WorkerRecord
 from kleinserve.metrics import Metrics
-from kleinserve.service import ImageService
+from kleinserve.service.facade import ImageService
 from kleinserve.settings import Settings
-from kleinserve.storage import Store, open_store
+from kleinserve.storage.opening import open_store
+from kleinserve.storage.store import Store
 
 log = logging.getLogger("kleinserve")
 
@@ -52,7 +53,7 @@ class Worker:
 
     async def start(self) -> None:
         """Open the stores, start loading the models (in the background) and heartbeating."""
-        from kleinserve.job_store import open_job_store
+        from kleinserve.jobs.opening import open_job_store
 
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)

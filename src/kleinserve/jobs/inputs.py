@@ -14,8 +14,7 @@ import struct
 
 from PIL import Image
 
-from kleinserve.outputs import OutputOptions
-from kleinserve.request import GenerationRequest
+from kleinserve.request import GenerationRequest, OutputOptions
 
 _HEADER_LENGTH = struct.Struct(">I")
 

@@ -23,8 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kleinserve.errors import KleinserveError
-from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
-from kleinserve.jobs import (
+from kleinserve.jobs.records import (
     INTERRUPTED,
     JOB_COLUMNS,
     Claim,
@@ -35,8 +34,9 @@ from kleinserve.jobs import (
     gave_up,
     job_from_row,
 )
-from kleinserve.sqlite_schema import create_schema
-from kleinserve.sqlite_side_tables import SQLiteSideTables
+from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
+from kleinserve.jobs.sqlite.schema import create_schema
+from kleinserve.jobs.sqlite.side_tables import SQLiteSideTables
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _UNFINISHED = (QUEUED, RUNNING)

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from kleinserve.errors import GenerationStopped
-from kleinserve.job_inputs import unpack_inputs
-from kleinserve.jobs import Job, JobStore
+from kleinserve.jobs.inputs import unpack_inputs
+from kleinserve.jobs.records import Job, JobStore
 from kleinserve.models import ModelSpec
-from kleinserve.outputs import OutputOptions
-from kleinserve.request import GenerationRequest, GenerationResult
+from kleinserve.request import GenerationRequest, GenerationResult, OutputOptions
 
 if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not when the API is imported
     from kleinserve.engine.engine import StepProgress

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from kleinserve.jobs import JobStore, RequestSample
+from kleinserve.jobs.records import JobStore, RequestSample
 from kleinserve.metrics import Metrics
 
 log = logging.getLogger("kleinserve")

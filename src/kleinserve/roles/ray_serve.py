@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from ray import serve
 from ray.serve.config import AutoscalingConfig, AutoscalingPolicy, HTTPOptions
 
-from kleinserve.engine_autoscaling import QUEUED, RUNNING, QueueDepthPolicy
-from kleinserve.served_models import served_specs
+from kleinserve.roles.autoscaling import QUEUED, RUNNING, QueueDepthPolicy
+from kleinserve.service.served_models import served_specs
 from kleinserve.settings import Settings
 
 log = logging.getLogger("kleinserve")
@@ -72,7 +72,7 @@ class EngineReplica:
     to load fails the replica, which Serve then starts again."""
 
     async def __init__(self, settings: Settings):
-        from kleinserve.worker import Worker
+        from kleinserve.roles.worker import Worker
 
         self.grace_s = settings.shutdown_grace_s
         self.worker = Worker(settings)

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 
 from kleinserve.errors import GenerationFailed
-from kleinserve.jobs import JobStore
-from kleinserve.outputs import stored_folders
-from kleinserve.storage import Store
+from kleinserve.jobs.records import JobStore
+from kleinserve.service.outputs import stored_folders
+from kleinserve.storage.store import Store
 
 log = logging.getLogger("kleinserve")
 

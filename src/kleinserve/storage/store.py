@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from kleinserve.errors import InvalidRequest
-
 # Formats, content types and extensions: imaging's one table (outputs.py imports CONTENT_TYPES from here).
 from kleinserve.imaging import CONTENT_TYPES, FORMAT_NAMES, OUTPUT_FORMATS
 
@@ -108,18 +106,3 @@ class LocalStore:
         if not is_valid_key(key):
             raise ValueError(f"not a storage key: {key!r}")
         return self.root / key
-
-
-def open_store(store: str, files_dir: Path, presign_expiry_s: int, public_url: str | None) -> Store:
-    """The store `--store` names: "local" (files under files_dir) or s3://BUCKET/PREFIX, checked reachable."""
-    if store == "local":
-        if public_url:
-            raise InvalidRequest(
-                "--store-public-url",
-                "applies to an S3 store (--store s3://BUCKET/PREFIX); local files are served by this server, "
-                "whose public address is --public-base-url",
-            )
-        return LocalStore(files_dir)
-    from kleinserve.s3_storage import open_s3_store
-
-    return open_s3_store(store, presign_expiry_s, public_url)

@@ -20,7 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from kleinserve.batch_policy import batch_key
-from kleinserve.batcher import Batcher
 from kleinserve.errors import (
     BatcherFailed,
     JobCancelled,
@@ -31,9 +30,14 @@ from kleinserve.errors import (
     StorageFull,
     is_disk_full,
 )
-from kleinserve.housekeeping import Housekeeping
 from kleinserve.imaging import DECODE_SLOTS, decode_image
-from kleinserve.job_completion import (
+from kleinserve.jobs.batcher import Batcher
+from kleinserve.jobs.inputs import pack_inputs
+from kleinserve.jobs.records import Job, JobStatus, JobStore, new_job_id
+from kleinserve.metrics import Metrics
+from kleinserve.pricing import Prices
+from kleinserve.request import GenerationRequest, OutputOptions
+from kleinserve.service.completion import (
     DISK_FULL,
     BatchEvents,
     EndListener,
@@ -42,24 +46,20 @@ from kleinserve.job_completion import (
     Waiter,
     failure,
 )
-from kleinserve.job_inputs import pack_inputs
-from kleinserve.job_watch import follow, outcome_of
-from kleinserve.jobs import Job, JobStatus, JobStore, new_job_id
-from kleinserve.metrics import Metrics
-from kleinserve.outbound import Outbound
-from kleinserve.outputs import Generated, OutputOptions, Outputs
-from kleinserve.pricing import Prices
-from kleinserve.request import GenerationRequest
-from kleinserve.served_models import DEMO_LABEL, ServedModel, served_specs
+from kleinserve.service.housekeeping import Housekeeping
+from kleinserve.service.outbound import Outbound
+from kleinserve.service.outputs import Generated, Outputs
+from kleinserve.service.served_models import DEMO_LABEL, ServedModel, served_specs
+from kleinserve.service.stats import RequestStats
+from kleinserve.service.watch import follow, outcome_of
+from kleinserve.service.webhook_queue import WebhookQueue
+from kleinserve.service.webhooks import WebhookSender
+from kleinserve.service.worker_models import WorkerModels
 from kleinserve.settings import Settings
-from kleinserve.stats import RequestStats
-from kleinserve.storage import LocalFile, Store
-from kleinserve.webhook_queue import WebhookQueue
-from kleinserve.webhooks import WebhookSender
-from kleinserve.worker_models import WorkerModels
+from kleinserve.storage.store import LocalFile, Store
 
 if TYPE_CHECKING:
-    from kleinserve.safety import SafetyChecker
+    from kleinserve.service.safety import SafetyChecker
 
 log = logging.getLogger("kleinserve")
 
@@ -250,7 +250,7 @@ class ImageService:
                     await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _load_models(self) -> None:
-        from kleinserve.engine_startup import load_engine  # torch is imported here, off the event loop
+        from kleinserve.service.engine_startup import load_engine  # torch is imported here, off the event loop
 
         loop = asyncio.get_running_loop()
         for served in self.models:

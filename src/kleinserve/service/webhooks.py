@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from kleinserve.errors import InvalidRequest
-from kleinserve.outbound import Outbound
+from kleinserve.service.outbound import Outbound
 
 log = logging.getLogger("kleinserve")
 

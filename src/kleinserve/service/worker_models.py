@@ -19,9 +19,9 @@ import math
 import time
 
 from kleinserve.errors import ModelNotReady, ModelNotServed, UnknownModel
-from kleinserve.jobs import JobStore, WorkerRecord
+from kleinserve.jobs.records import JobStore, WorkerRecord
 from kleinserve.models import resolve_model
-from kleinserve.served_models import ServedModel
+from kleinserve.service.served_models import ServedModel
 
 log = logging.getLogger("kleinserve")
 

@@ -26,8 +26,9 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from kleinserve.errors import KleinserveError
-from kleinserve.job_signals import CHANGED, CLAIMABLE, Signals
-from kleinserve.jobs import (
+from kleinserve.jobs.postgres.schema import create_schema
+from kleinserve.jobs.postgres.side_tables import PostgresSideTables
+from kleinserve.jobs.records import (
     INTERRUPTED,
     JOB_COLUMNS,
     Claim,
@@ -38,8 +39,7 @@ from kleinserve.jobs import (
     gave_up,
     job_from_row,
 )
-from kleinserve.postgres_schema import create_schema
-from kleinserve.postgres_side_tables import PostgresSideTables
+from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 _CHANNELS = {"kleinserve_claimable": CLAIMABLE, "kleinserve_changed": CHANGED}

@@ -17,18 +17,10 @@ import numpy as np
 
 from kleinserve.errors import ResultGone
 from kleinserve.imaging import encode_image
-from kleinserve.jobs import Job, JobStore
-from kleinserve.request import GenerationRequest
-from kleinserve.storage import CONTENT_TYPES, Store, folder_of, image_key, new_folder
+from kleinserve.jobs.records import Job, JobStore
+from kleinserve.request import GenerationRequest, OutputOptions
+from kleinserve.storage.store import CONTENT_TYPES, Store, folder_of, image_key, new_folder
 from kleinserve.usage import Usage
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    format: str = "png"  # png | jpeg | webp
-    quality: int | None = None  # jpeg/webp quality 0..100; None: 90
-    store: bool = True  # False: images only come back inline; nothing is written
-    safety_check: bool = False  # run the safety checker on each image
 
 
 @dataclass(frozen=True)

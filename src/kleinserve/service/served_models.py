@@ -11,7 +11,7 @@ from kleinserve.models import ModelSpec, resolve_model, with_local_path
 from kleinserve.settings import Settings
 
 if TYPE_CHECKING:
-    from kleinserve.batcher import Batcher
+    from kleinserve.jobs.batcher import Batcher
 
 DEMO_MODEL_ID = "flux.2-klein-4b"
 DEMO_LABEL = "DEMO: tiny random-weight test model; its images are noise, not FLUX.2 [klein]"
