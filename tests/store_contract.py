@@ -10,15 +10,8 @@ import time
 
 import pytest
 
-from kleinserve.jobs.records import (
-    INTERRUPTED,
-    Job,
-    JobStatus,
-    RequestSample,
-    UsageEntry,
-    WorkerRecord,
-    new_job_id,
-)
+from kleinserve.job import Job, JobStatus, RequestSample, UsageEntry, WorkerRecord, new_job_id
+from kleinserve.jobs.records import INTERRUPTED
 
 MODEL = "flux.2-klein-4b"
 LEASE_S = 30.0

@@ -12,9 +12,9 @@ import pytest
 
 from kleinserve.engine.engine import StepProgress
 from kleinserve.errors import GenerationStopped, JobCancelled
+from kleinserve.job import Job, JobStatus
 from kleinserve.jobs.batcher import Batcher
 from kleinserve.jobs.inputs import pack_inputs
-from kleinserve.jobs.records import Job, JobStatus
 from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.request import GenerationRequest, GenerationResult, OutputOptions
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from kleinserve.errors import GenerationFailed, StorageFull
-from kleinserve.jobs.records import JobStatus
+from kleinserve.job import JobStatus
 from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from kleinserve.jobs.records import Job, RequestSample, new_job_id
+from kleinserve.job import Job, RequestSample, new_job_id
 from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant

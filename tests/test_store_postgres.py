@@ -8,9 +8,9 @@ import time
 import psycopg
 import pytest
 
+from kleinserve.job import JobStatus
 from kleinserve.jobs.postgres.schema import NewerSchema
 from kleinserve.jobs.postgres.store import DatabaseUnavailable, PostgresJobStore
-from kleinserve.jobs.records import JobStatus
 from postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
 from store_contract import *  # noqa: F403 (the contract's tests run here)
 from store_contract import MODEL, add, claim, queued_job, run

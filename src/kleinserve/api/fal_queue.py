@@ -27,7 +27,7 @@ from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.errors import InvalidRequest
-from kleinserve.jobs.records import Job, JobStatus
+from kleinserve.job import Job, JobStatus
 from kleinserve.request import ENGINE_STAGES
 from kleinserve.service.facade import ImageService
 from kleinserve.service.outputs import Generated

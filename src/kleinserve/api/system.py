@@ -11,7 +11,7 @@ from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError
 from kleinserve.errors import ModelNotReady
-from kleinserve.jobs.records import Job, JobStatus
+from kleinserve.job import Job, JobStatus
 from kleinserve.metrics import METRICS_CONTENT_TYPE
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import DEMO_LABEL

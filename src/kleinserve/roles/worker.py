@@ -27,7 +27,8 @@ import signal
 import socket
 import time
 
-from kleinserve.jobs.records import JobStore, WorkerRecord
+from kleinserve.job import WorkerRecord
+from kleinserve.jobs.records import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.service.facade import ImageService
 from kleinserve.settings import Settings

@@ -31,9 +31,10 @@ from kleinserve.errors import (
     is_disk_full,
 )
 from kleinserve.imaging import DECODE_SLOTS, decode_image
+from kleinserve.job import Job, JobStatus, new_job_id
 from kleinserve.jobs.batcher import Batcher
 from kleinserve.jobs.inputs import pack_inputs
-from kleinserve.jobs.records import Job, JobStatus, JobStore, new_job_id
+from kleinserve.jobs.records import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.pricing import Prices
 from kleinserve.request import GenerationRequest, OutputOptions

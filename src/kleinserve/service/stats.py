@@ -18,7 +18,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from kleinserve.jobs.records import JobStore, RequestSample
+from kleinserve.job import RequestSample
+from kleinserve.jobs.records import JobStore
 from kleinserve.metrics import Metrics
 
 log = logging.getLogger("kleinserve")

@@ -19,7 +19,8 @@ import math
 import time
 
 from kleinserve.errors import ModelNotReady, ModelNotServed, UnknownModel
-from kleinserve.jobs.records import JobStore, WorkerRecord
+from kleinserve.job import WorkerRecord
+from kleinserve.jobs.records import JobStore
 from kleinserve.models import resolve_model
 from kleinserve.service.served_models import ServedModel
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 
-from kleinserve.jobs.records import JobStatus, RequestSample, WorkerRecord
+from kleinserve.job import JobStatus, RequestSample, WorkerRecord
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
 

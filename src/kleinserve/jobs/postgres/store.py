@@ -26,19 +26,10 @@ from functools import partial
 from urllib.parse import urlsplit
 
 from kleinserve.errors import KleinserveError
+from kleinserve.job import Job, JobStatus, Progress, UsageEntry
 from kleinserve.jobs.postgres.schema import create_schema
 from kleinserve.jobs.postgres.side_tables import PostgresSideTables
-from kleinserve.jobs.records import (
-    INTERRUPTED,
-    JOB_COLUMNS,
-    Claim,
-    Job,
-    JobStatus,
-    Progress,
-    UsageEntry,
-    gave_up,
-    job_from_row,
-)
+from kleinserve.jobs.records import INTERRUPTED, JOB_COLUMNS, Claim, gave_up, job_from_row
 from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value
@@ -478,4 +469,3 @@ def _safe(url: str) -> str:
 
 def _dump(value: dict | None) -> str | None:
     return None if value is None else json.dumps(value)
-

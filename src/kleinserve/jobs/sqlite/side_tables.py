@@ -9,7 +9,7 @@ import json
 import sqlite3
 import time
 
-from kleinserve.jobs.records import JobStatus, RequestSample, WorkerRecord
+from kleinserve.job import JobStatus, RequestSample, WorkerRecord
 
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 

@@ -23,17 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kleinserve.errors import KleinserveError
-from kleinserve.jobs.records import (
-    INTERRUPTED,
-    JOB_COLUMNS,
-    Claim,
-    Job,
-    JobStatus,
-    Progress,
-    UsageEntry,
-    gave_up,
-    job_from_row,
-)
+from kleinserve.job import Job, JobStatus, Progress, UsageEntry
+from kleinserve.jobs.records import INTERRUPTED, JOB_COLUMNS, Claim, gave_up, job_from_row
 from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
 from kleinserve.jobs.sqlite.schema import create_schema
 from kleinserve.jobs.sqlite.side_tables import SQLiteSideTables
@@ -444,4 +435,3 @@ def _unpack(data: bytes) -> list[bytes]:
 
 def _dump(value: dict | None) -> str | None:
     return None if value is None else json.dumps(value)
-
