@@ -10,16 +10,16 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from kleinserve.api.fal_proxy import FalProxyMiddleware
 
 from kleinserve import __version__
 from kleinserve.api import console, fal, files, openai, system, usage
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
-from kleinserve.api.fal_proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
+from kleinserve.jobs.contract import JobStore
 from kleinserve.jobs.opening import open_job_store
-from kleinserve.jobs.records import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import DEMO_LABEL

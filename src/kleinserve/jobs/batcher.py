@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from kleinserve.errors import GenerationStopped
 from kleinserve.job import Job
+from kleinserve.jobs.contract import JobStore
 from kleinserve.jobs.inputs import unpack_inputs
-from kleinserve.jobs.records import JobStore
 from kleinserve.models import ModelSpec
 from kleinserve.request import GenerationRequest, GenerationResult, OutputOptions
 

@@ -7,7 +7,7 @@ PostgreSQL store is imported only then: its driver comes with the `scale` extra.
 
 from __future__ import annotations
 
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.settings import Settings
 
 

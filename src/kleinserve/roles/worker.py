@@ -28,7 +28,7 @@ import socket
 import time
 
 from kleinserve.job import WorkerRecord
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.service.facade import ImageService
 from kleinserve.settings import Settings

@@ -24,7 +24,7 @@ import numpy as np
 from kleinserve.errors import GenerationFailed, JobCancelled, StorageFull, is_disk_full
 from kleinserve.job import Job, JobStatus, UsageEntry
 from kleinserve.jobs.batcher import Work
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.pricing import Prices
 from kleinserve.request import GenerationRequest, GenerationResult, OutputOptions

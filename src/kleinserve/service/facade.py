@@ -33,8 +33,8 @@ from kleinserve.errors import (
 from kleinserve.imaging import DECODE_SLOTS, decode_image
 from kleinserve.job import Job, JobStatus, new_job_id
 from kleinserve.jobs.batcher import Batcher
+from kleinserve.jobs.contract import JobStore
 from kleinserve.jobs.inputs import pack_inputs
-from kleinserve.jobs.records import JobStore
 from kleinserve.metrics import Metrics
 from kleinserve.pricing import Prices
 from kleinserve.request import GenerationRequest, OutputOptions

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from kleinserve.errors import GenerationFailed
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.service.outputs import stored_folders
 from kleinserve.storage.store import Store
 

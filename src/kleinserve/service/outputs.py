@@ -18,7 +18,7 @@ import numpy as np
 from kleinserve.errors import ResultGone
 from kleinserve.imaging import encode_image
 from kleinserve.job import Job
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.storage.store import CONTENT_TYPES, Store, folder_of, image_key, new_folder
 from kleinserve.usage import Usage

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from kleinserve.job import RequestSample
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.metrics import Metrics
 
 log = logging.getLogger("kleinserve")

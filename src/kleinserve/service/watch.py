@@ -21,7 +21,7 @@ from PIL import Image
 from kleinserve.errors import GenerationFailed, JobCancelled, ShuttingDown, StorageFull
 from kleinserve.imaging import encode_image
 from kleinserve.job import Job, JobStatus
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.service.outputs import Generated, Outputs
 
 log = logging.getLogger("kleinserve")

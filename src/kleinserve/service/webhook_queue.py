@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 
 log = logging.getLogger("kleinserve")
 

@@ -20,7 +20,7 @@ import time
 
 from kleinserve.errors import ModelNotReady, ModelNotServed, UnknownModel
 from kleinserve.job import WorkerRecord
-from kleinserve.jobs.records import JobStore
+from kleinserve.jobs.contract import JobStore
 from kleinserve.models import resolve_model
 from kleinserve.service.served_models import ServedModel
 

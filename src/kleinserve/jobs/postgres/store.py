@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 from kleinserve.errors import KleinserveError
 from kleinserve.job import Job, JobStatus, Progress, UsageEntry
+from kleinserve.jobs.contract import Claim
 from kleinserve.jobs.postgres.schema import create_schema
 from kleinserve.jobs.postgres.side_tables import PostgresSideTables
-from kleinserve.jobs.records import INTERRUPTED, JOB_COLUMNS, Claim, gave_up, job_from_row
+from kleinserve.jobs.records import INTERRUPTED, JOB_COLUMNS, gave_up, job_from_row
 from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
 
 QUEUED, RUNNING = JobStatus.QUEUED.value, JobStatus.RUNNING.value

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from kleinserve.errors import KleinserveError
 from kleinserve.job import Job, JobStatus, Progress, UsageEntry
-from kleinserve.jobs.records import INTERRUPTED, JOB_COLUMNS, Claim, gave_up, job_from_row
+from kleinserve.jobs.contract import Claim
+from kleinserve.jobs.records import INTERRUPTED, JOB_COLUMNS, gave_up, job_from_row
 from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
 from kleinserve.jobs.sqlite.schema import create_schema
 from kleinserve.jobs.sqlite.side_tables import SQLiteSideTables
