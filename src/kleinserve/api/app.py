@@ -10,12 +10,12 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from kleinserve.api.fal_proxy import FalProxyMiddleware
 
 from kleinserve import __version__
 from kleinserve.api import console, fal, files, openai, system, usage
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
+from kleinserve.api.fal.proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
 from kleinserve.jobs.contract import JobStore

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from kleinserve.api.errors import ApiError
-from kleinserve.api.fal import DEFAULT_PRESET, ENDPOINT_PREFIX, PRESETS
+from kleinserve.api.fal.routes import DEFAULT_PRESET, ENDPOINT_PREFIX, PRESETS
 from kleinserve.imaging import OUTPUT_FORMATS
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel

@@ -10,8 +10,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from kleinserve.api import openai_multipart, request_ids
 from kleinserve.api import openapi_docs as docs
+from kleinserve.api import request_ids
 from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.dialect_request import COMMON_FIELDS, to_request
@@ -24,6 +24,7 @@ from kleinserve.api.dialect_response import (
 )
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.json_body import json_object
+from kleinserve.api.openai import multipart as openai_multipart
 from kleinserve.imaging import FORMAT_NAMES
 from kleinserve.request import GenerationRequest, OutputOptions, parse_size
 from kleinserve.service.facade import ImageService

@@ -20,14 +20,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from kleinserve.api import fal_queue, fal_stream
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.dialect_request import COMMON_FIELDS, to_request
 from kleinserve.api.dialect_response import generation_headers, image_url, rounded_timings
 from kleinserve.api.errors import ApiError, invalid
-from kleinserve.api.fal_queue import REQUEST_ID_HEADER, inference_time
+from kleinserve.api.fal import queue as fal_queue
+from kleinserve.api.fal import stream as fal_stream
+from kleinserve.api.fal.queue import REQUEST_ID_HEADER, inference_time
 from kleinserve.api.json_body import json_object
 from kleinserve.errors import ModelNotServed, UnknownModel
 from kleinserve.imaging import OUTPUT_FORMATS, extension_of

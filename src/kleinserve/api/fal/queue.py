@@ -22,10 +22,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from httpx import URL, InvalidURL
 
-from kleinserve.api import fal_stream
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError, invalid
+from kleinserve.api.fal import stream as fal_stream
 from kleinserve.errors import InvalidRequest
 from kleinserve.job import Job, JobStatus
 from kleinserve.request import ENGINE_STAGES
