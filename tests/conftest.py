@@ -1,28 +1,25 @@
 """Shared fixtures: one tiny checkpoint per variant, built once per session in the real on-disk layout.
 
-Every test gets one level of the test pyramid as a marker, from what its code uses (see
-pytest_collection_modifyitems below): `live` starts a real server or runs the CLI as a subprocess, `engine`
-loads the tiny model in this process, `unit` does neither. A test marked by hand keeps its own marker.
-The fast subset: `pytest -m unit`."""
+Every test gets its level of the test pyramid as a marker from the folder it is in: tests/unit (in-process,
+no model weights, no server), tests/engine (loads or builds the tiny model in this process), tests/live
+(starts a real kleinserve process, the CLI as a subprocess, PostgreSQL, an S3 server or Ray). Helpers the
+tests share are in tests/support. The fast subset: `pytest -m unit` (or `pytest tests/unit`)."""
 
-import functools
-import inspect
 import os
-import re
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from kleinserve.engine import Engine
 from kleinserve.models import Variant, resolve_model
 from kleinserve.service.safety import write_tiny_classifier
 from kleinserve.tiny import write_tiny_checkpoint
+
+from support.live_server import LiveServer, self_signed_certificate
+from support.local_hosts import ImageHost, WebhookReceiver
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,21 +53,8 @@ def spec(engine):
     return engine.spec
 
 
-def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A smooth random RGB picture (noise alone would be an unfair test of resizing)."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
-
-
-def cpu_generator(seed: int) -> torch.Generator:
-    return torch.Generator("cpu").manual_seed(seed)
-
-
 @pytest.fixture(scope="session")
 def image_host():
-    from local_hosts import ImageHost
-
     host = ImageHost()
     yield host
     host.close()
@@ -78,8 +62,6 @@ def image_host():
 
 @pytest.fixture(scope="session")
 def webhooks():
-    from local_hosts import WebhookReceiver
-
     receiver = WebhookReceiver()
     yield receiver
     receiver.close()
@@ -88,8 +70,6 @@ def webhooks():
 @pytest.fixture(scope="session")
 def fal_server(checkpoints, tmp_path_factory):
     """One TLS server for the fal tests: 4B and Base 4B; image_urls and webhooks may reach 127.0.0.1."""
-    from live_server import LiveServer, self_signed_certificate
-
     directory = tmp_path_factory.mktemp("fal-server")
     cert, key = self_signed_certificate(directory)
     server = LiveServer(
@@ -125,55 +105,15 @@ def fal(fal_server):
 
 # The test pyramid ---------------------------------------------------------------------------------------
 
-LEVELS = ("unit", "engine", "live")
-# In the code a test runs (its own, its fixtures', and the tests/ helpers they call, by name):
-LIVE_CODE = re.compile(r'\bLiveServer\(|"-m",\s*"kleinserve"')  # a server, or the CLI, in a subprocess
-ENGINE_CODE = re.compile(
-    r"\b(Engine\.load|write_tiny_checkpoint|full_size\.build|bench_engine\.main)\(|\"tiny-checkpoint\""
-)
-ENGINE_FIXTURES = {"checkpoints", "engines", "engine", "spec"}  # each builds or loads the tiny model
+TIERS = ("unit", "engine", "live")
 TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if not any(item.get_closest_marker(level) for level in LEVELS):
-            item.add_marker(pyramid_level(item))
-
-
-def pyramid_level(item) -> str:
-    functions = [getattr(item, "function", None)]
-    for name in item.fixturenames:
-        functions += [definition.func for definition in item._fixtureinfo.name2fixturedefs.get(name, ())]
-    code = "\n".join(_code_reached(function) for function in functions if function is not None)
-    if LIVE_CODE.search(code):
-        return "live"
-    if ENGINE_FIXTURES & set(item.fixturenames) or ENGINE_CODE.search(code):
-        return "engine"
-    return "unit"
-
-
-@functools.cache
-def _code_reached(function) -> str:
-    """The source of a function defined under tests/, and of the tests/ functions it names (transitively)."""
-    seen, pending, sources = set(), [inspect.unwrap(function)], []
-    while pending:
-        current = pending.pop()
-        if current in seen or not _in_tests(current):
-            continue
-        seen.add(current)
-        source = inspect.getsource(current)
-        sources.append(source)
-        namespace = current.__globals__
-        for name in set(re.findall(r"[A-Za-z_]\w*", source)):
-            named = namespace.get(name)
-            if inspect.isfunction(named):
-                pending.append(named)
-    return "\n".join(sources)
-
-
-def _in_tests(function) -> bool:
-    try:
-        return TESTS in Path(inspect.getsourcefile(function)).resolve().parents
-    except (TypeError, OSError):
-        return False
+        folder = item.path.resolve().relative_to(TESTS).parts[0]
+        if folder not in TIERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: each test belongs in one of tests/unit, tests/engine, tests/live"
+            )
+        item.add_marker(folder)

@@ -1,0 +1,129 @@
+"""The durable queue: accepted fal queue jobs survive kill -9 of the server and run again after a restart."""
+
+import base64
+import io
+import signal
+import time
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from kleinserve.models import Variant
+from kleinserve.storage.store import PARTIAL_PREFIX
+
+from support.images import random_image
+from support.live_server import LiveServer
+
+ENDPOINT = "fal-ai/flux-2/klein/4b"
+
+
+def data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+REQUESTS = [  # (endpoint, body): one long job that will be running, an edit and two small ones behind it
+    (ENDPOINT, {"prompt": "a long one", "image_size": {"width": 1024, "height": 1024},
+                "num_inference_steps": 8, "seed": 11}),
+    (f"{ENDPOINT}/edit", {"prompt": "an edit", "image_size": {"width": 128, "height": 128}, "seed": 12,
+                          "image_urls": [data_uri(random_image(200, 150, 1)),
+                                         data_uri(random_image(96, 96, 2))]}),
+    (ENDPOINT, {"prompt": "small one", "image_size": {"width": 64, "height": 64}, "seed": 13,
+                "num_images": 2}),
+    (ENDPOINT, {"prompt": "small two", "image_size": {"width": 128, "height": 64}, "seed": 14}),
+]  # fmt: skip
+
+
+def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_path, webhooks):
+    flags = ["--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}", "--no-warmup",
+             "--max-batch-images", "1", "--batch-wait-ms", "0",
+             "--allow-private-network", "127.0.0.1/32"]  # fmt: skip
+    server = LiveServer(tmp_path, *flags).start()
+    try:
+        hook = f"{webhooks.url}/after-crash"  # the long job reports to a webhook, from its record
+        ids = [
+            submit(server, endpoint, body, hook if i == 0 else None)
+            for i, (endpoint, body) in enumerate(REQUESTS)
+        ]
+        wait_until(lambda: status(server, ids[0])["status"] == "IN_PROGRESS")
+        before = [status(server, job_id)["status"] for job_id in ids]
+    finally:
+        server.stop(hard=True)  # SIGKILL: no chance to clean up
+    assert before[0] == "IN_PROGRESS" and "IN_QUEUE" in before[1:]
+
+    server.start()
+    try:
+        wait_until(lambda: all(status(server, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
+        jobs = [httpx.get(f"{server.url}/v1/jobs/{job_id}").json() for job_id in ids]
+        assert [job["status"] for job in jobs] == ["succeeded"] * 4, [job.get("error") for job in jobs]
+        messages = [entry["message"] for entry in jobs[0]["logs"]]
+        assert any("attempt 1 of 3 was interrupted" in m for m in messages), messages
+        assert any("(attempt 2)" in m for m in messages), messages
+        outputs = [result(server, job_id) for job_id in ids]
+        (delivery,) = webhooks.deliveries("after-crash", at_least=1)
+        assert delivery["request_id"] == ids[0] and delivery["status"] == "OK"
+        assert delivery["payload"] == outputs[0]
+        recovered = [images_of(server, output) for output in outputs]
+        uninterrupted = [images_of(server, run_sync(server, endpoint, body)) for endpoint, body in REQUESTS]
+    finally:
+        server.stop()
+    for after_crash, reference in zip(recovered, uninterrupted, strict=True):
+        assert len(after_crash) == len(reference)
+        for a, b in zip(after_crash, reference, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.rglob(f"{PARTIAL_PREFIX}*"))  # no half-written files remain
+
+
+def test_a_graceful_stop_keeps_queue_jobs_for_the_next_start(checkpoints, tmp_path):
+    flags = ["--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}", "--no-warmup",
+             "--max-batch-images", "1", "--batch-wait-ms", "0", "--shutdown-grace-s", "0"]  # fmt: skip
+    server = LiveServer(tmp_path, *flags).start()
+    ids = [submit(server, endpoint, body) for endpoint, body in REQUESTS[:3]]
+    wait_until(lambda: status(server, ids[0])["status"] == "IN_PROGRESS")
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=60)
+    server.start()
+    try:
+        wait_until(lambda: all(status(server, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
+        jobs = [httpx.get(f"{server.url}/v1/jobs/{job_id}").json() for job_id in ids]
+        assert [job["status"] for job in jobs] == ["succeeded"] * 3
+        released = [entry["message"] for entry in jobs[0]["logs"]]
+        assert any("server stopped before this job finished; queued again" in m for m in released), released
+    finally:
+        server.stop()
+
+
+def submit(server: LiveServer, endpoint: str, body: dict, webhook: str | None = None) -> str:
+    params = {"fal_webhook": webhook} if webhook else {}
+    answer = httpx.post(f"{server.url}/queue/{endpoint}", json=body, params=params, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["request_id"]
+
+
+def status(server: LiveServer, job_id: str) -> dict:
+    return httpx.get(f"{server.url}/queue/{ENDPOINT}/requests/{job_id}/status", timeout=30).json()
+
+
+def result(server: LiveServer, job_id: str) -> dict:
+    answer = httpx.get(f"{server.url}/queue/{ENDPOINT}/requests/{job_id}", timeout=30)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def run_sync(server: LiveServer, endpoint: str, body: dict) -> dict:
+    answer = httpx.post(f"{server.url}/{endpoint}", json=body, timeout=300)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def images_of(server: LiveServer, output: dict) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(httpx.get(image["url"]).content))) for image in output["images"]]
+
+
+def wait_until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)

@@ -1,0 +1,1 @@
+"""In-process tests: no model weights, no server (the fast subset, `pytest -m unit`)."""
