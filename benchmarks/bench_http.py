@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from live_server import LiveServer  # the tests' server helper: one way to start and wait for a server
+from support.live_server import LiveServer  # the tests' server helper: one way to start and wait for a server
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,9 +4,9 @@ this machine, and the latency one request gains on the PostgreSQL path over the 
     python benchmarks/bench_scale.py --tiny --size 128x128 --clients 8 --requests 48 --single 20 \
         --workers 1 2 2 --threads-per-worker 2 1 2 --output benchmarks/results/scale-cpu.json
 
-It starts everything itself on loopback: a private PostgreSQL cluster (tests/postgres_server.py: needs
-initdb/pg_ctl), the API server and workers (tests/scale_cluster.py) with their images as local files in one
-shared data directory, and `--role all` servers for the single-request comparison:
+It starts everything itself on loopback: a private PostgreSQL cluster (tests/support/postgres_server.py:
+needs initdb/pg_ctl), the API server and workers (tests/support/scale_cluster.py) with their images as local
+files in one shared data directory, and `--role all` servers for the single-request comparison:
 
 - sqlite: `serve --role all`, jobs in SQLite (the default);
 - postgres: `serve --role all --database-url ...`, one process, jobs in PostgreSQL;
@@ -35,10 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_http import environment, prepare_checkpoint, summary  # the HTTP benchmark's helpers
 
-from postgres_server import PostgresServer, find_binaries
-from scale_cluster import Cluster
-
-from live_server import LiveServer
+from support.live_server import LiveServer
+from support.postgres_server import PostgresServer, find_binaries
+from support.scale_cluster import Cluster
 
 MODEL = "flux.2-klein-4b"
 

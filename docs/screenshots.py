@@ -14,9 +14,8 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS.parent / "tests"))
 
-from browser import chromium, open_page  # noqa: E402
-
-from live_server import LiveServer  # noqa: E402
+from support.browser import chromium, open_page  # noqa: E402
+from support.live_server import LiveServer  # noqa: E402
 
 VIEWPORT = {"width": 1360, "height": 1180}
 
