@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from kleinserve.job import JobStatus
-from kleinserve.jobs.postgres.schema import NewerSchema
+from kleinserve.jobs.migrations import NewerSchema
 from kleinserve.jobs.postgres.store import DatabaseUnavailable, PostgresJobStore
 
 from support.postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)

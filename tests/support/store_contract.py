@@ -9,9 +9,9 @@ import asyncio
 import time
 
 import pytest
-from kleinserve.jobs.records import INTERRUPTED
 
 from kleinserve.job import Job, JobStatus, RequestSample, UsageEntry, WorkerRecord, new_job_id
+from kleinserve.jobs.queue_policy import INTERRUPTED
 
 MODEL = "flux.2-klein-4b"
 LEASE_S = 30.0

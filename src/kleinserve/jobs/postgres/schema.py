@@ -1,19 +1,13 @@
-"""The PostgreSQL job store's tables, created at open when missing (postgres_jobs.py uses them).
+"""The PostgreSQL job store's first schema (migration 1, jobs/migrations.py).
 
 Times are epoch seconds in double precision, as in SQLite, so a job's record reads back the same from either
-store; `seq` keeps insertion order where SQLite has its rowid. Version 1 is the first schema; a database made
-by a newer kleinserve is refused rather than misread.
+store; `seq` keeps insertion order where SQLite has its rowid.
 """
 
 from __future__ import annotations
 
-from kleinserve.errors import KleinserveError
-
-SCHEMA_VERSION = 1
-_LOCK = 0x6B6C65696E  # "klein": one process creates the tables at a time (CREATE IF NOT EXISTS can race)
-
-_TABLES = """
-CREATE TABLE IF NOT EXISTS kleinserve_schema (version INTEGER NOT NULL);
+# Migration 1: the tables as the releases before migrations made them (then "schema version 1").
+FIRST_TABLES = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq BIGSERIAL NOT NULL UNIQUE,
     id TEXT PRIMARY KEY,
@@ -97,24 +91,5 @@ CREATE TABLE IF NOT EXISTS webhooks (
     lease_expires_at DOUBLE PRECISION,
     done BOOLEAN NOT NULL DEFAULT FALSE
 );
-CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (job_id) WHERE NOT done;
+CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (job_id) WHERE NOT done
 """
-
-
-class NewerSchema(KleinserveError):
-    """The job database was made by a newer kleinserve."""
-
-
-def create_schema(conn) -> None:
-    """The tables, when missing, and the schema version (on an autocommit psycopg connection)."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
-        conn.execute(_TABLES)
-        row = conn.execute("SELECT max(version) FROM kleinserve_schema").fetchone()
-        if row[0] is None:
-            conn.execute("INSERT INTO kleinserve_schema VALUES (%s)", (SCHEMA_VERSION,))
-        elif row[0] > SCHEMA_VERSION:
-            raise NewerSchema(
-                f"the job database has schema version {row[0]}, made by a newer kleinserve than this one "
-                f"(which knows version {SCHEMA_VERSION}); upgrade kleinserve"
-            )

@@ -1,12 +1,14 @@
-"""The embedded job store's tables, created at open when missing; columns added since the first release
-are added to databases made before them (sqlite_jobs.py and sqlite_side_tables.py use them).
+"""The embedded job store's first schema (migration 1, jobs/migrations.py), and how a database made before
+schema versions existed becomes version 1.
 """
 
 from __future__ import annotations
 
-import sqlite3
+from kleinserve.jobs.database import Database
 
-_SCHEMA = """
+# Migration 1: the tables as the last release without versions made them (the jobs columns after `error`
+# were added to older databases by ALTER TABLE, in this order).
+FIRST_TABLES = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -16,10 +18,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     params TEXT NOT NULL,
     result TEXT,
-    error TEXT
+    error TEXT,
+    owner TEXT,
+    batch_key TEXT NOT NULL DEFAULT '',
+    num_images INTEGER NOT NULL DEFAULT 1,
+    detached INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease TEXT,
+    lease_expires_at REAL,
+    queued_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, created_at);
 CREATE TABLE IF NOT EXISTS job_logs (
     job_id TEXT NOT NULL,
     timestamp REAL NOT NULL,
@@ -76,9 +87,10 @@ CREATE TABLE IF NOT EXISTS webhooks (
     lease_expires_at REAL,
     done INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (done);
+CREATE INDEX IF NOT EXISTS webhooks_pending ON webhooks (done)
 """
-# Columns added after the first release, for databases made before them.
+
+# The jobs columns the releases before versions added to databases made before them, in the order added.
 _COLUMNS_ADDED = {
     "owner": "TEXT",
     "batch_key": "TEXT NOT NULL DEFAULT ''",
@@ -89,13 +101,20 @@ _COLUMNS_ADDED = {
     "lease_expires_at": "REAL",
     "queued_at": "REAL",  # when the store took it: a batch's wait for company counts from here
 }
-_QUEUE_INDEX = "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (model, status, created_at)"
 
 
-def create_schema(db: sqlite3.Connection) -> None:
-    db.executescript(_SCHEMA)
-    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
-    for column, kind in _COLUMNS_ADDED.items():
-        if column not in columns:
-            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
-    db.execute(_QUEUE_INDEX)
+def adopt_unversioned(db: Database) -> None:
+    """A database made before schema versions (a `jobs` table, no `kleinserve_schema`), whichever of those
+    releases made it, gets the columns and tables they added since, and is marked version 1."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "jobs" not in tables or "kleinserve_schema" in tables:
+        return
+    with db.transaction():
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in _COLUMNS_ADDED.items():
+            if column not in columns:
+                db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        for statement in FIRST_TABLES.split(";"):
+            db.execute(statement)
+        db.execute("CREATE TABLE kleinserve_schema (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO kleinserve_schema VALUES (1)")
