@@ -1,30 +1,19 @@
-"""`kleinserve generate`: real files out; every bad input is one clear line and a non-zero exit. `kleinserve
-serve`: one flag per setting."""
-
+"""`kleinserve generate` on the tiny model: real files out; every bad input is one clear line and a non-zero
+exit."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from kleinserve.cli import main
 from kleinserve.models import Variant
 
+from support.command_line import run
 from support.images import random_image
 
 
 @pytest.fixture
 def model(checkpoints):
     return str(checkpoints[Variant.DISTILLED])
-
-
-def run(args, capsys):
-    """main() as the shell would see it: exit code, stdout, stderr (argparse errors exit via SystemExit)."""
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_generate_writes_the_image_and_reports_seed_and_timings(model, tmp_path, capsys):

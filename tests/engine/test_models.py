@@ -1,5 +1,4 @@
-"""The registry: ids, aliases, defaults, and local checkpoint directories."""
-
+"""The registry on the tiny model's files: a local checkpoint directory declares its variant."""
 
 import pytest
 

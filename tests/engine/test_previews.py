@@ -1,4 +1,4 @@
-"""Step previews: the fitted latent->RGB map, its use in the engine, and the cost it must not add."""
+"""Step previews in the engine: reported for each image, and only when asked."""
 
 import numpy as np
 

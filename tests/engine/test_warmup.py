@@ -1,5 +1,4 @@
-"""Warm-up pays every compile before serving; the engine package stands apart from the server's settings."""
-
+"""Warm-up pays every compile before serving."""
 
 import torch
 from torch._dynamo.utils import counters

@@ -1,5 +1,5 @@
-"""`kleinserve generate`: real files out; every bad input is one clear line and a non-zero exit. `kleinserve
-serve`: one flag per setting."""
+"""The installed `kleinserve` command as a real process: a clean one-line failure, and progress on a
+terminal."""
 
 import os
 import pty
@@ -8,23 +8,12 @@ import sys
 
 import pytest
 
-from kleinserve.cli import main
 from kleinserve.models import Variant
 
 
 @pytest.fixture
 def model(checkpoints):
     return str(checkpoints[Variant.DISTILLED])
-
-
-def run(args, capsys):
-    """main() as the shell would see it: exit code, stdout, stderr (argparse errors exit via SystemExit)."""
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_the_installed_command_fails_cleanly_in_a_real_process(model, tmp_path):

@@ -15,21 +15,11 @@ from PIL import Image
 from kleinserve.models import Variant
 
 from support.live_server import LiveServer
+from support.readme import readme_snippets
 
 ROOT = Path(__file__).resolve().parents[2]
 JS_DIR = ROOT / "tests" / "js"
 README_ADDRESS = "127.0.0.1:8000"
-
-
-def readme_snippets() -> list[tuple[str, str, str]]:
-    """(heading, language, code) of each fenced block in the README's Clients section."""
-    section = (ROOT / "README.md").read_text().split("\n## Clients\n", 1)[1].split("\n## ", 1)[0]
-    snippets = []
-    for part in section.split("\n### ")[1:]:
-        heading = part.splitlines()[0].strip()
-        for language, code in re.findall(r"```(python|js|sh)\n(.+?)\n```", part, re.S):
-            snippets.append((heading, language, code))
-    return snippets
 
 
 SNIPPETS = readme_snippets()

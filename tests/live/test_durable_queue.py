@@ -1,9 +1,7 @@
 """The durable queue: accepted fal queue jobs survive kill -9 of the server and run again after a restart."""
 
-import base64
 import io
 import signal
-import time
 
 import httpx
 import numpy as np
@@ -12,17 +10,9 @@ from PIL import Image
 from kleinserve.models import Variant
 from kleinserve.storage.store import PARTIAL_PREFIX
 
-from support.images import random_image
+from support.fal_queue import ENDPOINT, result, status, submit, wait_until
+from support.images import data_uri, random_image
 from support.live_server import LiveServer
-
-ENDPOINT = "fal-ai/flux-2/klein/4b"
-
-
-def data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
 
 REQUESTS = [  # (endpoint, body): one long job that will be running, an edit and two small ones behind it
     (ENDPOINT, {"prompt": "a long one", "image_size": {"width": 1024, "height": 1024},
@@ -44,24 +34,24 @@ def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_pat
     try:
         hook = f"{webhooks.url}/after-crash"  # the long job reports to a webhook, from its record
         ids = [
-            submit(server, endpoint, body, hook if i == 0 else None)
+            submit(server.url, body, hook if i == 0 else None, endpoint)
             for i, (endpoint, body) in enumerate(REQUESTS)
         ]
-        wait_until(lambda: status(server, ids[0])["status"] == "IN_PROGRESS")
-        before = [status(server, job_id)["status"] for job_id in ids]
+        wait_until(lambda: status(server.url, ids[0])["status"] == "IN_PROGRESS")
+        before = [status(server.url, job_id)["status"] for job_id in ids]
     finally:
         server.stop(hard=True)  # SIGKILL: no chance to clean up
     assert before[0] == "IN_PROGRESS" and "IN_QUEUE" in before[1:]
 
     server.start()
     try:
-        wait_until(lambda: all(status(server, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
+        wait_until(lambda: all(status(server.url, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
         jobs = [httpx.get(f"{server.url}/v1/jobs/{job_id}").json() for job_id in ids]
         assert [job["status"] for job in jobs] == ["succeeded"] * 4, [job.get("error") for job in jobs]
         messages = [entry["message"] for entry in jobs[0]["logs"]]
         assert any("attempt 1 of 3 was interrupted" in m for m in messages), messages
         assert any("(attempt 2)" in m for m in messages), messages
-        outputs = [result(server, job_id) for job_id in ids]
+        outputs = [result(server.url, job_id) for job_id in ids]
         (delivery,) = webhooks.deliveries("after-crash", at_least=1)
         assert delivery["request_id"] == ids[0] and delivery["status"] == "OK"
         assert delivery["payload"] == outputs[0]
@@ -80,36 +70,19 @@ def test_a_graceful_stop_keeps_queue_jobs_for_the_next_start(checkpoints, tmp_pa
     flags = ["--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}", "--no-warmup",
              "--max-batch-images", "1", "--batch-wait-ms", "0", "--shutdown-grace-s", "0"]  # fmt: skip
     server = LiveServer(tmp_path, *flags).start()
-    ids = [submit(server, endpoint, body) for endpoint, body in REQUESTS[:3]]
-    wait_until(lambda: status(server, ids[0])["status"] == "IN_PROGRESS")
+    ids = [submit(server.url, body, endpoint=endpoint) for endpoint, body in REQUESTS[:3]]
+    wait_until(lambda: status(server.url, ids[0])["status"] == "IN_PROGRESS")
     server.process.send_signal(signal.SIGTERM)
     server.process.wait(timeout=60)
     server.start()
     try:
-        wait_until(lambda: all(status(server, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
+        wait_until(lambda: all(status(server.url, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
         jobs = [httpx.get(f"{server.url}/v1/jobs/{job_id}").json() for job_id in ids]
         assert [job["status"] for job in jobs] == ["succeeded"] * 3
         released = [entry["message"] for entry in jobs[0]["logs"]]
         assert any("server stopped before this job finished; queued again" in m for m in released), released
     finally:
         server.stop()
-
-
-def submit(server: LiveServer, endpoint: str, body: dict, webhook: str | None = None) -> str:
-    params = {"fal_webhook": webhook} if webhook else {}
-    answer = httpx.post(f"{server.url}/queue/{endpoint}", json=body, params=params, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["request_id"]
-
-
-def status(server: LiveServer, job_id: str) -> dict:
-    return httpx.get(f"{server.url}/queue/{ENDPOINT}/requests/{job_id}/status", timeout=30).json()
-
-
-def result(server: LiveServer, job_id: str) -> dict:
-    answer = httpx.get(f"{server.url}/queue/{ENDPOINT}/requests/{job_id}", timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 def run_sync(server: LiveServer, endpoint: str, body: dict) -> dict:
@@ -120,10 +93,3 @@ def run_sync(server: LiveServer, endpoint: str, body: dict) -> dict:
 
 def images_of(server: LiveServer, output: dict) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(httpx.get(image["url"]).content))) for image in output["images"]]
-
-
-def wait_until(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

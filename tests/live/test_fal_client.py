@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.images import random_image
+from support.images import data_uri, random_image
 
 ENDPOINT = "fal-ai/flux-2/klein/4b"
 SMALL = {"width": 64, "height": 64}
@@ -22,12 +22,6 @@ def fetch(server, url: str) -> Image.Image:
     response = httpx.get(url, verify=server.ssl_context())
     response.raise_for_status()
     return Image.open(io.BytesIO(response.content))
-
-
-def data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def stored_keys(server, request_id: str) -> list:

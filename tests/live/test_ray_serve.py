@@ -21,13 +21,13 @@ from kleinserve.cli import main
 from kleinserve.models import Variant
 from kleinserve.roles.ray_serve import API_APP, engine_app_name
 
+from support.fal_queue import ENDPOINT, result, status, submit, wait_until
 from support.live_server import free_port
 from support.postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
 from support.ray_cluster import ServeStatus, ray_head  # noqa: F401 (fixture)
 
 MODEL = "flux.2-klein-4b"
 ENGINE_APP = engine_app_name(MODEL)
-ENDPOINT = "fal-ai/flux-2/klein/4b"
 WAITING = 6  # queue jobs kept waiting until Serve scales up: with 2 per replica they ask for 3, clamped to 2
 QUICK_JOB = {"prompt": "a quick one", "image_size": {"width": 256, "height": 256}, "num_inference_steps": 4}
 SLOW_JOB = {"prompt": "a slow one", "image_size": {"width": 1024, "height": 1024}, "num_inference_steps": 8}
@@ -136,20 +136,8 @@ def ready(url: str) -> bool:
         return False
 
 
-def submit(url: str, body: dict) -> str:
-    answer = httpx.post(f"{url}/queue/{ENDPOINT}", json=body, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["request_id"]
-
-
 def state(url: str, job_id: str) -> str:
-    return httpx.get(f"{url}/queue/{ENDPOINT}/requests/{job_id}/status", timeout=30).json()["status"]
-
-
-def result(url: str, job_id: str) -> dict:
-    answer = httpx.get(f"{url}/queue/{ENDPOINT}/requests/{job_id}", timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+    return status(url, job_id)["status"]
 
 
 def status_settles(status: ServeStatus, condition, timeout: float = 300.0) -> bool:
@@ -159,13 +147,6 @@ def status_settles(status: ServeStatus, condition, timeout: float = 300.0) -> bo
             return False
         time.sleep(0.5)
     return True
-
-
-def wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_ray_deploy_needs_a_shared_database_and_a_replica_per_model(capsys):

@@ -15,6 +15,7 @@ from PIL import Image
 
 from kleinserve.models import Variant
 
+from support.fal_queue import ENDPOINT, result, status, submit, wait_until
 from support.live_server import LiveServer, free_port
 from support.postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
 from support.s3_server import bucket, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
@@ -22,7 +23,6 @@ from support.scale_cluster import Cluster, started_by
 
 pytestmark = pytest.mark.live
 
-ENDPOINT = "fal-ai/flux-2/klein/4b"
 MODEL = "flux.2-klein-4b"
 SIZES = [(128, 128), (192, 192)]
 LEASE_S = "6"  # a killed worker's jobs come back within ~1.5 leases
@@ -93,24 +93,25 @@ def test_waits_streams_status_result_and_cancel_are_answered_for_jobs_workers_ru
     picture = Image.open(io.BytesIO(base64.b64decode(inline.json()["data"][0]["b64_json"])))
     assert picture.size == (64, 64)
 
-    job_id = submit(cluster.api, body(2))
-    wait_until(lambda: status(cluster.api, job_id)["status"] == "COMPLETED")
-    output = result(cluster.api, job_id)
+    job_id = submit(cluster.api.url, body(2))
+    wait_until(lambda: status(cluster.api.url, job_id)["status"] == "COMPLETED")
+    output = result(cluster.api.url, job_id)
     assert output["seed"] == 1002 and fetch(output["images"][0]["url"]).shape == (128, 128, 3)
     assert started_by(job_record(cluster.api, job_id))[0] in {worker.pid for worker in cluster.workers}
 
-    doomed = submit(cluster.api, body(3, steps=8))
+    doomed = submit(cluster.api.url, body(3, steps=8))
     cancel = httpx.put(f"{url}/queue/{ENDPOINT}/requests/{doomed}/cancel")
     assert cancel.json()["status"] in ("CANCELLATION_REQUESTED", "ALREADY_COMPLETED")
-    wait_until(lambda: status(cluster.api, doomed)["status"] == "COMPLETED")
+    wait_until(lambda: status(cluster.api.url, doomed)["status"] == "COMPLETED")
     if cancel.json()["status"] == "CANCELLATION_REQUESTED":
         answer = httpx.get(f"{url}/queue/{ENDPOINT}/requests/{doomed}")
         assert answer.status_code == 400 and "was cancelled" in answer.text
 
 
 def test_workers_publish_their_engine_metrics(cluster):
-    job_ids = [submit(cluster.api, body(i)) for i in range(4)]
-    wait_until(lambda: all(status(cluster.api, job_id)["status"] == "COMPLETED" for job_id in job_ids), 300)
+    job_ids = [submit(cluster.api.url, body(i)) for i in range(4)]
+    api = cluster.api.url
+    wait_until(lambda: all(status(api, job_id)["status"] == "COMPLETED" for job_id in job_ids), 300)
     images = 0.0
     for port in cluster.metrics_ports:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
@@ -122,13 +123,13 @@ def test_workers_publish_their_engine_metrics(cluster):
 def test_two_api_servers_send_each_webhook_exactly_once(cluster, webhooks):
     second = cluster.add_api()
     servers = [cluster.apis[0], second]
-    ids = [submit(servers[i % 2], body(i), f"{webhooks.url}/two-apis") for i in range(6)]
+    ids = [submit(servers[i % 2].url, body(i), f"{webhooks.url}/two-apis") for i in range(6)]
     deliveries = webhooks.deliveries("two-apis", at_least=6, timeout=300)
     time.sleep(2.0)  # both servers poll their queue several times meanwhile: nothing more arrives
     assert sorted(d["request_id"] for d in webhooks.received["two-apis"]) == sorted(ids)
     for delivery in deliveries:
         assert delivery["status"] == "OK"
-        assert unsigned(delivery["payload"]) == unsigned(result(servers[0], delivery["request_id"]))
+        assert unsigned(delivery["payload"]) == unsigned(result(servers[0].url, delivery["request_id"]))
 
 
 # --- faults ---------------------------------------------------------------------------------------
@@ -140,16 +141,16 @@ def test_a_killed_worker_loses_no_job_and_the_pixels_are_one_process_s(
     cluster = cluster_of(tmp_path / "scaled", database_url, bucket, s3_env, checkpoints, workers=2)
     with cluster:
         api = cluster.api
-        ids = [submit(api, body(i), f"{webhooks.url}/worker-killed") for i in range(24)]
+        ids = [submit(api.url, body(i), f"{webhooks.url}/worker-killed") for i in range(24)]
         killed = kill_a_worker_running_a_job(cluster)
-        wait_until(lambda: all(status(api, job_id)["status"] == "COMPLETED" for job_id in ids), 600)
+        wait_until(lambda: all(status(api.url, job_id)["status"] == "COMPLETED" for job_id in ids), 600)
         records = [job_record(api, job_id) for job_id in ids]
         assert [r["status"] for r in records] == ["succeeded"] * 24, [r["error"] for r in records]
         (survivor,) = [worker.pid for worker in cluster.workers if worker.pid != killed]
         retried = [r for r in records if r["attempts"] >= 2]
         assert retried, "no job was running on the killed worker"
         assert all(started_by(r)[:1] == [killed] and started_by(r)[-1] == survivor for r in retried)
-        outputs = [result(api, job_id) for job_id in ids]  # the API server ran none of them
+        outputs = [result(api.url, job_id) for job_id in ids]  # the API server ran none of them
         scaled = [[fetch(image["url"]) for image in output["images"]] for output in outputs]
 
         deliveries = webhooks.deliveries("worker-killed", at_least=24, timeout=300)
@@ -161,9 +162,10 @@ def test_a_killed_worker_loses_no_job_and_the_pixels_are_one_process_s(
     assert cancelled_steps and max(cancelled_steps) < 8, cancelled_steps
 
     with LiveServer(tmp_path / "single", *worker_flags(checkpoints)) as single:  # --role all, SQLite, files
-        alone = [submit(single, body(i)) for i in range(24)]
-        wait_until(lambda: all(status(single, job_id)["status"] == "COMPLETED" for job_id in alone), 600)
-        reference = [[fetch(image["url"]) for image in result(single, job_id)["images"]] for job_id in alone]
+        alone = [submit(single.url, body(i)) for i in range(24)]
+        wait_until(lambda: all(status(single.url, job_id)["status"] == "COMPLETED" for job_id in alone), 600)
+        singles = [result(single.url, job_id) for job_id in alone]
+        reference = [[fetch(image["url"]) for image in output["images"]] for output in singles]
     for mine, theirs in zip(scaled, reference, strict=True):
         assert len(mine) == len(theirs) == 1
         np.testing.assert_array_equal(mine[0], theirs[0])
@@ -198,10 +200,10 @@ def test_a_killed_api_server_loses_no_accepted_queue_job(
             stop.set()
             client.join()
         second = cluster.add_api()
-        wait_until(lambda: all(status(second, job_id)["status"] == "COMPLETED" for job_id in accepted), 600)
+        wait_until(lambda: all(status(second.url, job)["status"] == "COMPLETED" for job in accepted), 600)
         records = [job_record(second, job_id) for job_id in accepted]
         assert [r["status"] for r in records] == ["succeeded"] * len(accepted), [r["error"] for r in records]
-        outputs = [result(second, job_id) for job_id in accepted]
+        outputs = [result(second.url, job_id) for job_id in accepted]
         assert all(fetch(output["images"][0]["url"]).ndim == 3 for output in outputs)
         delivered = webhooks.deliveries("api-killed", at_least=len(accepted), timeout=300)
         assert set(accepted) <= {d["request_id"] for d in delivered}  # each at least once (receivers dedupe)
@@ -228,33 +230,16 @@ def kill_a_worker_running_a_job(cluster: Cluster) -> int:
 
 def cancel_a_running_job(api: LiveServer) -> list[int]:
     """Cancel a long job once it has taken a step; the steps it logged, once its worker let it go."""
-    long = submit(api, {"prompt": "long", "image_size": {"width": 512, "height": 512},
+    long = submit(api.url, {"prompt": "long", "image_size": {"width": 512, "height": 512},
                         "num_inference_steps": 8, "seed": 7})  # fmt: skip
     wait_until(lambda: any(m.startswith("step ") for m in messages(api, long)), 300)
     cancel = httpx.put(f"{api.url}/queue/{ENDPOINT}/requests/{long}/cancel")
     assert cancel.json() == {"status": "CANCELLATION_REQUESTED"}
-    after = submit(api, body(99))  # one worker: it runs this once it has stopped the cancelled batch
-    wait_until(lambda: status(api, after)["status"] == "COMPLETED", 300)
+    after = submit(api.url, body(99))  # one worker: it runs this once it has stopped the cancelled batch
+    wait_until(lambda: status(api.url, after)["status"] == "COMPLETED", 300)
     record = job_record(api, long)
     assert record["status"] == "cancelled"
     return [int(m.split()[1].split("/")[0]) for m in messages(api, long) if m.startswith("step ")]
-
-
-def submit(server: LiveServer, fields: dict, webhook: str | None = None) -> str:
-    params = {"fal_webhook": webhook} if webhook else {}
-    answer = httpx.post(f"{server.url}/queue/{ENDPOINT}", json=fields, params=params, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return answer.json()["request_id"]
-
-
-def status(server: LiveServer, job_id: str) -> dict:
-    return httpx.get(f"{server.url}/queue/{ENDPOINT}/requests/{job_id}/status", timeout=30).json()
-
-
-def result(server: LiveServer, job_id: str) -> dict:
-    answer = httpx.get(f"{server.url}/queue/{ENDPOINT}/requests/{job_id}", timeout=30)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 def job_record(server: LiveServer, job_id: str) -> dict:
@@ -281,10 +266,3 @@ def fetch(url: str) -> np.ndarray:
     answer = httpx.get(url, timeout=30)
     assert answer.status_code == 200, url
     return np.asarray(Image.open(io.BytesIO(answer.content)))
-
-
-def wait_until(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

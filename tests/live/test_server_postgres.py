@@ -4,7 +4,7 @@ of SQLite, answers both dialects from it, and a restart finds the records again.
 import httpx
 import psycopg
 
-from live.test_durable_queue import ENDPOINT, result, submit, wait_until
+from support.fal_queue import result, submit, wait_until
 from support.live_server import LiveServer
 from support.postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
 
@@ -21,9 +21,9 @@ def test_serve_keeps_its_jobs_in_postgres_across_a_restart(tmp_path, database_ur
         assert len(answer.json()["data"]) == 2
         openai_job = answer.headers["x-kleinserve-job-id"]
         fal_body = {"prompt": "a lighthouse", "image_size": {"width": 64, "height": 64}}
-        fal_job = submit(server, ENDPOINT, fal_body)
+        fal_job = submit(server.url, fal_body)
         wait_until(lambda: httpx.get(f"{server.url}/v1/jobs/{fal_job}").json()["status"] == "succeeded")
-        fal_output = result(server, fal_job)
+        fal_output = result(server.url, fal_job)
     assert not (tmp_path / "data" / "jobs.sqlite3").exists()  # the jobs went to PostgreSQL
     with psycopg.connect(database_url) as conn:
         stored = dict(conn.execute("SELECT id, status FROM jobs").fetchall())
@@ -33,4 +33,4 @@ def test_serve_keeps_its_jobs_in_postgres_across_a_restart(tmp_path, database_ur
         jobs = {job_id: httpx.get(f"{server.url}/v1/jobs/{job_id}").json() for job_id in stored}
         assert {job_id: job["status"] for job_id, job in jobs.items()} == stored
         assert jobs[openai_job]["params"]["prompt"] == "a red fox"
-        assert result(server, fal_job) == fal_output
+        assert result(server.url, fal_job) == fal_output

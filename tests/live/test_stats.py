@@ -11,6 +11,7 @@ import pytest
 from kleinserve.models import Variant
 from kleinserve.service.stats import SERIES_POINTS, WINDOWS
 
+from support.fal_queue import wait_until
 from support.live_server import LiveServer
 
 MODEL, OTHER = "flux.2-klein-4b", "flux.2-klein-base-4b"
@@ -86,10 +87,3 @@ def stats(server: LiveServer) -> dict:
     answer = httpx.get(server.url + "/v1/stats")
     assert answer.status_code == 200, answer.text
     return answer.json()
-
-
-def wait_until(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)

@@ -1,5 +1,5 @@
-"""`kleinserve generate`: real files out; every bad input is one clear line and a non-zero exit. `kleinserve
-serve`: one flag per setting."""
+"""`kleinserve serve`: one flag per setting, with its description as help; a bad value is one line
+naming its flag."""
 
 import argparse
 import re
@@ -7,25 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from kleinserve.cli import build_parser, main, setting_flags, settings_from_args
-from kleinserve.models import Variant
+from kleinserve.cli import build_parser, setting_flags, settings_from_args
 from kleinserve.settings import Settings
 
-
-@pytest.fixture
-def model(checkpoints):
-    return str(checkpoints[Variant.DISTILLED])
-
-
-def run(args, capsys):
-    """main() as the shell would see it: exit code, stdout, stderr (argparse errors exit via SystemExit)."""
-    try:
-        code = main(args)
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from support.command_line import run
 
 # `kleinserve serve` flags: one per Settings field, derived from it ---------------------------------------
 

@@ -1,5 +1,5 @@
-"""The benchmark's full-size models: the published shapes (counted on the meta device, nothing allocated),
-and the engine's 27-layer text encoder holding the full model's weights."""
+"""The benchmark's full-size models have the published parameter counts (counted on the meta device,
+nothing allocated)."""
 
 import sys
 from pathlib import Path

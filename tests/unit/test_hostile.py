@@ -1,5 +1,5 @@
-"""Hostile input and faults against a live server: each test reproduces a defect a hostile pass found (see
-the issue "Hostile input and faults") and checks the fix: a 4xx naming the field, or a truthful job state."""
+"""Hostile input, without a server: the SSRF guard refuses every address that maps to an internal one
+(defect 9 of the issue "Hostile input and faults"; the others are in tests/live/test_hostile.py)."""
 
 import ipaddress
 

@@ -1,5 +1,5 @@
-"""Loading: local directories, the Hugging Face cache by id, clear errors when weights are missing."""
-
+"""Loading without weights: a failed download and weights missing offline are clear errors saying where
+and how."""
 
 import pytest
 from huggingface_hub import constants

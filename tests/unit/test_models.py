@@ -1,4 +1,4 @@
-"""The registry: ids, aliases, defaults, and local checkpoint directories."""
+"""The registry: ids, aliases, defaults, and directories that are not klein checkpoints."""
 
 import dataclasses
 import json

@@ -1,4 +1,4 @@
-"""Speed levers against the reference path on the tiny model: each one, switched on, makes the same image."""
+"""Speed levers without a model: their defaults per device, refused backends, and what compiling warms."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Step previews: the fitted latent->RGB map, its use in the engine, and the cost it must not add."""
+"""Step previews: the fitted latent->RGB map recovers a picture from its latents."""
 
 import numpy as np
 import torch

@@ -1,8 +1,5 @@
-"""Ray Serve: `kleinserve ray-deploy` on a real Ray head (127.0.0.1, token authentication) with a real
-PostgreSQL queue; one API replica and an engine application for the tiny model, 1..2 replicas scaled on the
-queue depth. It generates through both dialects (with server-sent events through Serve's proxy), scales up
-while queue jobs wait, and loses no accepted job when its engine replicas are SIGKILLed mid-job. The scaling
-policy is also checked on its own."""
+"""Ray Serve's autoscaling policy, in-process: engine replicas follow queued plus running jobs (the
+deployment on a real Ray head is in tests/live/test_ray_serve.py)."""
 
 import time
 

@@ -1,6 +1,5 @@
-"""The safety checker: a real transformers classifier (tiny, random weights), forced to flag with threshold 0,
-on a real server; flagged images are black, flagged, and never stored; disabling it lets images pass."""
-
+"""The safety checker's classifier: the tiny one passes images at the default threshold and flags all at
+0; one without an unsafe label is refused."""
 
 import numpy as np
 import pytest

@@ -1,7 +1,4 @@
-"""The S3 image store (`--store s3://BUCKET/PREFIX`) against a real S3 protocol server: moto's server mode,
-started here on 127.0.0.1. The store alone (put, URLs, redirects, deletes), then real servers writing to it
-through the OpenAI and fal dialects."""
-
+"""The S3 image store's flag values are checked, and a bad one names the flag (no S3 server needed)."""
 
 import pytest
 

@@ -1,6 +1,5 @@
-"""GET /v1/usage on live servers: each key sees its own usage, the admin key everyone's; megapixels and cost
-are the sums of the jobs made; the ledger outlives a restart; bad flags and parameters name themselves."""
-
+"""Usage without a server: a job's engine seconds are its share, by images, of its batch; bad flags stop
+the start naming the flag."""
 
 import pytest
 

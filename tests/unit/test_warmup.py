@@ -1,4 +1,4 @@
-"""Warm-up pays every compile before serving; the engine package stands apart from the server's settings."""
+"""The engine package stands apart from the server's settings."""
 
 import ast
 from pathlib import Path
