@@ -58,6 +58,8 @@ def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store
     app.include_router(usage.router(service))
     app.include_router(files.router(service))
     app.include_router(fal.router(service))
+    # fal webhooks are sent from the job's record by whichever API server claims it: survives restarts
+    service.webhook_queue.add_sender(fal.webhook_sender(service))
     app.include_router(console.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)

@@ -15,7 +15,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from kleinserve.api.errors import ApiError
-from kleinserve.api.fal.routes import DEFAULT_PRESET, ENDPOINT_PREFIX, PRESETS
+from kleinserve.api.fal.routes import ENDPOINT_PREFIX
+from kleinserve.api.fal.schemas import DEFAULT_PRESET, PRESETS
 from kleinserve.imaging import OUTPUT_FORMATS
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel

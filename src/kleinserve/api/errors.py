@@ -8,8 +8,11 @@ answers the same way.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from kleinserve.api.request_ids import new_request_id
@@ -41,6 +44,28 @@ ERROR_TYPES = {
 }
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
 FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
+
+
+class OpenAIErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """The error body on every path but fal's (ApiError.body())."""
+
+    error: OpenAIErrorDetail
+
+
+class FalError(BaseModel):
+    """The error body on fal's paths (ApiError.fal_body())."""
+
+    model_config = ConfigDict(extra="allow")
+    detail: str | list[dict[str, Any]]
+    error_type: str | None = None
 
 
 def is_fal_path(path: str) -> bool:

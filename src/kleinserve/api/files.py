@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from kleinserve.api import openapi_docs as docs
-from kleinserve.api.errors import ApiError
+from kleinserve.api.errors import ApiError, OpenAIError
 from kleinserve.imaging import CONTENT_TYPES
 from kleinserve.service.facade import ImageService
 from kleinserve.storage.store import CACHE_FOREVER, FILES_ROUTE
@@ -20,7 +20,7 @@ def router(service: ImageService) -> APIRouter:
     @routes.get(
         FILES_ROUTE + "/{folder}/{name}",
         responses={
-            **docs.answers(None, docs.OpenAIError, 404, media=",".join(CONTENT_TYPES.values())),
+            **docs.answers(None, OpenAIError, 404, media=",".join(CONTENT_TYPES.values())),
             307: {"description": "the image is in an S3 store: GET it at the Location header's URL"},
         },
     )

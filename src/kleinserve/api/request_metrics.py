@@ -1,13 +1,39 @@
 """Per-request measurements: HTTP counts and latency by route, and for generation requests the end-to-end
 time, time to first byte and images delivered per model (what gateways publish), taken where the bytes leave
-the server. A dialect names the request's model (and then the images it delivered) in the request's state."""
+the server. A dialect names the request's model, then the images it delivered, with report_model and
+report_images: one Generation record in the request's state, read here when the answer is out."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+
+from fastapi import Request
 
 from kleinserve.metrics import Metrics
 from kleinserve.service.stats import RequestStats
+
+STATE_KEY = "generation"  # request.state.generation
+
+
+@dataclass
+class Generation:
+    """What a generation request reports for per-model stats: its model, and the images it delivered."""
+
+    model: str
+    images: int = 0
+
+
+def report_model(http: Request, model: str) -> None:
+    """The request runs `model` (an id): its latency counts in that model's stats, whatever the outcome."""
+    setattr(http.state, STATE_KEY, Generation(model))
+
+
+def report_images(http: Request, count: int) -> None:
+    """The images the request delivered (per-model images/s); after report_model."""
+    generation: Generation | None = getattr(http.state, STATE_KEY, None)
+    if generation is not None:
+        generation.images = count
 
 
 class RequestMetricsMiddleware:
@@ -38,6 +64,6 @@ class RequestMetricsMiddleware:
     def _record(self, scope, status: int, seconds: float, first_byte: float | None) -> None:
         route = getattr(scope.get("route"), "path", None) or "unmatched"
         self.metrics.observe_http(route, scope["method"], status, seconds)
-        state = scope.get("state", {})
-        if state.get("model") is not None:
-            self.stats.observe(state["model"], seconds, first_byte or seconds, status, state.get("images", 0))
+        generation: Generation | None = scope.get("state", {}).get(STATE_KEY)
+        if generation is not None:
+            self.stats.observe(generation.model, seconds, first_byte or seconds, status, generation.images)

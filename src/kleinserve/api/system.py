@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
-from kleinserve.api.errors import ApiError
+from kleinserve.api.errors import ApiError, OpenAIError
 from kleinserve.errors import ModelNotReady
 from kleinserve.job import Job, JobStatus
 from kleinserve.metrics import METRICS_CONTENT_TYPE
@@ -20,26 +20,26 @@ from kleinserve.service.served_models import DEMO_LABEL
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get("/health", responses=docs.answers(None, docs.OpenAIError))
+    @routes.get("/health", responses=docs.answers(None, OpenAIError))
     async def health() -> dict:
         return {"status": "ok", "models": _model_states(service)}
 
-    @routes.get("/ready", responses=docs.answers(None, docs.OpenAIError, 503))
+    @routes.get("/ready", responses=docs.answers(None, OpenAIError, 503))
     async def ready() -> JSONResponse:
         body = {"ready": service.ready, "models": _model_states(service)}
         return JSONResponse(body, status_code=200 if service.ready else 503, headers=_retry(service))
 
-    @routes.get("/metrics", responses=docs.answers(None, docs.OpenAIError, media="text/plain"))
+    @routes.get("/metrics", responses=docs.answers(None, OpenAIError, media="text/plain"))
     async def metrics() -> Response:
         for model, depth in (await service.queue_depths()).items():  # read from the queue at scrape time
             service.metrics.queue_depth.labels(model).set(depth)
         return Response(service.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    @routes.get("/v1/stats", responses=docs.answers(None, docs.OpenAIError))
+    @routes.get("/v1/stats", responses=docs.answers(None, OpenAIError))
     async def stats() -> dict:
         return await service.stats_report()
 
-    @routes.get("/v1/jobs", responses=docs.answers(None, docs.OpenAIError))
+    @routes.get("/v1/jobs", responses=docs.answers(None, OpenAIError))
     async def jobs(request: Request, status: str | None = None, limit: str = "100") -> dict:
         """The caller's jobs (its API key's; all on an open server), newest first, without logs."""
         states = [state.value for state in JobStatus]
@@ -50,7 +50,7 @@ def router(service: ImageService) -> APIRouter:
         found = await service.recent_jobs(owner_of(request), status and JobStatus(status), int(limit))
         return {"object": "list", "data": [_public(record) for record in found]}
 
-    @routes.get("/v1/jobs/{job_id}", responses=docs.answers(None, docs.OpenAIError, 404))
+    @routes.get("/v1/jobs/{job_id}", responses=docs.answers(None, OpenAIError, 404))
     async def job(job_id: str, request: Request) -> dict:
         record = await service.owned_job(job_id, owner_of(request))
         if record is None:

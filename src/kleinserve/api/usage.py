@@ -33,7 +33,7 @@ from fastapi import APIRouter, Request
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import is_admin, owner_of
-from kleinserve.api.errors import ApiError
+from kleinserve.api.errors import ApiError, OpenAIError
 from kleinserve.errors import ModelNotServed
 from kleinserve.models import registered_model
 from kleinserve.service.facade import ImageService
@@ -47,7 +47,7 @@ SUMMED = ("requests", "images", "megapixels", "engine_seconds", "cost_usd")
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
-    @routes.get("/v1/usage", responses=docs.answers(None, docs.OpenAIError, 403))
+    @routes.get("/v1/usage", responses=docs.answers(None, OpenAIError, 403))
     async def usage(
         request: Request,
         since: str | None = None,

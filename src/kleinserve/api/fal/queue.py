@@ -1,49 +1,42 @@
-"""fal's queue, once a request is submitted (POST /queue/{endpoint}, in fal.py):
+"""fal's queue, once a request is submitted (POST /queue/{endpoint}, in routes.py):
 
     GET  /queue/{owner}/{alias}/requests/{id}/status[?logs=1]   IN_QUEUE | IN_PROGRESS | COMPLETED
     GET  /queue/{owner}/{alias}/requests/{id}/status/stream     the same, as server-sent events
     GET  /queue/{owner}/{alias}/requests/{id}                   the output JSON (or the job's error)
     PUT  /queue/{owner}/{alias}/requests/{id}/cancel
 
-and the webhook (?fal_webhook=) that reports a request's end. Requests are found by id alone: the
-{owner}/{alias} part (fal-client builds it without the endpoint's subpath) only shapes the URLs we hand
-back. The output JSON is the dialect's (fal.py), passed in as `output`.
+Requests are found by id alone: the {owner}/{alias} part (fal-client builds it without the endpoint's
+subpath) only shapes the URLs we hand back. A request's end is also reported by webhook (webhook.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from httpx import URL, InvalidURL
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
-from kleinserve.api.errors import ApiError, invalid
-from kleinserve.api.fal import stream as fal_stream
-from kleinserve.errors import InvalidRequest
+from kleinserve.api.errors import ApiError, FalError
+from kleinserve.api.fal import stream
+from kleinserve.api.fal.output import REQUEST_ID_HEADER, finished_output, inference_time
+from kleinserve.api.fal.schemas import CancelAnswer, FalOutput, QueueStatus
 from kleinserve.job import Job, JobStatus
-from kleinserve.request import ENGINE_STAGES
 from kleinserve.service.facade import ImageService
-from kleinserve.service.outputs import Generated
 
-REQUEST_ID_HEADER = "x-fal-request-id"
 STREAM_POLL_S = 0.1
-# fal's output JSON for a finished generation: (service, generated, prompt, base_url) -> the body
-Output = Callable[[ImageService, Generated, str, str], Awaitable[dict]]
 
 
-def router(service: ImageService, output: Output) -> APIRouter:
+def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
     @routes.get(
         "/queue/{app:path}/requests/{request_id}/status",
-        responses=docs.answers(docs.QueueStatus, docs.FalError, 404),
+        responses=docs.answers(QueueStatus, FalError, 404),
     )
     async def status(app: str, request_id: str, request: Request) -> dict:
         job = await _job(service, request_id, request)
@@ -51,26 +44,26 @@ def router(service: ImageService, output: Output) -> APIRouter:
 
     @routes.get(
         "/queue/{app:path}/requests/{request_id}/status/stream",
-        responses=docs.answers(None, docs.FalError, 404, media="text/event-stream"),
+        responses=docs.answers(None, FalError, 404, media="text/event-stream"),
     )
     async def status_stream(app: str, request_id: str, request: Request) -> StreamingResponse:
         await _job(service, request_id, request)  # 404 before the stream starts
         urls = request_urls(request, app, request_id)
         events = _status_events(service, request_id, _wants_logs(request), urls)
-        return StreamingResponse(events, media_type="text/event-stream", headers=fal_stream.HEADERS)
+        return StreamingResponse(events, media_type="text/event-stream", headers=stream.HEADERS)
 
     @routes.get(
         "/queue/{app:path}/requests/{request_id}",
-        responses=docs.answers(docs.FalOutput, docs.FalError, 404, 410, 500),
+        responses=docs.answers(FalOutput, FalError, 404, 410, 500),
     )
     async def result(app: str, request_id: str, request: Request) -> JSONResponse:
         job = await _job(service, request_id, request)
-        body = await _finished_output(service, job, str(request.base_url), output)
+        body = await finished_output(service, job, str(request.base_url))
         return JSONResponse(body, headers={REQUEST_ID_HEADER: job.id})
 
     @routes.put(
         "/queue/{app:path}/requests/{request_id}/cancel",
-        responses={**docs.answers(docs.CancelAnswer, docs.FalError, 404), 400: {"model": docs.CancelAnswer}},
+        responses={**docs.answers(CancelAnswer, FalError, 404), 400: {"model": CancelAnswer}},
     )
     async def cancel(app: str, request_id: str, request: Request) -> JSONResponse:
         await _job(service, request_id, request)  # only the caller's own fal requests
@@ -88,10 +81,6 @@ def request_urls(http: Request, app: str, request_id: str) -> dict:
     owner_alias = "/".join(app.strip("/").split("/")[:2])
     base = f"{str(http.base_url).rstrip('/')}/queue/{owner_alias}/requests/{request_id}"
     return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
-
-
-def inference_time(timings: dict[str, float]) -> float:
-    return round(sum(timings.get(stage, 0.0) for stage in ENGINE_STAGES), 4)
 
 
 # --- status ----------------------------------------------------------------------------------------
@@ -155,58 +144,3 @@ async def _job(service: ImageService, request_id: str, http: Request) -> Job:
 def _unknown_request(request_id: str) -> ApiError:
     return ApiError(404, f"no request {request_id!r}; requests are kept for the server's retention period",
                     code="request_not_found")  # fmt: skip
-
-
-# --- result and webhooks ---------------------------------------------------------------------------
-
-
-async def _finished_output(service: ImageService, job: Job, base_url: str, output: Output) -> dict:
-    if not job.status.finished:
-        raise ApiError(400, f"request {job.id} is still {job.status.value}; poll its status_url",
-                       code="request_in_progress")  # fmt: skip
-    if job.status is JobStatus.CANCELLED:
-        raise ApiError(
-            400, f"request {job.id} was cancelled: {job.error['message']}", code="request_cancelled"
-        )
-    if job.status is JobStatus.FAILED:
-        raise ApiError(500, job.error["message"], code="generation_failed")
-    return await output(service, await service.result(job), job.params["prompt"], base_url)
-
-
-async def check_webhook(service: ImageService, url: str) -> None:
-    """A 400 naming fal_webhook unless `url` is an http(s) URL of a host this server may call."""
-    try:
-        parsed = URL(url)
-    except InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise invalid("fal_webhook", f"must be an http(s) URL, got {url[:80]!r}")
-    try:
-        await service.check_webhook_address(parsed.host, parsed.port, "fal_webhook")
-    except InvalidRequest as exc:
-        raise invalid("fal_webhook", exc.reason) from exc
-
-
-def webhook_sender(service: ImageService, output: Output):
-    """Called when any job ends: a fal queue job submitted with ?fal_webhook= gets fal's webhook body POSTed
-    there. Everything it needs is in the job's record, so a job run again after a restart reports too."""
-
-    async def send(job_id: str) -> None:
-        job = await service.job(job_id)
-        if job is None or job.params.get("dialect") != "fal" or not job.params.get("webhook"):
-            return
-        body = {
-            "request_id": job_id,
-            "gateway_request_id": job_id,
-            "status": "OK",
-            "payload": None,
-            "error": None,
-        }
-        try:
-            body["payload"] = await _finished_output(service, job, job.params["base_url"], output)
-        except Exception as exc:
-            message = getattr(exc, "message", None) or str(exc)
-            body.update(status="ERROR", error=message, payload={"detail": message})
-        await service.deliver_webhook(job_id, job.params["webhook"], body)
-
-    return send

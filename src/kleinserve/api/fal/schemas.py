@@ -1,0 +1,182 @@
+"""The fal dialect's wire schemas: the input every endpoint takes (validated with FalInput, and documented
+by it in /openapi.json), the output, and the queue's answers.
+
+FalInput's fields are declared in the order they are checked (the first wrong one answers): the output
+size and options, the reference images (which depend on the endpoint: the validation context carries it),
+the prompt. Limits that depend on the model (num_images, steps, guidance, seed + n, the size's sides) are
+build_request's, checked before any reference image is downloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked
+from kleinserve.api.errors import invalid
+from kleinserve.imaging import OUTPUT_FORMATS
+
+PRESETS = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+DEFAULT_PRESET = "landscape_4_3"
+FAL_FORMATS = Literal[tuple(OUTPUT_FORMATS)]  # png, jpeg, webp
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+
+def _image_size(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in PRESETS:
+            raise invalid("image_size", f"unknown preset {value!r}; use one of {', '.join(PRESETS)} "
+                          'or {"width": W, "height": H}')  # fmt: skip
+        return value
+    if isinstance(value, dict) and set(value) <= {"width", "height"}:
+        return value  # build_request checks the sides
+    raise invalid("image_size", f'must be a preset name or {{"width": W, "height": H}}, got {value!r}')
+
+
+def image_sides(value: Any, edit: bool) -> tuple[Any, Any]:
+    """A checked `image_size` -> (width, height); left out, an edit takes its first input's size."""
+    if value is None:
+        return (None, None) if edit else PRESETS[DEFAULT_PRESET]
+    if isinstance(value, str):
+        return PRESETS[value]
+    return value.get("width"), value.get("height")
+
+
+def _output_format(value: Any) -> str:
+    if not isinstance(value, str) or value not in OUTPUT_FORMATS:
+        raise invalid("output_format", f"must be one of {', '.join(sorted(OUTPUT_FORMATS))}; got {value!r}")
+    return value
+
+
+def boolean(name: str):
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise invalid(name, f"must be true or false, got {value!r}")
+        return value
+
+    return check
+
+
+def _image_urls(value: Any, info) -> Any:
+    """`image_urls`, or one `image_url` (what @ai-sdk/fal sends): only on edit endpoints, and there one
+    of them. The context names the endpoint, whether it edits, and how many references its model takes."""
+    single, endpoint, limit = info.data.get("image_url"), info.context["endpoint"], info.context["max_images"]
+    if not info.context["edit"]:
+        if value or single:
+            name = "image_urls" if value else "image_url"
+            raise invalid(name, f"only edit endpoints take reference images; POST to {endpoint}/edit")
+        return value
+    if single is not None:
+        if value is not None:
+            raise invalid("image_url", "give the reference images as image_urls or one image_url, not both")
+        if not isinstance(single, str):
+            raise invalid("image_url", f"must be one image URL or data URI, got {repr(single)[:80]}")
+        return value
+    if value is None:
+        raise invalid("image_urls", f"is required by {endpoint}: give 1 to {limit} image URLs or data URIs")
+    if not isinstance(value, list) or not value or len(value) > limit:
+        got = f"{len(value)} URLs" if isinstance(value, list) else repr(value)[:80]
+        raise invalid("image_urls", f"must be a list of 1 to {limit} image URLs or data URIs, got {got}")
+    return value
+
+
+def _prompt(value: Any) -> Any:
+    if value is None:
+        raise invalid("prompt", "field required: describe the image you want")
+    return value  # build_request checks the text
+
+
+# --- input -----------------------------------------------------------------------------------------
+
+
+class ImageSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(ge=64, le=2048, multiple_of=16)
+    height: int = Field(ge=64, le=2048, multiple_of=16)
+
+
+class FalInput(BaseModel):
+    """fal input (text-to-image; edits add image_urls or image_url)."""
+
+    model_config = ConfigDict(extra="allow")
+    image_size: Annotated[
+        Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
+        | ImageSize
+        | None,
+        Checked(_image_size),
+    ] = Field(None, description=f"left out: {DEFAULT_PRESET}, or on edit endpoints the first input's size")
+    output_format: Annotated[FAL_FORMATS, Checked(_output_format)] = "png"
+    sync_mode: Annotated[bool, Checked(boolean("sync_mode"))] = Field(
+        False, description="images as data URIs, nothing stored"
+    )
+    enable_safety_checker: Annotated[bool, Checked(boolean("enable_safety_checker"))] = True
+    image_url: Annotated[str | None, Checked()] = Field(
+        None, description="edit endpoints: one image (what @ai-sdk/fal sends)"
+    )
+    image_urls: Annotated[list[str] | None, Checked(_image_urls, with_info=True)] = Field(
+        None, min_length=1, max_length=4, description="edit endpoints", validate_default=True
+    )
+    prompt: Annotated[str, Checked(_prompt)] = PROMPT
+    num_images: Annotated[int | None, Checked()] = Field(None, ge=1, le=4)
+    seed: Annotated[int | None, Checked()] = Field(None, ge=0, le=MAX_SEED)
+    num_inference_steps: Annotated[int | None, Checked()] = Field(
+        None, ge=4, le=8, description="4..8 distilled, 1..100 Base"
+    )
+    guidance_scale: Annotated[float | None, Checked()] = Field(None, description="Base endpoints only")
+    negative_prompt: Annotated[str | None, Checked()] = Field(None, description="Base endpoints only")
+
+    def reference_urls(self, edit: bool) -> list[str]:
+        """The checked reference image URLs (none for text-to-image)."""
+        if not edit:
+            return []
+        return [self.image_url] if self.image_url is not None else self.image_urls
+
+
+# --- answers ---------------------------------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class FalImage(_Open):
+    url: str
+    content_type: str
+    width: int
+    height: int
+
+
+class FalOutput(_Open):
+    images: list[FalImage]
+    seed: int
+    has_nsfw_concepts: list[bool]
+
+
+class QueueSubmitted(_Open):
+    request_id: str
+    status_url: str
+    response_url: str
+    cancel_url: str
+    queue_position: int
+
+
+class QueueStatus(_Open):
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    request_id: str
+    logs: list[dict[str, Any]] | None
+
+
+class CancelAnswer(_Open):
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
