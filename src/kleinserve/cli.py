@@ -253,7 +253,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def serve(args: argparse.Namespace) -> int:
     import logging
 
-    from kleinserve.api.app import create_app
     from kleinserve.engine.optimize import check_attention_backend
     from kleinserve.service.engine_startup import check_weights
     from kleinserve.service.outbound import check_networks
@@ -278,7 +277,7 @@ def serve(args: argparse.Namespace) -> int:
         locate_safety_model(settings)
     from kleinserve.roles import server
 
-    server.run(create_app(settings), settings, args.log_level)
+    server.run(server.build_app(settings), settings, args.log_level)
     return 0
 
 
@@ -295,8 +294,12 @@ def _add_ray_deploy_parser(commands) -> None:
     ray = deploy.add_argument_group("Ray Serve placement")
     for flag, kind, default, help_text in RAY_PLACEMENT_FLAGS:
         ray.add_argument(flag, type=kind, default=default, metavar="N", help=help_text)
-    ray.add_argument("--ray-address", default="auto", metavar="HOST:PORT",
-                     help="the Ray head's GCS address (default: the cluster `ray start` runs here)")
+    ray.add_argument(
+        "--ray-address",
+        default="auto",
+        metavar="HOST:PORT",
+        help="the Ray head's GCS address (default: the cluster `ray start` runs here)",
+    )
     ray.add_argument("--proxy-location", choices=["HeadOnly", "EveryNode"], default="HeadOnly",
                      help="Serve's HTTP proxy on the head only, listening on --host (default), or on every "
                      "machine (then --host 0.0.0.0)")  # fmt: skip
@@ -380,8 +383,8 @@ def _add_worker_parser(commands) -> None:
 def worker(args: argparse.Namespace) -> int:
     import logging
 
-    from kleinserve.service.engine_startup import check_weights
     from kleinserve.roles import worker as worker_process
+    from kleinserve.service.engine_startup import check_weights
     from kleinserve.service.safety import locate_safety_model
     from kleinserve.service.served_models import served_specs
 

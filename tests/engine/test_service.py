@@ -11,7 +11,9 @@ from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.metrics import Metrics
 from kleinserve.models import Variant
 from kleinserve.request import OutputOptions, build_request
-from kleinserve.service.facade import BATCHER_RESTARTS, ImageService
+from kleinserve.roles.assembly import embedded_service
+from kleinserve.service.facade import ImageService
+from kleinserve.service.local_models import BATCHER_RESTARTS
 from kleinserve.settings import Settings
 from kleinserve.storage.store import LocalStore
 
@@ -27,7 +29,7 @@ def test_a_storage_failure_fails_the_job_with_its_reason(checkpoints, tmp_path):
     )
 
     async def scenario():
-        service = ImageService(
+        service = embedded_service(
             settings, SQLiteJobStore(settings.database_path), FullDisk(tmp_path), Metrics()
         )
         await service.start()
@@ -56,7 +58,9 @@ def test_a_storage_failure_fails_the_job_with_its_reason(checkpoints, tmp_path):
 
 
 async def _started(settings, tmp_path) -> ImageService:
-    service = ImageService(settings, SQLiteJobStore(settings.database_path), LocalStore(tmp_path), Metrics())
+    service = embedded_service(
+        settings, SQLiteJobStore(settings.database_path), LocalStore(tmp_path), Metrics()
+    )
     await service.start()
     while not service.ready:
         await asyncio.sleep(0.05)

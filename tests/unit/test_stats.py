@@ -12,7 +12,7 @@ import pytest
 from kleinserve.job import Job, RequestSample, new_job_id
 from kleinserve.jobs.sqlite.store import SQLiteJobStore
 from kleinserve.metrics import Metrics
-from kleinserve.service.facade import ImageService
+from kleinserve.roles.assembly import embedded_service
 from kleinserve.service.stats import SERIES_POINTS, Columns, RequestStats, latency_series, summarize
 from kleinserve.settings import Settings
 from kleinserve.storage.store import LocalStore
@@ -25,7 +25,9 @@ def test_queue_depth_is_read_from_the_store(tmp_path):
 
     async def scenario():
         jobs = SQLiteJobStore(settings.database_path)
-        service = ImageService(settings, jobs, LocalStore(tmp_path), Metrics())  # not started: nothing runs
+        service = embedded_service(
+            settings, jobs, LocalStore(tmp_path), Metrics()
+        )  # not started: nothing runs
         for _ in range(3):
             await jobs.add(Job(new_job_id(), MODEL, {}, detached=True), b"inputs")
         try:

@@ -1,8 +1,6 @@
-"""create_app(settings, jobs=..., store=...): the kleinserve HTTP server, assembled from its parts.
-
-The job store and the image store are given (another process role or a test may bring its own, e.g. a
-PostgreSQL store); left out, they are the job store `--database-url` names (SQLite under the data
-directory by default) and the image store `--store` names (local files by default, or an S3 bucket)."""
+"""create_app(service): the kleinserve HTTP server around a service: its dialects' routes, the error
+handlers and the middleware. The service comes assembled for the process's role (roles/assembly.py;
+roles/server.py opens the stores --database-url and --store name and builds both)."""
 
 from __future__ import annotations
 
@@ -18,27 +16,15 @@ from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal.proxy import FalProxyMiddleware
 from kleinserve.api.request_ids import RequestIdMiddleware
 from kleinserve.api.request_metrics import RequestMetricsMiddleware
-from kleinserve.jobs.contract import JobStore
-from kleinserve.jobs.opening import open_job_store
-from kleinserve.metrics import Metrics
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import DEMO_LABEL
 from kleinserve.settings import Settings
-from kleinserve.storage.opening import open_store
-from kleinserve.storage.store import Store
 
 log = logging.getLogger("kleinserve")
 
 
-def create_app(settings: Settings, *, jobs: JobStore | None = None, store: Store | None = None) -> FastAPI:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    metrics = Metrics()
-    jobs = jobs if jobs is not None else open_job_store(settings)  # --database-url, or SQLite
-    if store is None:  # --store: local files, or an S3 bucket checked reachable now
-        store = open_store(
-            settings.store, settings.files_dir, settings.presign_expiry_s, settings.store_public_url
-        )
-    service = ImageService(settings, jobs, store, metrics)
+def create_app(service: ImageService) -> FastAPI:
+    settings, metrics, jobs = service.settings, service.metrics, service.jobs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

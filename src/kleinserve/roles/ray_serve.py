@@ -54,16 +54,16 @@ def engine_app_name(model_id: str) -> str:
 
 @serve.ingress()
 class ApiReplica:
-    """The whole HTTP API (create_app with role api); Serve runs the app's lifespan, which starts the
+    """The whole HTTP API (`serve --role api`'s app); Serve runs the app's lifespan, which starts the
     service."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
     def __serve_build_asgi_app__(self):
-        from kleinserve.api.app import create_app
+        from kleinserve.roles.server import build_app
 
-        return create_app(self.settings)
+        return build_app(self.settings)
 
 
 class EngineReplica:
@@ -87,10 +87,8 @@ class EngineReplica:
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The figures QueueDepthPolicy scales on (Serve asks every REPORT_S)."""
-        service = self.worker.service
-        queued = sum((await service.queue_depths()).values())
-        running = sum(served.batcher.running_jobs for served in service.models if served.batcher)
-        return {QUEUED: float(queued), RUNNING: float(running)}
+        queued = await self.worker.queued_jobs()
+        return {QUEUED: float(queued), RUNNING: float(self.worker.running_jobs())}
 
     async def __del__(self):
         await self.worker.stop(self.grace_s)

@@ -1,4 +1,4 @@
-"""The HTTP server process: uvicorn, with two things it lacks.
+"""The HTTP server process (`serve`): its app (build_app), run by uvicorn with two things uvicorn lacks.
 
 - A header deadline: a connection must send a whole request head within `header_timeout_s` of opening
   (or of its previous response), or it is closed; slow or stalled clients cannot hold connections open.
@@ -11,11 +11,22 @@
 from __future__ import annotations
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from kleinserve.api.app import create_app
+from kleinserve.metrics import Metrics
+from kleinserve.roles.assembly import open_stores, serve_service
 from kleinserve.settings import Settings
 
 RESPONSE_MARGIN_S = 5.0  # after the grace, time to write the last answers before uvicorn cuts connections
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """`serve`'s HTTP app (and each of Ray Serve's API replicas'): the service its --role asks for, over the
+    stores --database-url and --store name."""
+    jobs, store = open_stores(settings)
+    return create_app(serve_service(settings, jobs, store, Metrics()))
 
 
 def run(app, settings: Settings, log_level: str) -> None:

@@ -30,9 +30,8 @@ import time
 from kleinserve.job import WorkerRecord
 from kleinserve.jobs.contract import JobStore
 from kleinserve.metrics import Metrics
-from kleinserve.service.facade import ImageService
+from kleinserve.roles.assembly import WorkerParts, open_stores, worker_parts
 from kleinserve.settings import Settings
-from kleinserve.storage.opening import open_store
 from kleinserve.storage.store import Store
 
 log = logging.getLogger("kleinserve")
@@ -46,28 +45,22 @@ class Worker:
         self.settings = settings
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.started_at = time.time()
-        self.service: ImageService | None = None
+        self.parts: WorkerParts | None = None  # its models and loops, once started
         self._jobs, self._store = jobs, store
         self._owns_jobs = jobs is None
         self._heartbeat: asyncio.Task | None = None
+        self._stopping = False
         self._metrics_server = None  # --worker-metrics-port: Prometheus' own small HTTP server
 
     async def start(self) -> None:
         """Open the stores, start loading the models (in the background) and heartbeating."""
-        from kleinserve.jobs.opening import open_job_store
-
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._jobs is None:
-            self._jobs = await asyncio.to_thread(open_job_store, settings)
-        if self._store is None:
-            where = (settings.store, settings.files_dir, settings.presign_expiry_s, settings.store_public_url)
-            self._store = await asyncio.to_thread(open_store, *where)
+        self._jobs, self._store = await asyncio.to_thread(open_stores, settings, self._jobs, self._store)
         metrics = Metrics()
-        self.service = ImageService(
-            settings, self._jobs, self._store, metrics, role="worker", worker_id=self.id
-        )
-        await self.service.start()
+        self.parts = worker_parts(settings, self._jobs, self._store, metrics, self.id)
+        await self.parts.models.start()
+        for name, loop in self.parts.loops.items():
+            self.parts.background.loop(loop(), name=name)
         if settings.worker_metrics_port is not None:
             from prometheus_client import start_http_server
 
@@ -81,7 +74,7 @@ class Worker:
     def models(self) -> dict[str, dict]:
         """Each served model's state, as the heartbeat reports it."""
         reports = {}
-        for served in self.service.models:
+        for served in self.parts.models.models:
             batcher = served.batcher
             reports[served.spec.id] = {
                 "state": served.state,
@@ -94,25 +87,38 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.service is not None and self.service.ready
+        return self.parts is not None and not self._stopping and self.parts.models.ready
+
+    async def queued_jobs(self) -> int:
+        """Jobs queued for its models (Ray Serve's engine autoscaling counts them)."""
+        return sum([await self._jobs.queue_depth(served.spec.id) for served in self.parts.models.models])
+
+    def running_jobs(self) -> int:
+        """Jobs in its running batches."""
+        return sum(batcher.running_jobs for batcher in self.parts.models.batchers)
 
     async def stop(self, grace_s: float = 0) -> None:
-        if self.service is None:
+        if self.parts is None:
             return
-        self.service.begin_shutdown(grace_s)
-        await self.service.settled(grace_s + SETTLE_MARGIN_S)
+        models, background = self.parts.models, self.parts.background
+        if not self._stopping:
+            self._stopping = True
+            log.warning("shutting down: running batches get %g s", grace_s)  # their jobs then run elsewhere
+            models.begin_shutdown(grace_s)
+        await background.drained(grace_s + SETTLE_MARGIN_S, first=models.stopped())
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         try:
             await self._beat(models={})  # API servers stop listing this worker's models at once
         except Exception as exc:
             log.warning("could not record the worker's end: %s", exc)
-        await self.service.stop()
+        await background.stop()
+        models.close()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         if self._owns_jobs:
             await self._jobs.close()
-        self.service = None
+        self.parts = None
 
     async def _keep_beating(self) -> None:
         while True:

@@ -8,13 +8,17 @@ flags everything. The demo serves a tiny random-weight classifier in the same on
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from kleinserve.errors import KleinserveError
+from kleinserve.request import OutputOptions
 from kleinserve.settings import DEFAULT_SAFETY_MODEL, Settings
 
 log = logging.getLogger("kleinserve")
@@ -66,6 +70,37 @@ class ClassifierSafetyChecker:
 
 def load_safety_checker(settings: Settings) -> ClassifierSafetyChecker:
     return ClassifierSafetyChecker(locate_safety_model(settings), settings.safety_threshold, settings.device)
+
+
+class SafetyScreen:
+    """The safety checker where models run: loaded at start-up, then run on each job's images that asks for
+    it. It has a thread of its own, so a job's check never waits behind the next batch."""
+
+    def __init__(self):
+        self.checker: SafetyChecker | None = None  # None: not loaded, nothing is flagged
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kleinserve-safety")
+
+    async def load(self, settings: Settings) -> None:
+        """Loaded before the server accepts requests; a failure stops the start-up."""
+        loop = asyncio.get_running_loop()
+        self.checker = await loop.run_in_executor(self.thread, load_safety_checker, settings)
+        log.info("safety checker ready: %s", self.checker.describe())
+
+    async def screen(self, arrays: list, output: OutputOptions, timings: dict) -> list[bool]:
+        """Flag unsafe images (and black them out in place) when the request asks for the checker."""
+        if not output.safety_check or self.checker is None:
+            return [False] * len(arrays)
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        flags = await loop.run_in_executor(self.thread, self.checker.flags, arrays)
+        for i, flagged in enumerate(flags):
+            if flagged:
+                arrays[i] = np.zeros_like(arrays[i])
+        timings["safety"] = time.monotonic() - start
+        return flags
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True, cancel_futures=True)
 
 
 def locate_safety_model(settings: Settings) -> Path:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kleinserve.errors import UnknownModel
+from kleinserve.errors import ModelNotReady, UnknownModel
 from kleinserve.models import ModelSpec, resolve_model, with_local_path
 from kleinserve.settings import Settings
 
@@ -24,11 +24,18 @@ class ServedModel:
     state: str = "loading"  # loading | ready | failed
     error: str | None = None
     batcher: Batcher | None = None  # once loaded
-    workers: int | None = None  # --role api: live workers with it ready (None: this process runs it)
+    workers: int | None = None  # run in workers: live workers with it ready (None: this process runs it)
 
     @property
     def names(self) -> list[str]:
         return [self.spec.id, *self.spec.aliases]
+
+    def require_ready(self) -> None:
+        """ModelNotReady unless it is ready to run jobs."""
+        if self.state == "failed":
+            raise ModelNotReady(f"{self.spec.id} is out of service: {self.error}")
+        if self.state != "ready":
+            raise ModelNotReady(f"{self.spec.id} is still loading; retry shortly")
 
 
 def served_specs(settings: Settings) -> list[tuple[ModelSpec, bool]]:

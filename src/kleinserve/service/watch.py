@@ -5,7 +5,7 @@ The worker records each denoising step in the job store (`ProgressRecorder`), wi
 jobs whose submitter asked for them (params["previews"]: a streamed request). The API server follows the
 job (`follow`): it waits on the store's change signal, re-reads the job after every wake (a wait may end
 early or spuriously), hands new steps to the caller's step listener, and returns the final record, which
-`outcome_of` turns into what the caller gets: the images, or the error the job ended with.
+`outcome_of` turns into what the caller gets: the job's `Outcome` (outcome.py).
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from kleinserve.errors import GenerationFailed, JobCancelled, ShuttingDown, StorageFull
+from kleinserve.errors import ResultGone
 from kleinserve.imaging import encode_image
 from kleinserve.job import Job, JobStatus
 from kleinserve.jobs.contract import JobStore
-from kleinserve.service.outputs import Generated, Outputs
+from kleinserve.service.outcome import RESULT_GONE, JobError, Outcome
+from kleinserve.service.outputs import Outputs
+from kleinserve.service.waiters import StepListener
 
 log = logging.getLogger("kleinserve")
 
 PREVIEW_FORMAT, PREVIEW_QUALITY = "jpeg", 80
 FOLLOW_POLL_S = 1.0  # a backstop: the store's change signal wakes a follower at once
-StepListener = Callable[[int, int, list[np.ndarray]], None]
 
 
 class ProgressRecorder:
@@ -74,19 +75,21 @@ async def follow(
     return None
 
 
-async def outcome_of(job: Job | None, outputs: Outputs) -> tuple[Generated | None, Exception | None]:
-    """What a waiting caller gets for a job's final record: (images, None) or (None, the error)."""
+async def outcome_of(job: Job | None, outputs: Outputs) -> Outcome:
+    """What a waiting caller gets for a job's final record: its images, or the error it ended with."""
     if job is None:
-        return None, GenerationFailed("the job's record is gone (expired); submit it again")
+        return Outcome.failed("the job's record is gone (expired); submit it again")
     if job.status is JobStatus.SUCCEEDED:
         try:
-            return await outputs.rebuild(job), None
+            return Outcome(await outputs.rebuild(job))
+        except ResultGone as exc:
+            return Outcome.failed(str(exc), RESULT_GONE)
         except Exception as exc:
-            return None, exc
-    error = job.error or {}
-    message = error.get("message", job.status.value)
-    kinds = {"cancelled": JobCancelled, "storage_full": StorageFull, "shutting_down": ShuttingDown}
-    return None, kinds.get(error.get("type"), GenerationFailed)(message)
+            log.error("could not read the images of job %s", job.id, exc_info=exc)
+            return Outcome.failed(
+                f"could not read the job's images ({type(exc).__name__}); the server log has details"
+            )
+    return Outcome(error=JobError.from_record(job.error, job.status.value))
 
 
 def _decode(data: bytes) -> np.ndarray:

@@ -7,8 +7,8 @@ and marks it done. The lease covers every attempt with its timeout and backoff; 
 sending leaves the lease to run out, and another process sends the webhook again: receivers must be
 idempotent, as for any retried webhook.
 
-In one process (--role all) a job's end wakes the queue at once; an API server whose jobs end in workers
-polls every POLL_S.
+Where the models run in the same process, a job's end wakes the queue at once; an API server whose jobs end
+in workers polls every POLL_S.
 """
 
 from __future__ import annotations
