@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         description="keep jobs in this PostgreSQL database, shared by every process given it (default: "
         "SQLite in --data-dir, this process's alone)",
     )
-    # The image store (storage.py, s3_storage.py). S3 credentials, region and endpoint come from the standard
+    # The image store (storage/: store.py, s3.py). S3 credentials, region and endpoint come from the standard
     # AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL), read by boto3.
     store: Annotated[str, Flag(metavar="local|s3://BUCKET/PREFIX")] = Field(
         "local",

@@ -36,7 +36,7 @@ MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}  # error codes S3 ans
 
 
 class S3Store:
-    """The `Store` of storage.py on an S3 bucket; `client` is a boto3 S3 client (made from the environment
+    """The `Store` of storage/store.py on an S3 bucket; `client` is a boto3 S3 client (made from the environment
     when left out)."""
 
     def __init__(

@@ -1,6 +1,6 @@
 """Where generated images live: `Store` is the interface, `LocalStore` keeps files under the data directory
 and the server serves them at /files/{key}; `--store s3://BUCKET/PREFIX` puts them in a bucket instead
-(s3_storage.py; /files/{key} then redirects there). Keys look like "{folder}/{index}.{ext}", where the
+(storage/s3.py; /files/{key} then redirects there). Keys look like "{folder}/{index}.{ext}", where the
 folder is a random name of its own for each job: a file URL reveals nothing (such as a job id) that grants
 anything."""
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-# Formats, content types and extensions: imaging's one table (outputs.py imports CONTENT_TYPES from here).
+# Formats, content types and extensions: imaging's one table (service/outputs.py imports CONTENT_TYPES from here).
 from kleinserve.imaging import CONTENT_TYPES, FORMAT_NAMES, OUTPUT_FORMATS
 
 _EXTENSION = "|".join(fmt.extension for fmt in OUTPUT_FORMATS.values())
