@@ -36,8 +36,8 @@ MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}  # error codes S3 ans
 
 
 class S3Store:
-    """The `Store` of storage/store.py on an S3 bucket; `client` is a boto3 S3 client (made from the environment
-    when left out)."""
+    """The `Store` of storage/store.py on an S3 bucket; `client` is a boto3 S3 client (made from the
+    environment when left out)."""
 
     def __init__(
         self, location: S3Location, presign_expiry_s: int, public_url: str | None = None, client=None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-# Formats, content types and extensions: imaging's one table (service/outputs.py imports CONTENT_TYPES from here).
+# Formats, content types and extensions: imaging's one table (service/outputs.py imports CONTENT_TYPES
+# from here).
 from kleinserve.imaging import CONTENT_TYPES, FORMAT_NAMES, OUTPUT_FORMATS
 
 _EXTENSION = "|".join(fmt.extension for fmt in OUTPUT_FORMATS.values())
