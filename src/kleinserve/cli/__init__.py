@@ -1,4 +1,4 @@
-"""The `kleinserve` command: serve | generate | tiny-checkpoint.
+"""The `kleinserve` command: generate | serve | worker | ray-deploy | tiny-checkpoint.
 
 Bad input exits non-zero with one clear line."""
 
@@ -8,17 +8,16 @@ import argparse
 import os
 import sys
 import time
-import types
-import typing
 from pathlib import Path
 
-from pydantic_core import PydanticUndefined
-
+from kleinserve.cli.setting_flags import add_setting_flag, setting_flags, settings_from_args
 from kleinserve.errors import InvalidRequest, KleinserveError
 from kleinserve.imaging import EXTENSIONS, OUTPUT_FORMATS, encode_image, read_image_file
 from kleinserve.models import Variant, resolve_model
 from kleinserve.request import build_request, parse_size
-from kleinserve.settings import DTYPES, Flag, Settings
+from kleinserve.settings import DTYPES, Settings
+
+__all__ = ["build_parser", "main", "setting_flags", "settings_from_args"]
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -170,84 +169,10 @@ def _add_serve_parser(commands) -> None:
         "KLEINSERVE_API_KEYS=k1,k2 for --api-key); flags win.",
     )
     for name, flag in setting_flags().items():
-        _add_setting_flag(serve, name, flag)
+        add_setting_flag(serve, name, flag)
     serve.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
     )
-
-
-def setting_flags() -> dict[str, str]:
-    """Each Settings field's `serve` flag: --NAME, or what its Flag says (--model, --no-download, ...)."""
-    flags = {}
-    for name, field in Settings.model_fields.items():
-        flag = _flag_of(field)
-        if flag.name:
-            flags[name] = flag.name
-        elif _bare_type(field.annotation) is bool and field.default is True:
-            flags[name] = "--no-" + name.replace("_", "-")
-        else:
-            flags[name] = "--" + name.replace("_", "-")
-    return flags
-
-
-def _flag_of(field) -> Flag:
-    return next((item for item in field.metadata if isinstance(item, Flag)), Flag())
-
-
-def _bare_type(annotation):
-    """int for int, int | None and Annotated[int, ...]; tuple for tuple[str, ...]."""
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
-        return _bare_type(args[0])
-    return typing.get_origin(annotation) or annotation
-
-
-def _add_setting_flag(serve: argparse.ArgumentParser, name: str, option: str) -> None:
-    """One flag from one Settings field: its help is the field's description. Every flag defaults to None,
-    meaning "not given", so the environment and then the field's default apply."""
-    field = Settings.model_fields[name]
-    flag = _flag_of(field)
-    kind, optional = _bare_type(field.annotation), type(None) in typing.get_args(field.annotation)
-    help_text = (field.description or "").replace("%", "%%")
-    options: dict = {"dest": name, "default": None, "help": help_text}
-    if kind is bool and optional:  # None means automatic: --NAME / --no-NAME
-        options["action"] = argparse.BooleanOptionalAction
-    elif kind is bool:
-        options["action"] = "store_false" if field.default else "store_true"
-        if field.default:
-            options["help"] = f"turns off what is on by default: {help_text}"
-    else:
-        if kind is tuple:
-            options["action"] = "append"
-        else:
-            options["type"] = kind if kind in (int, float) else str
-        default = field.default
-        if default is not None and default != () and default is not PydanticUndefined:
-            options["help"] = f"{help_text} (default {_shown(default)})"
-        if flag.metavar or kind in (int, float):
-            options["metavar"] = flag.metavar or "N"
-        if flag.choices:
-            options["choices"] = flag.choices
-    serve.add_argument(option, **options)
-
-
-def _shown(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Settings from the flags given, over KLEINSERVE_* variables, over the defaults; a bad value names its
-    flag."""
-    from pydantic import ValidationError
-
-    given = {name: getattr(args, name, None) for name in Settings.model_fields}  # `worker` has no --role
-    given = {name: value for name, value in given.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else ""
-        raise InvalidRequest(setting_flags().get(name, "--" + name.replace("_", "-")), first["msg"]) from exc
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -290,7 +215,7 @@ def _add_ray_deploy_parser(commands) -> None:
         "comes from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH (README: Scaling out).",
     )
     for name, flag in setting_flags().items():
-        _add_setting_flag(deploy, name, flag)
+        add_setting_flag(deploy, name, flag)
     ray = deploy.add_argument_group("Ray Serve placement")
     for flag, kind, default, help_text in RAY_PLACEMENT_FLAGS:
         ray.add_argument(flag, type=kind, default=default, metavar="N", help=help_text)
@@ -374,7 +299,7 @@ def _add_worker_parser(commands) -> None:
     )
     for name, flag in setting_flags().items():
         if name != "role":
-            _add_setting_flag(worker, name, flag)
+            add_setting_flag(worker, name, flag)
     worker.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default info"
     )
