@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest
+from filelock import FileLock
 
 from kleinserve.engine import Engine
 from kleinserve.models import Variant, resolve_model
@@ -34,8 +35,19 @@ def safety_classifier(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {variant: write_tiny_checkpoint(root / variant.value, variant) for variant in Variant}
+    """Built once per run: pytest-xdist workers share the folder above their own temporary ones, and the
+    first worker to get here builds while the others wait on the lock."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    root /= "checkpoints"
+    with FileLock(f"{root}.lock"):
+        if not root.exists():
+            building = root.with_name("checkpoints-building")
+            for variant in Variant:
+                write_tiny_checkpoint(building / variant.value, variant)
+            building.rename(root)
+    return {variant: root / variant.value for variant in Variant}
 
 
 @pytest.fixture(scope="session")
@@ -108,12 +120,25 @@ def fal(fal_server):
 TIERS = ("unit", "engine", "live")
 TESTS = Path(__file__).resolve().parent
 
+# Parallel runs (pytest-xdist, `-n 2 --dist loadfile --no-loadscope-reorder`): a module's tests stay on one
+# worker, so that a module-scoped server starts once, and the modules start in the order below (the longest
+# first, so that none of them is left running alone at the end), then the others in their usual order.
+LONGEST_FIRST = (
+    "live/test_scale_out.py", "live/test_ray_serve.py", "live/test_openapi_fuzz.py",
+    "live/test_server_lifecycle.py", "live/test_hostile.py", "live/test_fal_client.py",
+    "live/test_console.py", "live/test_clients.py", "live/test_durable_queue.py",
+)  # fmt: skip
+
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         folder = item.path.resolve().relative_to(TESTS).parts[0]
         if folder not in TIERS:
-            raise pytest.UsageError(
-                f"{item.nodeid}: each test belongs in one of tests/unit, tests/engine, tests/live"
-            )
+            raise pytest.UsageError(f"{item.nodeid}: a test belongs in tests/unit, tests/engine, tests/live")
         item.add_marker(folder)
+    items.sort(key=_start_rank)  # stable: a module's tests keep their order
+
+
+def _start_rank(item) -> int:
+    module = item.path.resolve().relative_to(TESTS).as_posix()
+    return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)

@@ -30,7 +30,7 @@ def server(checkpoints, tmp_path_factory):
     with LiveServer(
         tmp_path_factory.mktemp("clients-server"),
         "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",
-        "--api-key", "unused", "--api-key", "js-suite-key",
+        "--api-key", "unused", "--api-key", "js-suite-key", "--no-warmup",
     ) as live:  # fmt: skip
         yield live
 

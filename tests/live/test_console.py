@@ -49,7 +49,8 @@ LOADED_SIZES = """(region) => [...region.querySelectorAll("img")].map(
 @pytest.fixture(scope="module")
 def server(checkpoints, tmp_path_factory):
     base = f"flux.2-klein-base-4b={checkpoints[Variant.BASE]}"
-    with LiveServer(tmp_path_factory.mktemp("console") / "data", "--demo", "--model", base) as live:
+    data = tmp_path_factory.mktemp("console") / "data"
+    with LiveServer(data, "--demo", "--model", base, "--no-warmup") as live:
         yield live
 
 
@@ -239,7 +240,7 @@ def test_copied_code_runs_and_saves_the_image(server, browser, tmp_path, tab, co
 
 
 def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
-    with LiveServer(tmp_path / "data", "--demo", "--api-key", KEY) as server:
+    with LiveServer(tmp_path / "data", "--demo", "--api-key", KEY, "--no-warmup") as server:
         config = httpx.get(server.url + "/console/config.json").json()
         assert config["api_key_required"] is True and KEY not in json.dumps(config)
         page = ready_page(browser, server.url + "/")
@@ -279,7 +280,7 @@ def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
 
 
 def test_console_files_load_without_a_key_under_a_strict_policy(tmp_path):
-    with LiveServer(tmp_path / "data", "--demo", "--api-key", KEY) as server:
+    with LiveServer(tmp_path / "data", "--demo", "--api-key", KEY, "--no-warmup") as server:
         for path in ("/", "/console/playground.js", "/console/console.css", "/console/config.json"):
             answer = httpx.get(server.url + path)
             assert answer.status_code == 200, path

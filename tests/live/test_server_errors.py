@@ -18,7 +18,8 @@ from support.live_server import LiveServer
 @pytest.fixture(scope="module")
 def server(checkpoints, tmp_path_factory):
     with LiveServer(
-        tmp_path_factory.mktemp("server"), "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}"
+        tmp_path_factory.mktemp("server"), "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",
+        "--no-warmup",
     ) as live:
         yield live
 

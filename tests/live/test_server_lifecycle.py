@@ -27,7 +27,7 @@ def generate(server: LiveServer, **fields) -> httpx.Response:
 
 
 def test_results_survive_a_restart(checkpoints, tmp_path):
-    server = LiveServer(tmp_path, *model_flag(checkpoints)).start()
+    server = LiveServer(tmp_path, *model_flag(checkpoints), "--no-warmup").start()
     try:
         body = generate(server, seed=9, n=2).json()
         urls = [item["url"] for item in body["data"]]
@@ -83,7 +83,8 @@ def _wait_for_running_job(server, timeout: float = 60) -> str:
 
 def test_old_jobs_and_files_expire(checkpoints, tmp_path):
     retention_hours = 2 / 3600  # two seconds
-    with LiveServer(tmp_path, *model_flag(checkpoints), "--retention-hours", str(retention_hours)) as server:
+    flags = [*model_flag(checkpoints), "--retention-hours", str(retention_hours), "--no-warmup"]
+    with LiveServer(tmp_path, *flags) as server:
         body = generate(server).json()
         assert httpx.get(body["data"][0]["url"]).status_code == 200
         deadline = time.monotonic() + 20
@@ -122,7 +123,8 @@ def test_a_full_queue_answers_503_with_retry_after(checkpoints, tmp_path):
 
 
 def test_api_keys(checkpoints, tmp_path):
-    with LiveServer(tmp_path, *model_flag(checkpoints), "--api-key", "k1", "--api-key", "k2") as server:
+    flags = [*model_flag(checkpoints), "--api-key", "k1", "--api-key", "k2", "--no-warmup"]
+    with LiveServer(tmp_path, *flags) as server:
         for key in ("k1", "k2"):
             client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
             assert client.images.generate(prompt="a fox", size="64x64").data[0].url
@@ -149,6 +151,7 @@ def test_open_server_says_so_and_is_ready_only_once_loaded(checkpoints, tmp_path
 
 def test_rate_limit_per_key(checkpoints, tmp_path):
     flags = [*model_flag(checkpoints), "--api-key", "a", "--api-key", "b", "--rate-limit-per-minute", "2"]
+    flags.append("--no-warmup")
     with LiveServer(tmp_path, *flags) as server:
         a = openai.OpenAI(base_url=server.url + "/v1", api_key="a", max_retries=0)
         b = openai.OpenAI(base_url=server.url + "/v1", api_key="b", max_retries=0)
@@ -164,7 +167,7 @@ def test_rate_limit_per_key(checkpoints, tmp_path):
 
 def test_demo_flag_serves_a_labelled_random_weight_model(tmp_path):
     demo_classifier = {"KLEINSERVE_SAFETY_MODEL": DEFAULT_SAFETY_MODEL}  # the demo builds its own tiny one
-    flags = ("--demo", "--public-base-url", "https://img.example.com/klein/")
+    flags = ("--demo", "--public-base-url", "https://img.example.com/klein/", "--no-warmup")
     with LiveServer(tmp_path, *flags, env=demo_classifier) as server:
         model = httpx.get(server.url + "/v1/models").json()["data"][0]
         assert model["id"] == "flux.2-klein-4b" and "random-weight" in model["warning"]
@@ -229,7 +232,7 @@ def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls(checkpoints, tmp_path):
     cert, key = self_signed_certificate(tmp_path)
-    flags = [*model_flag(checkpoints), "--ssl-certfile", cert, "--ssl-keyfile", key]
+    flags = [*model_flag(checkpoints), "--ssl-certfile", cert, "--ssl-keyfile", key, "--no-warmup"]
     with LiveServer(tmp_path / "data", *flags) as server:
         assert server.url.startswith("https://")
         trusted = server.ssl_context()

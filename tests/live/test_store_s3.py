@@ -124,7 +124,8 @@ def s3_server(s3, s3_env, tmp_path_factory):
     s3.create_bucket(Bucket=name)
     data_dir = tmp_path_factory.mktemp("s3-server")
     server = LiveServer(
-        data_dir, "--demo", "--store", f"s3://{name}/gen", "--presign-expiry-s", "600", env=s3_env
+        data_dir, "--demo", "--no-warmup", "--store", f"s3://{name}/gen", "--presign-expiry-s", "600",
+        env=s3_env,
     )
     with server:
         server.bucket = name
