@@ -100,3 +100,18 @@ def test_the_service_layer_has_no_branch_on_a_role_name():
         if re.search(r"\brole\s*(==|!=|in\b)|\.role\b|worker_models is (not )?None", line)
     ]
     assert branches == []
+
+
+def test_the_readme_layout_names_every_module():
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    unnamed = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py" and not re.search(rf"\b{path.stem}\b", layout)
+    ] + [
+        f"{folder.relative_to(PACKAGE)}/"
+        for folder in PACKAGE.rglob("*")
+        if folder.is_dir() and folder.name != "__pycache__" and f"{folder.name}/" not in layout
+    ]
+    assert unnamed == []

@@ -1,6 +1,6 @@
 """How one engine is set up: where it runs, what it may load, how it batches and caches, which speed levers it
-uses, and what it warms up. Whoever starts an engine fills it in (the server: kleinserve/service/engine_startup.py,
-from its Settings); the engine package itself never reads settings.
+uses, and what it warms up. Whoever starts an engine fills it in (the server:
+kleinserve/service/engine_startup.py, from its Settings); the engine package itself never reads settings.
 """
 
 from __future__ import annotations

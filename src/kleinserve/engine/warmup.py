@@ -6,7 +6,7 @@ batch of two recompiles with the batch dimension dynamic, which then covers ever
 (batch 1 keeps its own code: torch.compile specialises sizes 0 and 1). So with compile on, warm-up runs
 one image at each warm-up size, then one 2-image batch at the smallest of them; after that every size
 warmed and every batch the batcher can form (1..max_batch_images images) runs without compiling
-(tests/test_warmup.py counts). The order matters: the 2-image batch must come after all sizes.
+(tests/engine/test_warmup.py counts). The order matters: the 2-image batch must come after all sizes.
 """
 
 from __future__ import annotations
