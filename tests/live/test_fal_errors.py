@@ -104,3 +104,10 @@ def test_bad_requests_do_not_disturb_good_ones(fal, image_host):
         bads.append(pool.submit(fal.run, ENDPOINT + "/edit", arguments=edit_bad))
         assert all(future.result()["images"] for future in goods)
         assert all(isinstance(future.exception(), fal.FalClientHTTPError) for future in bads)
+
+
+def test_null_or_empty_reference_fields_on_text_to_image_send_none(fal):
+    """`"image_url": null` is no image (it once reached a strict zip of no URLs with one name: a 500)."""
+    for empty in ({"image_url": None}, {"image_url": None, "image_urls": []}, {"image_urls": None}):
+        result = fal.run(ENDPOINT, arguments={"prompt": "x", "image_size": SMALL, **empty})
+        assert len(result["images"]) == 1, empty

@@ -132,7 +132,7 @@ async def _parse(service: ImageService, http: Request, endpoint: str, *, queued:
     )
     urls = body.reference_urls(edit)
     _precheck(served, body, width, height)  # cheap checks before any download
-    single = "image_url" in body.model_fields_set
+    single = body.sends_one_image
     names = ["image_url"] if single else [f"image_urls[{i}]" for i in range(len(urls))]
     images = await asyncio.gather(
         *(service.fetch_reference(url, name) for url, name in zip(urls, names, strict=True))
@@ -174,7 +174,7 @@ def _precheck(served: ServedModel, body: FalInput, width, height) -> None:
 
 
 def _to_request(served: ServedModel, body: FalInput, images: list, width, height) -> GenerationRequest:
-    single = "image_url" in body.model_fields_set
+    single = body.sends_one_image
     names, index = (SINGLE_IMAGE_FIELDS, "nowhere") if single else (FIELDS, "field")
     return to_request(served.spec, sent(body), names, index=index, images=images, width=width, height=height)
 

@@ -137,6 +137,11 @@ class FalInput(BaseModel):
     guidance_scale: Annotated[float | None, Checked()] = Field(None, description="Base endpoints only")
     negative_prompt: Annotated[str | None, Checked()] = Field(None, description="Base endpoints only")
 
+    @property
+    def sends_one_image(self) -> bool:
+        """One reference as `image_url` (`"image_url": null` sends none)."""
+        return self.image_url is not None
+
     def reference_urls(self, edit: bool) -> list[str]:
         """The checked reference image URLs (none for text-to-image)."""
         if not edit:
