@@ -45,6 +45,7 @@ def assert_error(response: httpx.Response, status: int, param: str | None, *word
     return error
 
 
+GENERATION_TIMEOUT = 120  # an accepted edit renders: seconds on a busy 2-core CI machine, not 5 (httpx)
 GENERATION_CASES = {
     "size 4000x4000": ({"size": "4000x4000"}, "size", "out of range"),
     "size 100x100": ({"size": "100x100"}, "size", "not a multiple of 16; use 96 or 112"),
@@ -111,7 +112,8 @@ def test_malformed_json(server, body, words):
 
 
 def edit(server, files, data=None) -> httpx.Response:
-    return httpx.post(server.url + "/v1/images/edits", files=files, data={"prompt": "edit", **(data or {})})
+    data = {"prompt": "edit", **(data or {})}
+    return httpx.post(server.url + "/v1/images/edits", files=files, data=data, timeout=GENERATION_TIMEOUT)
 
 
 def test_five_images(server):
