@@ -146,7 +146,7 @@ class FalInput(BaseModel):
         """The checked reference image URLs (none for text-to-image)."""
         if not edit:
             return []
-        return [self.image_url] if self.image_url is not None else self.image_urls
+        return [self.image_url] if self.sends_one_image else self.image_urls
 
 
 # --- answers ---------------------------------------------------------------------------------------
