@@ -166,7 +166,8 @@ def test_edit_takes_one_image_url_as_ai_sdk_fal_sends_it(fal, fal_server):
 def test_request_id_headers_on_sync_and_queue_results(fal_server):
     verify, headers = fal_server.ssl_context(), {"Authorization": "Key x"}
     sync = httpx.post(
-        f"{fal_server.url}/{ENDPOINT}", json={"prompt": "h", "image_size": SMALL}, verify=verify
+        f"{fal_server.url}/{ENDPOINT}", json={"prompt": "h", "image_size": SMALL}, verify=verify,
+        timeout=120,
     )
     request_id, url = sync.headers["x-fal-request-id"], sync.json()["images"][0]["url"]
     assert request_id and url.startswith(f"{fal_server.url}/files/")

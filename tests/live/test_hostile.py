@@ -312,7 +312,8 @@ def test_a_full_disk_gives_507_runs_nothing_and_recovers(checkpoints, small_disk
         answers = [
             openai_post(server, {"prompt": f"full {i}", "size": "64x64"}, headers={}) for i in range(4)
         ]
-        fal = httpx.post(f"{server.url}/{ENDPOINT}", json={"prompt": "full", "image_size": SMALL})
+        fal = httpx.post(f"{server.url}/{ENDPOINT}", json={"prompt": "full", "image_size": SMALL},
+                         timeout=120)
         for answer in answers:
             assert answer.status_code == 507 and "disk is full" in answer.json()["error"]["message"], (
                 answer.text

@@ -31,7 +31,7 @@ def test_the_server_refuses_to_start_without_its_classifier_unless_disabled(chec
         tmp_path / "off", *model[:2], "--no-safety-checker", "--safety-model", "nowhere"
     ) as server:
         response = httpx.post(
-            server.url + "/fal-ai/flux-2/klein/4b", json={"prompt": "x", "image_size": "square"}
+            server.url + "/fal-ai/flux-2/klein/4b", json={"prompt": "x", "image_size": "square"}, timeout=120
         )
         assert response.status_code == 200 and response.json()["has_nsfw_concepts"] == [False]
 
@@ -65,7 +65,8 @@ def test_flagged_images_are_black_flagged_and_never_stored(checkpoints, tmp_path
         assert openai_result.model_extra["has_nsfw_concepts"] == [True]
         assert not list((tmp_path / "files").glob("*/*"))  # nothing flagged was written
 
-        passed = httpx.post(fal_url, json={"prompt": "x", "image_size": size, "enable_safety_checker": False})
+        passed = httpx.post(fal_url, json={"prompt": "x", "image_size": size, "enable_safety_checker": False},
+                            timeout=120)
         image = passed.json()["images"][0]
         assert passed.json()["has_nsfw_concepts"] == [False] and image["url"].startswith(
             server.url + "/files/"
