@@ -7,7 +7,11 @@
 (b) kleinserve: GenerationRequests in, uint8 images out, each encoded as PNG (the server's work).
 Each case is warmed up once, then timed `--runs` times (CUDA synchronised); the median is reported, with
 per-stage milliseconds, images/s, peak GPU memory, and the largest pixel difference between (a) and (b)
-on the same seed, so a speed-up can never come from computing something else.
+on the same seed, so a speed-up can never come from computing something else. The stock pipeline is
+freed before kleinserve runs (its peak memory is its own); `--no-diffusers` times kleinserve alone.
+The JSON is rewritten after every step, so a run stopped by a timeout leaves every finished case; it
+records the attention path taken (SDPA operators and kernels seen by the profiler, cuDNN version, compile
+mode); `--profile FILE` writes the top kernels of one generation.
 
 --tiny builds the tiny random checkpoint (CPU, seconds); --checkpoint DIR benchmarks a real one.
 """
@@ -15,8 +19,11 @@ on the same seed, so a speed-up can never come from computing something else.
 from __future__ import annotations
 
 import argparse
+import gc
+import inspect
 import json
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -35,34 +42,62 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     checkpoint = None if args.full else prepare_checkpoint(args)
     engine, pipe = load_both(args, checkpoint)
+    command = sys.argv if argv is None else ["benchmarks/bench_engine.py", *argv]
+    report = Report(args.output, {
+        **environment(engine.device),
+        "command": "python " + shlex.join(command),
+        "checkpoint": describe_checkpoint(args, checkpoint),
+        "cases": [],
+    })  # fmt: skip
     shapes = [(size, batch, refs) for size in args.sizes for batch in args.batches for refs in args.refs]
     # Stock diffusers first: with --full the two share modules, and the levers must not touch its run.
-    stock = [time_diffusers(args, engine, pipe, shape) for shape in shapes]
+    stock = [time_diffusers(args, engine, pipe, shape, report) for shape in shapes]
+    pipe = free(pipe, engine.device)  # kleinserve's peak memory is its own, not the stock pipeline's too
     optimizations = Optimizations.for_device(
         engine.device, args.compile, attention_backend=args.attention_backend
     )
     apply_optimizations(engine.components.transformer, optimizations)
     engine.optimizations = optimizations
-    cases = []
-    for shape, baseline in zip(shapes, stock, strict=True):
-        cases.append(time_kleinserve(args, engine, shape, baseline))
-        print(json.dumps(cases[-1]), flush=True)
-    report = {
-        **environment(engine.device),
-        "command": "python "
-        + shlex.join(sys.argv if argv is None else ["benchmarks/bench_engine.py", *argv]),
-        "checkpoint": "random weights, full size"
-        if args.full
-        else "tiny random weights"
-        if args.tiny
-        else str(checkpoint),
-        "cold_start_s": cold_start(args, checkpoint) if args.cold_start and checkpoint else None,
-        "cases": cases,
-    }
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    for index, (shape, baseline) in enumerate(zip(shapes, stock, strict=True)):
+        report.cases[index].update(time_kleinserve(args, engine, shape, baseline))
+        report.write()
+        print(json.dumps(report.cases[index]), flush=True)
+    report.data["attention"] = attention_path(engine, requests_for(engine, args, *shapes[0]))
+    report.write()
+    if args.profile:
+        write_profile(engine, requests_for(engine, args, *shapes[0]), Path(args.profile))
+    if args.cold_start and checkpoint:
+        report.data["cold_start_s"] = cold_start(args, checkpoint)
+        report.write()
     return 0
+
+
+class Report:
+    """The JSON report, rewritten whole (through a temporary file) after every step: a run stopped by a
+    timeout still leaves a valid file holding every case finished so far."""
+
+    def __init__(self, path: str | None, data: dict):
+        self.path = Path(path) if path else None
+        self.data = data
+        self.write()
+
+    @property
+    def cases(self) -> list[dict]:
+        return self.data["cases"]
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(self.data, indent=2) + "\n")
+        partial.replace(self.path)
+
+
+def describe_checkpoint(args, checkpoint: Path | None) -> str:
+    if args.full:
+        return "random weights, full size"
+    return "tiny random weights" if args.tiny else str(checkpoint)
 
 
 def parse_args(argv):
@@ -99,6 +134,13 @@ def parse_args(argv):
         help="prompt cache size (default 0: every run encodes its prompts, as diffusers does)",
     )
     parser.add_argument("--cold-start", action="store_true", help="also time process start to first image")
+    parser.add_argument(
+        "--no-diffusers",
+        dest="diffusers",
+        action="store_false",
+        help="kleinserve only: no stock pipeline is built or timed (with --full it is freed at once)",
+    )
+    parser.add_argument("--profile", help="write a torch.profiler top-kernels table of one generation here")
     parser.add_argument("--output", help="write the JSON report here")
     args = parser.parse_args(argv)
     if args.kv and args.full == "4b":
@@ -129,12 +171,16 @@ def load_both(args, checkpoint: Path | None):
         import full_size
 
         engine, pipe = full_size.build(args.full, device, dtype, kv=args.kv)
+        if not args.diffusers:
+            pipe = free(pipe, device)
     else:
         name = args.model or ("flux.2-klein-9b-kv" if args.kv else "flux.2-klein-4b")
         engine = Engine.load(with_local_path(resolve_model(name), checkpoint), device=device, dtype=dtype)
-        pipeline_class = Flux2KleinKVPipeline if args.kv else Flux2KleinPipeline
-        pipe = pipeline_class.from_pretrained(checkpoint, dtype=dtype).to(device)
-        pipe.set_progress_bar_config(disable=True)
+        pipe = None
+        if args.diffusers:
+            pipeline_class = Flux2KleinKVPipeline if args.kv else Flux2KleinPipeline
+            pipe = pipeline_class.from_pretrained(checkpoint, dtype=dtype).to(device)
+            pipe.set_progress_bar_config(disable=True)
     engine.prompts.cache_size = args.prompt_cache
     return engine, pipe
 
@@ -157,15 +203,29 @@ def requests_for(engine, args, size: int, batch: int, refs: int) -> list:
     ]
 
 
-def time_diffusers(args, engine, pipe, shape) -> dict:
+def time_diffusers(args, engine, pipe, shape, report: Report) -> dict | None:
+    """Times the stock pipeline on one shape and records its half of the case; None without a pipeline."""
+    size, batch, refs = shape
+    case = {"width": size, "height": size, "batch": batch, "refs": refs, "diffusers_ms": None}
+    report.cases.append(case)
+    if pipe is None:
+        report.write()
+        return None
     requests = requests_for(engine, args, *shape)
     reset_peak_memory(engine.device)
     runs = timed(lambda: run_diffusers(pipe, requests, "pil"), args.runs, engine.device)
-    return {
-        "ms": 1000 * statistics.median(runs),
-        "peak_mem_gb": peak_memory_gb(engine.device),
-        "first_image": run_diffusers(pipe, requests[:1], "np")[0],
-    }
+    case.update(diffusers_ms=round(1000 * statistics.median(runs), 2),
+                diffusers_peak_mem_gb=peak_memory_gb(engine.device))  # fmt: skip
+    report.write()
+    return {"ms": 1000 * statistics.median(runs), "first_image": run_diffusers(pipe, requests[:1], "np")[0]}
+
+
+def free(pipe, device: torch.device) -> None:
+    """Drops the stock pipeline (modules the engine shares with it stay) and returns its memory to the GPU."""
+    del pipe
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def time_kleinserve(args, engine, shape, baseline: dict) -> dict:
@@ -179,6 +239,7 @@ def time_kleinserve(args, engine, shape, baseline: dict) -> dict:
         stages.append(timings)
     kleinserve_s = statistics.median(seconds[1:])
     ours = engine.generate(requests[:1], output="float")[0].images[0]
+    stock_ms = baseline["ms"] if baseline else None
     return {
         "arch": engine.spec.id + (" (tiny)" if args.tiny else ""),
         "levers": engine.optimizations.describe() + f", prompt_cache={args.prompt_cache}",
@@ -189,14 +250,15 @@ def time_kleinserve(args, engine, shape, baseline: dict) -> dict:
         "refs": refs,
         "kv": bool(args.kv),
         "precision": str(engine.components.dtype).removeprefix("torch."),
-        "diffusers_ms": round(baseline["ms"], 2),
+        "diffusers_ms": round(stock_ms, 2) if stock_ms else None,
         "kleinserve_ms": round(1000 * kleinserve_s, 2),
-        "speedup": round(baseline["ms"] / 1000 / kleinserve_s, 3),
+        "speedup": round(stock_ms / 1000 / kleinserve_s, 3) if stock_ms else None,
         "stages_ms": {k: round(1000 * statistics.median(s[k] for s in stages[1:]), 2) for k in stages[1]},
         "images_per_s": round(batch / kleinserve_s, 3),
         "peak_mem_gb": peak_memory_gb(engine.device),
-        "diffusers_peak_mem_gb": baseline["peak_mem_gb"],
-        "max_abs_diff_vs_diffusers": float(np.abs(ours.astype(np.float64) - baseline["first_image"]).max()),
+        "max_abs_diff_vs_diffusers": float(np.abs(ours.astype(np.float64) - baseline["first_image"]).max())
+        if baseline
+        else None,
     }
 
 
@@ -204,9 +266,11 @@ def run_diffusers(pipe, requests, output_type: str):
     first = requests[0]
     kwargs = dict(
         prompt=[r.prompt for r in requests], height=first.height, width=first.width,
-        num_inference_steps=first.steps, output_type=output_type, guidance_scale=first.guidance,
+        num_inference_steps=first.steps, output_type=output_type,
         generator=[torch.Generator("cpu").manual_seed(r.seed) for r in requests],
     )  # fmt: skip
+    if "guidance_scale" in inspect.signature(pipe.__call__).parameters:  # the KV pipeline takes none
+        kwargs["guidance_scale"] = first.guidance
     if first.images:
         kwargs["image"] = list(first.images)
     return pipe(**kwargs).images
@@ -282,6 +346,52 @@ def environment(device: torch.device) -> dict:
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),
     }
+
+
+def attention_path(engine, requests) -> dict:
+    """The attention path a generation actually took: the SDPA operators and attention kernels the profiler
+    saw in one generation, beside the switches that choose them."""
+    events = profile_generation(engine, requests[:1]).key_averages()
+    names = {event.key for event in events}
+    cuda = engine.device.type == "cuda"
+    return {
+        "sdpa_ops_seen": sorted(n for n in names if SDPA_OP.search(n)),
+        "attention_kernels_seen": sorted(n for n in names if cuda and ATTENTION_KERNEL.search(n))[:12],
+        "diffusers_backend": engine.optimizations.attention_backend or "native (torch SDPA picks)",
+        "sdpa_enabled": {
+            "flash": torch.backends.cuda.flash_sdp_enabled(),
+            "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+            "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+            "math": torch.backends.cuda.math_sdp_enabled(),
+        },
+        "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "compile": "regional: compile_repeated_blocks(fullgraph=True), default mode"
+        if engine.optimizations.compile
+        else "off",
+    }
+
+
+SDPA_OP = re.compile(r"^aten::_scaled_dot_product_\w+")  # which implementation PyTorch dispatched to
+ATTENTION_KERNEL = re.compile(r"flash|fmha|cudnn|attention|sdpa", re.IGNORECASE)
+
+
+def profile_generation(engine, requests):
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine.device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        engine.generate(requests)
+        synchronize(engine.device)
+    return profiler
+
+
+def write_profile(engine, requests, path: Path) -> None:
+    """The top 30 operators and kernels of one generation by their own device time (CPU time on CPU)."""
+    sort_by = "self_device_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
+    table = profile_generation(engine, requests[:1]).key_averages().table(sort_by=sort_by, row_limit=30)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = f"{requests[0].width}x{requests[0].height}"
+    path.write_text(f"{engine.spec.id} {shape}, sorted by {sort_by}\n{table}\n")
 
 
 def _picture(size: int, seed: int):
