@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoint": describe_checkpoint(args, checkpoint),
         "cases": [],
     })  # fmt: skip
-    shapes = [(size, batch, refs) for size in args.sizes for batch in args.batches for refs in args.refs]
+    shapes = args.shapes or [
+        (size, batch, refs) for size in args.sizes for batch in args.batches for refs in args.refs
+    ]
     # Stock diffusers first: with --full the two share modules, and the levers must not touch its run.
     stock = [time_diffusers(args, engine, pipe, shape, report) for shape in shapes]
     pipe = free(pipe, engine.device)  # kleinserve's peak memory is its own, not the stock pipeline's too
@@ -115,6 +117,10 @@ def parse_args(argv):
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--batches", type=int, nargs="+", default=[1])
     parser.add_argument("--refs", type=int, nargs="+", default=[0])
+    parser.add_argument(
+        "--shapes", type=shape_triple, nargs="+", metavar="SIZE:BATCH:REFS",
+        help="these cases instead of every combination of --sizes, --batches and --refs",
+    )  # fmt: skip
     parser.add_argument("--ref-size", type=int, default=1024, help="reference images are REF x REF")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
@@ -146,6 +152,14 @@ def parse_args(argv):
     if args.kv and args.full == "4b":
         parser.error("--kv: the KV variant is 9B only; use --full 9b --kv")
     return args
+
+
+def shape_triple(text: str) -> tuple[int, int, int]:
+    try:
+        size, batch, refs = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SIZE:BATCH:REFS, e.g. 1024:4:0") from None
+    return size, batch, refs
 
 
 def prepare_checkpoint(args) -> Path:
@@ -256,9 +270,20 @@ def time_kleinserve(args, engine, shape, baseline: dict) -> dict:
         "stages_ms": {k: round(1000 * statistics.median(s[k] for s in stages[1:]), 2) for k in stages[1]},
         "images_per_s": round(batch / kleinserve_s, 3),
         "peak_mem_gb": peak_memory_gb(engine.device),
-        "max_abs_diff_vs_diffusers": float(np.abs(ours.astype(np.float64) - baseline["first_image"]).max())
-        if baseline
-        else None,
+        **agreement(ours, baseline["first_image"] if baseline else None),
+    }
+
+
+def agreement(ours: np.ndarray, theirs: np.ndarray | None) -> dict:
+    """Largest pixel difference and PSNR (dB, pixels in 0..1; None when identical) of kleinserve's first
+    image against diffusers'."""
+    if theirs is None:
+        return {"max_abs_diff_vs_diffusers": None, "psnr_vs_diffusers_db": None}
+    difference = ours.astype(np.float64) - theirs
+    mse = float(np.mean(difference**2))
+    return {
+        "max_abs_diff_vs_diffusers": float(np.abs(difference).max()),
+        "psnr_vs_diffusers_db": round(10 * np.log10(1 / mse), 2) if mse > 0 else None,
     }
 
 
