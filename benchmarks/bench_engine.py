@@ -7,7 +7,8 @@
 (b) kleinserve: GenerationRequests in, uint8 images out, each encoded as PNG (the server's work).
 Each case is warmed up once, then timed `--runs` times (CUDA synchronised); the median is reported, with
 per-stage milliseconds, images/s, peak GPU memory, and the largest pixel difference between (a) and (b)
-on the same seed, so a speed-up can never come from computing something else.
+on the same seed, so a speed-up can never come from computing something else (with --quantize, the PSNR
+between the two says how far fp8 moved the image).
 
 --tiny builds the tiny random checkpoint (CPU, seconds); --checkpoint DIR benchmarks a real one.
 """
@@ -39,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     # Stock diffusers first: with --full the two share modules, and the levers must not touch its run.
     stock = [time_diffusers(args, engine, pipe, shape) for shape in shapes]
     optimizations = Optimizations.for_device(
-        engine.device, args.compile, attention_backend=args.attention_backend
+        engine.device,
+        args.compile,
+        attention_backend=args.attention_backend,
+        quantize=args.quantize,
+        quantize_text_encoder=args.quantize_text_encoder,
     )
-    apply_optimizations(engine.components.transformer, optimizations)
+    apply_optimizations(engine.components.transformer, optimizations, engine.components.text_encoder)
     engine.optimizations = optimizations
     cases = []
     for shape, baseline in zip(shapes, stock, strict=True):
@@ -92,6 +97,10 @@ def parse_args(argv):
         help="regional torch.compile (default: on for CUDA, off for CPU)",
     )
     parser.add_argument("--attention-backend", help="a diffusers attention backend (default: PyTorch SDPA)")
+    parser.add_argument("--quantize", choices=["fp8"], help="fp8 transformer block linears (default: off)")
+    parser.add_argument(
+        "--quantize-text-encoder", choices=["fp8"], help="fp8 text encoder linears (default: off)"
+    )
     parser.add_argument(
         "--prompt-cache",
         type=int,
@@ -197,7 +206,14 @@ def time_kleinserve(args, engine, shape, baseline: dict) -> dict:
         "peak_mem_gb": peak_memory_gb(engine.device),
         "diffusers_peak_mem_gb": baseline["peak_mem_gb"],
         "max_abs_diff_vs_diffusers": float(np.abs(ours.astype(np.float64) - baseline["first_image"]).max()),
+        "psnr_db_vs_diffusers": psnr(ours, baseline["first_image"]),
     }
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float | None:
+    """Of images in [0, 1]; None when they are the same."""
+    mse = float(np.mean((image.astype(np.float64) - reference) ** 2))
+    return round(10 * np.log10(1.0 / mse), 2) if mse > 0 else None
 
 
 def run_diffusers(pipe, requests, output_type: str):

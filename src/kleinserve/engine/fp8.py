@@ -82,7 +82,12 @@ def quantize_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def has_fp8_matmul(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    """NVIDIA GPUs of compute capability 8.9+ (ROCm's fp8 GPUs mostly take float8_e4m3fnuz: weight-only)."""
+    return (
+        device.type == "cuda"
+        and torch.version.hip is None
+        and torch.cuda.get_device_capability(device) >= (8, 9)
+    )
 
 
 def quantize_blocks(blocks: nn.Module) -> int:
