@@ -11,7 +11,8 @@ on the same seed, so a speed-up can never come from computing something else. Th
 freed before kleinserve runs (its peak memory is its own); `--no-diffusers` times kleinserve alone.
 The JSON is rewritten after every step, so a run stopped by a timeout leaves every finished case; it
 records the attention path taken (SDPA operators and kernels seen by the profiler, cuDNN version, compile
-mode); `--profile FILE` writes the top kernels of one generation.
+mode); `--profile FILE` writes the top kernels of one generation. With --quantize, the PSNR between the
+two says how far fp8 moved the image.
 
 --tiny builds the tiny random checkpoint (CPU, seconds); --checkpoint DIR benchmarks a real one.
 """
@@ -56,9 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     stock = [time_diffusers(args, engine, pipe, shape, report) for shape in shapes]
     pipe = free(pipe, engine.device)  # kleinserve's peak memory is its own, not the stock pipeline's too
     optimizations = Optimizations.for_device(
-        engine.device, args.compile, attention_backend=args.attention_backend
+        engine.device,
+        args.compile,
+        attention_backend=args.attention_backend,
+        quantize=args.quantize,
+        quantize_text_encoder=args.quantize_text_encoder,
     )
-    apply_optimizations(engine.components.transformer, optimizations)
+    apply_optimizations(engine.components.transformer, optimizations, engine.components.text_encoder)
     engine.optimizations = optimizations
     for index, (shape, baseline) in enumerate(zip(shapes, stock, strict=True)):
         report.cases[index].update(time_kleinserve(args, engine, shape, baseline))
@@ -133,6 +138,10 @@ def parse_args(argv):
         help="regional torch.compile (default: on for CUDA, off for CPU)",
     )
     parser.add_argument("--attention-backend", help="a diffusers attention backend (default: PyTorch SDPA)")
+    parser.add_argument("--quantize", choices=["fp8"], help="fp8 transformer block linears (default: off)")
+    parser.add_argument(
+        "--quantize-text-encoder", choices=["fp8"], help="fp8 text encoder linears (default: off)"
+    )
     parser.add_argument(
         "--prompt-cache",
         type=int,

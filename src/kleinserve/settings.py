@@ -17,6 +17,7 @@ from kleinserve.pricing import parse_prices
 MiB = 1024 * 1024
 DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 DTYPES = ("bfloat16", "float16", "float32")
+QUANTIZATIONS = ("fp8",)  # engine/fp8.py's FORMATS
 
 
 def default_data_dir() -> Path:
@@ -196,6 +197,17 @@ class Settings(BaseSettings):
     )
     attention_backend: Annotated[str | None, Flag(metavar="NAME")] = Field(
         None, description="diffusers attention backend, e.g. _native_cudnn, flash (default: PyTorch SDPA)"
+    )
+    quantize: Annotated[str | None, Flag(choices=QUANTIZATIONS)] = Field(
+        None,
+        pattern="^fp8$",
+        description="fp8: the transformer blocks' linears in float8 with per-channel scales; fp8 matmuls on "
+        "GPUs that have them (compute capability 8.9+, bfloat16), weight-only elsewhere (default: off)",
+    )
+    quantize_text_encoder: Annotated[str | None, Flag(choices=QUANTIZATIONS)] = Field(
+        None,
+        pattern="^fp8$",
+        description="fp8: the text encoder's layer linears, as --quantize (default: off)",
     )
     warmup_sizes: Annotated[Repeatable, Flag("--warmup-size", metavar="WxH")] = Field(
         (),

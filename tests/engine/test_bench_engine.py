@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import bench_engine
+import pytest
 
 CASE_KEYS = {"arch", "width", "height", "steps", "batch", "refs", "kv", "precision", "diffusers_ms",
              "kleinserve_ms", "stages_ms", "images_per_s", "peak_mem_gb"}  # fmt: skip
@@ -64,10 +65,8 @@ def test_the_report_is_valid_json_after_every_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench_engine, "time_kleinserve", fails_on_the_second)
     argv = ["--tiny", "--sizes", "64", "--batches", "1", "2", "--runs", "1", "--output", str(output)]
-    try:
+    with pytest.raises(TimeoutError):
         bench_engine.main(argv)
-    except TimeoutError:
-        pass
     cases = json.loads(output.read_text())["cases"]
     assert [c["batch"] for c in cases] == [1, 2] and all(c["diffusers_ms"] > 0 for c in cases)
     assert cases[0]["kleinserve_ms"] > 0 and "kleinserve_ms" not in cases[1]

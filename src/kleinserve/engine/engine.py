@@ -74,7 +74,7 @@ class Engine:
         checkpoint = locate_checkpoint(spec, allow_download=config.allow_download)
         variant = require_variant(spec, checkpoint)
         components = load_components(checkpoint, variant, device, resolve_dtype(config.dtype, device))
-        apply_optimizations(components.transformer, config.optimizations)
+        apply_optimizations(components.transformer, config.optimizations, components.text_encoder)
         engine = cls(spec, components, config.max_batch_images, config.prompt_cache_size)
         engine.optimizations = config.optimizations
         return engine

@@ -4,6 +4,8 @@
   so compiling takes seconds, not minutes; compiled code is kept in a persistent inductor cache.
 - attention_backend: a diffusers attention backend ("_native_cudnn", "_native_flash", "flash", "_flash_3",
   ...); None keeps PyTorch's scaled_dot_product_attention choosing for itself.
+- quantize / quantize_text_encoder: "fp8" turns the linears of the transformer's blocks / the text encoder's
+  layers into fp8 ones (engine/fp8.py): fp8 matmuls where the GPU has them, weight-only fp8 elsewhere.
 The prompt-embedding cache lives in text.py (PromptEncoder's cache_size).
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from kleinserve.engine.fp8 import FORMATS, quantize_blocks
 from kleinserve.errors import InvalidRequest
 
 log = logging.getLogger("kleinserve")
@@ -26,6 +29,8 @@ class Optimizations:
     compile: bool = False
     attention_backend: str | None = None
     compile_cache_dir: Path | None = None  # TORCHINDUCTOR_CACHE_DIR unless the environment sets one
+    quantize: str | None = None  # the transformer's block linears: None or "fp8"
+    quantize_text_encoder: str | None = None  # the text encoder's layer linears: None or "fp8"
 
     @classmethod
     def for_device(cls, device: torch.device, compile: bool | None = None, **options) -> Optimizations:
@@ -36,11 +41,25 @@ class Optimizations:
         levers = [
             f"attention={self.attention_backend or 'sdpa'}",
             f"compile={'on' if self.compile else 'off'}",
+            f"quantize={self.quantize or 'off'}",
+            f"quantize_text_encoder={self.quantize_text_encoder or 'off'}",
         ]
         return ", ".join(levers)
 
 
-def apply_optimizations(transformer: torch.nn.Module, options: Optimizations) -> None:
+def apply_optimizations(
+    transformer: torch.nn.Module, options: Optimizations, text_encoder: torch.nn.Module | None = None
+) -> None:
+    """In place; quantizing comes before compiling, so the compiled blocks are the quantized ones."""
+    if options.quantize:
+        check_quantize(options.quantize, "--quantize")
+        quantize_blocks(transformer.transformer_blocks)
+        quantize_blocks(transformer.single_transformer_blocks)
+    if options.quantize_text_encoder:
+        check_quantize(options.quantize_text_encoder, "--quantize-text-encoder")
+        if text_encoder is None:
+            raise ValueError("quantize_text_encoder needs the text encoder")
+        quantize_blocks(text_encoder.layers)
     if options.attention_backend:
         set_attention_backend(transformer, check_attention_backend(options.attention_backend))
     if options.compile:
@@ -70,3 +89,8 @@ def check_attention_backend(name: str) -> str:
             "--attention-backend", f"unknown backend {name!r}; diffusers knows: {', '.join(known)}"
         )
     return name
+
+
+def check_quantize(name: str, flag: str) -> None:
+    if name not in FORMATS:
+        raise InvalidRequest(flag, f"unknown quantization {name!r}; known: {', '.join(FORMATS)}")

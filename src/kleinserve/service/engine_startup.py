@@ -43,6 +43,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         device,
         settings.compile,
         attention_backend=settings.attention_backend,
+        quantize=settings.quantize,
+        quantize_text_encoder=settings.quantize_text_encoder,
         compile_cache_dir=settings.data_dir / "compile-cache",
     )
     return EngineConfig(
