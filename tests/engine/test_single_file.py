@@ -19,10 +19,13 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 from kleinserve.engine import Engine
-from kleinserve.engine.single_file import check_single_file
+from kleinserve.engine.single_file import COMFY_PREFIX, check_single_file, diffusers_state_dict
 from kleinserve.errors import InvalidCheckpoint, UnknownModel
 from kleinserve.models import Variant, resolve_model, with_local_path
 from kleinserve.request import build_request
+from kleinserve.service.engine_startup import check_weights
+from kleinserve.service.served_models import served_specs
+from kleinserve.settings import Settings
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 RENAMES = {  # diffusers -> BFL, outside the blocks
@@ -291,3 +294,33 @@ def test_a_tree_without_transformer_weights_needs_exactly_one_root_file(single_f
     with pytest.raises(InvalidCheckpoint, match=r"transformer/config\.json is missing"):
         Engine.load(resolve_model(str(tree)))
     json.loads((single_file_tree / "transformer" / "config.json").read_text())  # the original is untouched
+
+
+def test_comfyui_prefix_spellings_and_markers_read_as_the_bfl_file(bfl_weights, bf16_tree, tmp_path):
+    """ComfyUI's bundles: `model.diffusion_model.` keys, `.scale_weight`/`.scale_input`, `scaled_fp8`."""
+    fp8 = fp8_state_dict(bfl_weights, per_row=False)
+    comfy = {
+        COMFY_PREFIX
+        + key.replace(".weight_scale", ".scale_weight").replace(".input_scale", ".scale_input"): value
+        for key, value in fp8.items()
+    }
+    comfy[COMFY_PREFIX + "scaled_fp8"] = torch.zeros(2, dtype=torch.float8_e4m3fn)
+    bfl_path, comfy_path = tmp_path / "bfl.safetensors", tmp_path / "comfy.safetensors"
+    save_file(fp8, bfl_path)
+    save_file(comfy, comfy_path)
+    from_comfy = diffusers_state_dict(comfy_path, torch.float32)
+    from_bfl = diffusers_state_dict(bfl_path, torch.float32)
+    assert from_comfy.keys() == from_bfl.keys() == transformer_state(bf16_tree).keys()
+    assert all(torch.equal(from_comfy[key], from_bfl[key]) for key in from_bfl)
+
+
+def test_serve_names_the_model_flag_when_its_file_is_wrong(tmp_path):
+    not_safetensors = tmp_path / "flux-2-klein-4b.safetensors"
+    not_safetensors.write_bytes(b"GGUF" + bytes(60))
+    settings = Settings(models=(f"flux.2-klein-4b={not_safetensors}",), data_dir=tmp_path)
+    ((spec, _demo),) = served_specs(settings)
+    assert spec.transformer_file == not_safetensors and spec.local_path is None
+    with pytest.raises(
+        InvalidCheckpoint, match=r"^--model flux\.2-klein-4b=\S+flux-2-klein-4b\.safetensors: .*GGUF"
+    ):
+        check_weights(spec, settings)

@@ -78,7 +78,7 @@ def diffusers_state_dict(path: Path, dtype: torch.dtype) -> dict[str, torch.Tens
     """The file's tensors dequantized into `dtype`, under diffusers' names."""
     from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
 
-    state = dequantized(path, read_safetensors(path), dtype)
+    state = read_weights(path, dtype)
     if DIFFUSERS_MARKER in state:
         return state  # already diffusers' names (a diffusion_pytorch_model.safetensors given as the file)
     if FLUX2_MARKER not in state:
@@ -86,18 +86,37 @@ def diffusers_state_dict(path: Path, dtype: torch.dtype) -> dict[str, torch.Tens
     return convert_flux2_transformer_checkpoint_to_diffusers(state)
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor in `path`, ComfyUI's key prefix removed; InvalidCheckpoint unless it is safetensors."""
+def read_weights(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The file's weights in `dtype`, ComfyUI's key prefix removed: float8 ones times their scale (per tensor
+    or per output row), one tensor at a time, so a 9B fp8 file never sits in memory twice. Scales of
+    weights that are not float8, and markers, are dropped; InvalidCheckpoint unless the file is safetensors
+    holding float weights."""
     from safetensors import safe_open
 
     check_safetensors_header(path)
+    state = {}
     try:
         with safe_open(str(path), framework="pt") as file:
-            names = file.keys()
-            tensors = {key: file.get_tensor(key) for key in names}
+            names = {key.removeprefix(COMFY_PREFIX): key for key in file.keys()}  # noqa: SIM118
+            scales = {
+                name.rsplit(".", 1)[0] + ".weight": file.get_tensor(key)
+                for name, key in names.items()
+                if name.endswith(WEIGHT_SCALES)
+            }
+            for name, key in names.items():
+                if name in DROPPED_KEYS or name.endswith((*DROPPED_SUFFIXES, *WEIGHT_SCALES)):
+                    continue
+                tensor = file.get_tensor(key)
+                if tensor.dtype not in FLOATS:
+                    raise InvalidCheckpoint(_not_float_message(path, name, tensor.dtype))
+                if tensor.dtype in FLOAT8 and name in scales:
+                    tensor = _times_scale(path, name, tensor, scales[name])
+                state[name] = tensor.to(dtype)
+    except InvalidCheckpoint:
+        raise
     except Exception as exc:  # safetensors' own errors: truncated data, an unknown dtype
         raise InvalidCheckpoint(f"{path} is not a readable safetensors file: {exc}") from exc
-    return {key.removeprefix(COMFY_PREFIX): tensor for key, tensor in tensors.items()}
+    return state  # a scale without its weight is ignored: one loader of the fp8 files reports such scales
 
 
 def check_safetensors_header(path: Path) -> dict:
@@ -118,25 +137,6 @@ def check_safetensors_header(path: Path) -> dict:
             " only from .safetensors files and never unpickles .ckpt/.pt/.bin files"
         )
     return parsed
-
-
-def dequantized(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Weights in `dtype`: float8 ones times their scale (per tensor or per output row); markers dropped."""
-    scales = {}
-    for key in list(state):
-        if key in DROPPED_KEYS or key.endswith(DROPPED_SUFFIXES):
-            del state[key]
-        elif key.endswith(WEIGHT_SCALES):
-            scales[key.rsplit(".", 1)[0] + ".weight"] = state.pop(key)
-    for key, tensor in state.items():
-        if tensor.dtype not in FLOATS:
-            raise InvalidCheckpoint(_not_float_message(path, key, tensor.dtype))
-    for key, scale in scales.items():
-        if key not in state:
-            raise InvalidCheckpoint(f"{path} has a weight scale for {key}, but no such weight")
-        if state[key].dtype in FLOAT8:
-            state[key] = _times_scale(path, key, state[key], scale)
-    return {key: tensor.to(dtype) for key, tensor in state.items()}
 
 
 def _times_scale(path: Path, key: str, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
