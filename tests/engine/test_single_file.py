@@ -10,6 +10,8 @@ They are made from the tiny diffusers transformer by `bfl_state_dict`, the inver
 import dataclasses
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,6 +314,11 @@ def test_comfyui_prefix_spellings_and_markers_read_as_the_bfl_file(bfl_weights, 
     from_bfl = diffusers_state_dict(bfl_path, torch.float32)
     assert from_comfy.keys() == from_bfl.keys() == transformer_state(bf16_tree).keys()
     assert all(torch.equal(from_comfy[key], from_bfl[key]) for key in from_bfl)
+    # A file already in diffusers' names (the tree's own weights file named as FILE) needs no conversion.
+    tree_file = diffusers_state_dict(
+        bf16_tree / "transformer" / "diffusion_pytorch_model.safetensors", torch.float32
+    )
+    assert all(torch.equal(tree_file[key], value) for key, value in transformer_state(bf16_tree).items())
 
 
 def test_serve_names_the_model_flag_when_its_file_is_wrong(tmp_path):
@@ -324,3 +331,23 @@ def test_serve_names_the_model_flag_when_its_file_is_wrong(tmp_path):
         InvalidCheckpoint, match=r"^--model flux\.2-klein-4b=\S+flux-2-klein-4b\.safetensors: .*GGUF"
     ):
         check_weights(spec, settings)
+
+
+@pytest.mark.parametrize(("size", "tensors", "fp8_tensors"), [("4b", 149, 309), ("9b", 201, 425)])
+def test_full_size_key_counts_match_the_published_files(size, tensors, fp8_tensors):
+    """On the meta device: the published 4B / 9B shapes in BFL's names round-trip through diffusers'
+    converter, and the fp8 layout's tensor counts match what loaders report for the real files (309 in
+    flux-2-klein-4b-fp8.safetensors; 112 input scales in the 9B one)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import full_size
+
+    with torch.device("meta"):
+        model = Flux2Transformer2DModel(**full_size.TRANSFORMER, **full_size.SIZES[size]["transformer"])
+    expected = model.state_dict()
+    bfl = bfl_state_dict(expected)
+    quantized = [
+        key for key in bfl if key.startswith(("double_blocks.", "single_blocks.")) and key.endswith(QUANTIZED)
+    ]
+    assert len(bfl) == tensors and len(bfl) + 2 * len(quantized) == fp8_tensors
+    converted = convert_flux2_transformer_checkpoint_to_diffusers(dict(bfl))
+    assert {key: value.shape for key, value in converted.items()} == {k: v.shape for k, v in expected.items()}
