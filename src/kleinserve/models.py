@@ -191,7 +191,7 @@ def with_local_path(spec: ModelSpec, path: Path) -> ModelSpec:
     """The same registry model, with its weights in a known directory, or its transformer in a BFL single
     file (`ID=FILE`: the rest from the diffusers tree the file lies in, else from the model's repo). Never
     mutates `spec`."""
-    if path.is_dir() or not path.exists():
+    if path.is_dir() or (not path.exists() and path.suffix != ".safetensors"):
         return dataclasses.replace(spec, local_path=path)
     tree = path.parent if (path.parent / "model_index.json").is_file() else spec.local_path
     return dataclasses.replace(spec, local_path=tree, transformer_file=path)

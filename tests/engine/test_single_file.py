@@ -203,6 +203,8 @@ def test_model_id_equals_file_takes_the_tree_beside_it_or_the_models_repo(
     assert all(torch.equal(loaded[key], expected[key]) for key in expected)
     with pytest.raises(UnknownModel, match="say which model"):
         resolve_model(str(alone))
+    typo = with_local_path(registry, tmp_path / "flux-2-klien-4b.safetensors")
+    assert typo.transformer_file == tmp_path / "flux-2-klien-4b.safetensors"  # a file: "does not exist"
 
 
 @pytest.mark.parametrize("per_row", [False, True], ids=["per-tensor", "per-row"])
