@@ -34,7 +34,8 @@ class ModelSpec:
     id: str
     variant: Variant
     hf_repo: str | None  # None for a local checkpoint directory
-    local_path: Path | None = None
+    local_path: Path | None = None  # a diffusers tree
+    transformer_file: Path | None = None  # a BFL single file (bf16 or fp8) in place of the tree's transformer
     aliases: tuple[str, ...] = ()
     license: str = ""
     default_steps: int = 4
@@ -55,7 +56,8 @@ class ModelSpec:
 
     @property
     def source(self) -> str:
-        return str(self.local_path) if self.local_path else f"huggingface:{self.hf_repo}"
+        tree = str(self.local_path) if self.local_path else f"huggingface:{self.hf_repo}"
+        return f"{tree} with transformer {self.transformer_file}" if self.transformer_file else tree
 
 
 def _defaults_for(variant: Variant) -> dict:
@@ -119,13 +121,21 @@ def registered_model(name: str) -> ModelSpec | None:
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """A registry id or alias (case-insensitive), or a local checkpoint directory in the diffusers layout."""
+    """A registry id or alias (case-insensitive), a local checkpoint directory in the diffusers layout, or a
+    BFL single-file transformer lying at the root of such a directory (as the official repos ship it)."""
     spec = registered_model(name)
     if spec is not None:
         return spec
     path = Path(name).expanduser()
     if path.is_dir():
         return spec_for_checkpoint_dir(path)
+    if path.is_file() and (path.parent / "model_index.json").is_file():
+        return dataclasses.replace(spec_for_checkpoint_dir(path.parent), transformer_file=path.resolve())
+    if path.is_file():
+        raise UnknownModel(
+            f"{path} is a single file with no diffusers tree beside it (no model_index.json); say which model"
+            f" it is, e.g. --model flux.2-klein-4b={path}, and the rest comes from that model's repo"
+        )
     raise UnknownModel(
         f"unknown model '{name}'; known models: {', '.join(known_model_ids())}"
         " (or pass a local checkpoint directory in the diffusers layout)"
@@ -178,5 +188,10 @@ def spec_for_checkpoint_dir(path: Path) -> ModelSpec:
 
 
 def with_local_path(spec: ModelSpec, path: Path) -> ModelSpec:
-    """The same registry model, with its weights in a known directory (never mutates `spec`)."""
-    return dataclasses.replace(spec, local_path=path)
+    """The same registry model, with its weights in a known directory, or its transformer in a BFL single
+    file (`ID=FILE`: the rest from the diffusers tree the file lies in, else from the model's repo). Never
+    mutates `spec`."""
+    if path.is_dir() or (not path.exists() and path.suffix != ".safetensors"):
+        return dataclasses.replace(spec, local_path=path)
+    tree = path.parent if (path.parent / "model_index.json").is_file() else spec.local_path
+    return dataclasses.replace(spec, local_path=tree, transformer_file=path)

@@ -73,7 +73,9 @@ class Engine:
         device = torch.device(config.device) if config.device is not None else default_device()
         checkpoint = locate_checkpoint(spec, allow_download=config.allow_download)
         variant = require_variant(spec, checkpoint)
-        components = load_components(checkpoint, variant, device, resolve_dtype(config.dtype, device))
+        components = load_components(
+            checkpoint, variant, device, resolve_dtype(config.dtype, device), spec.transformer_file
+        )
         apply_optimizations(components.transformer, config.optimizations, components.text_encoder)
         engine = cls(spec, components, config.max_batch_images, config.prompt_cache_size)
         engine.optimizations = config.optimizations

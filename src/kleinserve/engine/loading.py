@@ -1,4 +1,5 @@
-"""Finding and loading a checkpoint: a local diffusers directory, or a Hugging Face repo through its cache.
+"""Finding and loading a checkpoint: a local diffusers directory, or a Hugging Face repo through its cache;
+the transformer from the tree's transformer/ folder or from a BFL single file (single_file.py).
 
 Only what sampling uses is loaded: the Qwen3 text encoder is built with 27 layers (FLUX.2 reads
 hidden states 9, 18 and 27) and without its final norm and LM head.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from kleinserve.engine.single_file import load_single_file_transformer
 from kleinserve.errors import InvalidCheckpoint, WeightsNotFound
 from kleinserve.models import ModelSpec, Variant
 
@@ -23,6 +25,10 @@ CHECKPOINT_PATTERNS = [
     "tokenizer/*",
     "transformer/*",
     "vae/*",
+]
+# With the transformer in a single file, the tree's transformer weights are not needed: only its config.
+TREE_PATTERNS_BESIDE_SINGLE_FILE = [
+    "transformer/config.json" if pattern == "transformer/*" else pattern for pattern in CHECKPOINT_PATTERNS
 ]
 DTYPES = {
     "bfloat16": torch.bfloat16,
@@ -66,27 +72,26 @@ def locate_checkpoint(spec: ModelSpec, allow_download: bool = True) -> Path:
         return spec.local_path
     from huggingface_hub import constants, snapshot_download
 
+    patterns = TREE_PATTERNS_BESIDE_SINGLE_FILE if spec.transformer_file else CHECKPOINT_PATTERNS
     try:
-        return Path(
-            snapshot_download(spec.hf_repo, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=True)
-        )
+        return Path(snapshot_download(spec.hf_repo, allow_patterns=patterns, local_files_only=True))
     except Exception as cached_miss:  # not in the cache (or a partial cache)
         reason = f"not in the cache ({type(cached_miss).__name__})"
     if allow_download and not constants.HF_HUB_OFFLINE:
         try:
-            return Path(snapshot_download(spec.hf_repo, allow_patterns=CHECKPOINT_PATTERNS))
+            return Path(snapshot_download(spec.hf_repo, allow_patterns=patterns))
         except Exception as download_error:
             reason += f"; download failed: {_first_line(download_error)}"
     else:
         reason += "; downloading is off (HF_HUB_OFFLINE or --no-download)"
-    raise WeightsNotFound(_weights_help(spec, reason, constants.HF_HUB_CACHE))
+    raise WeightsNotFound(_weights_help(spec, reason, constants.HF_HUB_CACHE, patterns))
 
 
-def _weights_help(spec: ModelSpec, reason: str, cache_dir: str) -> str:
+def _weights_help(spec: ModelSpec, reason: str, cache_dir: str, patterns: list[str]) -> str:
     gated = (
         "" if spec.license == "apache-2.0" else " (gated: accept the license on its page and set HF_TOKEN)"
     )
-    includes = " ".join(f"'{p}'" for p in CHECKPOINT_PATTERNS)
+    includes = " ".join(f"'{p}'" for p in patterns)
     return (
         f"no weights for {spec.id}: looked for Hugging Face repo {spec.hf_repo} in {cache_dir}, {reason}."
         f" Get them on a machine with internet: `hf download {spec.hf_repo} --include {includes}`{gated},"
@@ -100,11 +105,15 @@ def _first_line(error: Exception) -> str:
 
 
 def load_components(
-    checkpoint: Path, variant: Variant, device: torch.device, dtype: torch.dtype
+    checkpoint: Path,
+    variant: Variant,
+    device: torch.device,
+    dtype: torch.dtype,
+    transformer_file: Path | None = None,
 ) -> Components:
     """Load tokenizer, truncated text encoder, transformer and VAE from a diffusers directory
-    whose model_index.json declares `variant`."""
-    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    whose model_index.json declares `variant`; the transformer from `transformer_file` when given."""
+    from diffusers import AutoencoderKLFlux2
     from transformers import AutoTokenizer
 
     for part in ("text_encoder", "tokenizer", "transformer", "vae"):
@@ -115,12 +124,45 @@ def load_components(
     with quiet_libraries():
         tokenizer = AutoTokenizer.from_pretrained(checkpoint / "tokenizer")
         text_encoder = load_text_encoder(checkpoint / "text_encoder", dtype)
-        transformer = Flux2Transformer2DModel.from_pretrained(checkpoint / "transformer", dtype=dtype)
+        transformer = load_transformer(checkpoint, dtype, transformer_file)
         vae = AutoencoderKLFlux2.from_pretrained(checkpoint / "vae", dtype=dtype)
     if variant is Variant.KV:
         use_kv_attention(transformer)
     modules = [m.to(device).eval().requires_grad_(False) for m in (text_encoder, transformer, vae)]
     return Components(tokenizer, *modules, variant=variant, device=device, dtype=dtype)
+
+
+def load_transformer(checkpoint: Path, dtype: torch.dtype, transformer_file: Path | None = None):
+    """The tree's transformer/ weights; or `transformer_file`; or, when transformer/ holds only its config,
+    the BFL single file at the tree's root (`flux-2-klein-4b.safetensors` in the official repos)."""
+    from diffusers import Flux2Transformer2DModel
+
+    single = transformer_file or root_single_file(checkpoint)
+    if single is not None:
+        return load_single_file_transformer(single, checkpoint / "transformer", dtype)
+    return Flux2Transformer2DModel.from_pretrained(checkpoint / "transformer", dtype=dtype)
+
+
+def root_single_file(checkpoint: Path) -> Path | None:
+    """The single-file transformer at the root of a tree whose transformer/ has no weights, else None."""
+    if any(
+        path.name.startswith("diffusion_pytorch_model") for path in (checkpoint / "transformer").iterdir()
+    ):
+        return None
+    candidates = sorted(checkpoint.glob("*.safetensors"))
+    if len(candidates) > 1:
+        names = ", ".join(path.name for path in candidates)
+        raise InvalidCheckpoint(
+            f"{checkpoint}/transformer/ has no weights and the root holds several single files ({names});"
+            f" name one: --model ID={checkpoint}/FILE"
+        )
+    if not candidates:
+        raise InvalidCheckpoint(
+            f"{checkpoint} has no transformer weights: neither"
+            " transformer/diffusion_pytorch_model*.safetensors nor a single file such as"
+            " flux-2-klein-4b.safetensors at its root"
+        )
+    return candidates[0]
 
 
 def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:

@@ -14,7 +14,9 @@ from kleinserve.engine.config import EngineConfig
 from kleinserve.engine.engine import Engine
 from kleinserve.engine.loading import default_device, locate_checkpoint
 from kleinserve.engine.optimize import Optimizations
+from kleinserve.engine.single_file import check_single_file
 from kleinserve.engine.warmup import warm_up
+from kleinserve.errors import InvalidCheckpoint
 from kleinserve.models import ModelSpec, require_variant
 from kleinserve.request import parse_size
 from kleinserve.settings import Settings
@@ -62,6 +64,11 @@ def engine_config(settings: Settings) -> EngineConfig:
 def check_weights(spec: ModelSpec, settings: Settings) -> None:
     """Fail fast, before the server starts, when a model's weights cannot be there: a local checkpoint of
     the wrong kind, or weights missing from the cache while downloading is off. Downloads happen later."""
+    if spec.transformer_file is not None:
+        try:
+            check_single_file(spec.transformer_file)
+        except InvalidCheckpoint as exc:
+            raise InvalidCheckpoint(f"--model {spec.id}={spec.transformer_file}: {exc}") from exc
     if spec.local_path is not None:
         require_variant(spec, spec.local_path)
     elif not settings.allow_download or huggingface_hub.constants.HF_HUB_OFFLINE:
