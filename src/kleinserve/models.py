@@ -35,6 +35,7 @@ class ModelSpec:
     variant: Variant
     hf_repo: str | None  # None for a local checkpoint directory
     local_path: Path | None = None
+    size: str | None = None  # "4b" or "9b": the published shapes (engine/architectures.py); None: local
     aliases: tuple[str, ...] = ()
     license: str = ""
     default_steps: int = 4
@@ -90,6 +91,7 @@ def _spec(size: str, kind: str | None, hf_repo: str, license: str) -> ModelSpec:
         id=f"flux.2-klein-{stem}",
         variant=variant,
         hf_repo=hf_repo,
+        size=size,
         aliases=_aliases(size, kind, stem, hf_repo),
         license=license,
         **_defaults_for(variant),
