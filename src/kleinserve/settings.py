@@ -17,6 +17,7 @@ from kleinserve.pricing import parse_prices
 MiB = 1024 * 1024
 DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 DTYPES = ("bfloat16", "float16", "float32")
+OFFLOADABLE = ("text-encoder",)
 
 
 def default_data_dir() -> Path:

@@ -124,7 +124,17 @@ def load_components(
 
 
 def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoConfig, Qwen3Model
+    from transformers import Qwen3Model
+
+    model = Qwen3Model.from_pretrained(directory, config=read_text_encoder_config(directory), dtype=dtype)
+    # hidden_states[27] must be the raw output of layer 27; a truncated model would normalize its last one.
+    model.norm = torch.nn.Identity()
+    return model
+
+
+def read_text_encoder_config(directory: Path):
+    """The checkpoint's Qwen3 config, cut to the layers FLUX.2 reads."""
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(directory)
@@ -136,13 +146,15 @@ def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
         raise InvalidCheckpoint(
             f"{directory} has {config.num_hidden_layers} layers; FLUX.2 needs at least {TEXT_ENCODER_LAYERS}"
         )
+    return truncated_text_config(config)
+
+
+def truncated_text_config(config):
+    """`config` (a Qwen3 config, changed in place) with only the first TEXT_ENCODER_LAYERS layers."""
     config.num_hidden_layers = TEXT_ENCODER_LAYERS
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:TEXT_ENCODER_LAYERS]
-    model = Qwen3Model.from_pretrained(directory, config=config, dtype=dtype)
-    # hidden_states[27] must be the raw output of layer 27; a truncated model would normalize its last one.
-    model.norm = torch.nn.Identity()
-    return model
+    return config
 
 
 def use_kv_attention(transformer: torch.nn.Module) -> None:
