@@ -191,6 +191,13 @@ class Settings(BaseSettings):
     prompt_cache_size: int = Field(
         16, ge=0, description="prompt embeddings kept per model (0: off; 7.5 MiB each for 4B)"
     )
+    offload: Annotated[str | None, Flag(metavar="text-encoder", choices=OFFLOADABLE)] = Field(
+        None,
+        pattern="^text-encoder$",
+        description="keep a part off the GPU between prompts: text-encoder lives in CPU memory and is moved "
+        "to the GPU only to encode a prompt the prompt cache lacks (then back; `kleinserve plan` shows the "
+        "memory; default: all on the GPU)",
+    )
     compile: bool | None = Field(
         None,
         description="regional torch.compile of the transformer blocks (default: on for CUDA, off for CPU)",

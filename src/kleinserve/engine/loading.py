@@ -100,10 +100,15 @@ def _first_line(error: Exception) -> str:
 
 
 def load_components(
-    checkpoint: Path, variant: Variant, device: torch.device, dtype: torch.dtype
+    checkpoint: Path,
+    variant: Variant,
+    device: torch.device,
+    dtype: torch.dtype,
+    text_encoder_device: torch.device | None = None,
 ) -> Components:
     """Load tokenizer, truncated text encoder, transformer and VAE from a diffusers directory
-    whose model_index.json declares `variant`."""
+    whose model_index.json declares `variant`. The text encoder goes to `text_encoder_device` when given
+    (the CPU, for an offloaded one: it visits `device` only to encode), the rest to `device`."""
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
     from transformers import AutoTokenizer
 
@@ -119,7 +124,9 @@ def load_components(
         vae = AutoencoderKLFlux2.from_pretrained(checkpoint / "vae", dtype=dtype)
     if variant is Variant.KV:
         use_kv_attention(transformer)
-    modules = [m.to(device).eval().requires_grad_(False) for m in (text_encoder, transformer, vae)]
+    text_encoder = text_encoder.to(text_encoder_device or device)
+    transformer, vae = transformer.to(device), vae.to(device)
+    modules = [m.eval().requires_grad_(False) for m in (text_encoder, transformer, vae)]
     return Components(tokenizer, *modules, variant=variant, device=device, dtype=dtype)
 
 
