@@ -1,9 +1,7 @@
 """Full-size FLUX.2 [klein] 4B / 9B with random weights, built straight on the device (no download, no disk).
 
-Shapes are the published configs: transformer 4B = 24 heads x 128, 5 double + 20 single blocks, text width
-7680 (3 x Qwen3-4B's 2560); 9B = 32 heads x 128, 8 + 24 blocks, text width 12288 (3 x Qwen3-8B's 4096);
-the FLUX.2 VAE at diffusers' defaults. The tokenizer is the tiny checkpoint's byte-level one: prompts are
-padded to 512 tokens either way, so the text encoder does the same work.
+Shapes are the published configs (kleinserve/engine/architectures.py). The tokenizer is the tiny checkpoint's
+byte-level one: prompts are padded to 512 tokens either way, so the text encoder does the same work.
 
 `build(size)` returns kleinserve's engine and diffusers' pipeline over the same weights: the transformer and
 VAE modules are shared, the engine's 27-layer text encoder is a copy of the full 36-layer model's first 27
@@ -14,27 +12,7 @@ from __future__ import annotations
 
 import torch
 
-TRANSFORMER = dict(patch_size=1, in_channels=128, attention_head_dim=128, mlp_ratio=3.0,
-                   axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, timestep_guidance_channels=256,
-                   guidance_embeds=False)  # fmt: skip
-QWEN3 = dict(num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-             vocab_size=151936, max_position_embeddings=40960, rope_theta=1e6, rms_norm_eps=1e-6)  # fmt: skip
-SIZES = {
-    "4b": {
-        "transformer": dict(
-            num_attention_heads=24, num_layers=5, num_single_layers=20, joint_attention_dim=7680
-        ),
-        "text": dict(hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True),
-        "spec": "flux.2-klein-4b",
-    },
-    "9b": {
-        "transformer": dict(
-            num_attention_heads=32, num_layers=8, num_single_layers=24, joint_attention_dim=12288
-        ),
-        "text": dict(hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False),
-        "spec": "flux.2-klein-9b",
-    },
-}
+from kleinserve.engine.architectures import QWEN3, SIZES, TRANSFORMER
 
 
 def build_modules(size: str, device: str | torch.device, dtype: torch.dtype):

@@ -36,6 +36,7 @@ class ModelSpec:
     hf_repo: str | None  # None for a local checkpoint directory
     local_path: Path | None = None  # a diffusers tree
     transformer_file: Path | None = None  # a BFL single file (bf16 or fp8) in place of the tree's transformer
+    size: str | None = None  # "4b" or "9b": the published shapes (engine/architectures.py); None: local
     aliases: tuple[str, ...] = ()
     license: str = ""
     default_steps: int = 4
@@ -92,6 +93,7 @@ def _spec(size: str, kind: str | None, hf_repo: str, license: str) -> ModelSpec:
         id=f"flux.2-klein-{stem}",
         variant=variant,
         hf_repo=hf_repo,
+        size=size,
         aliases=_aliases(size, kind, stem, hf_repo),
         license=license,
         **_defaults_for(variant),

@@ -18,6 +18,7 @@ MiB = 1024 * 1024
 DEFAULT_SAFETY_MODEL = "Falconsai/nsfw_image_detection"
 DTYPES = ("bfloat16", "float16", "float32")
 QUANTIZATIONS = ("fp8",)  # engine/fp8.py's FORMATS
+OFFLOADABLE = ("text-encoder",)
 
 
 def default_data_dir() -> Path:
@@ -190,6 +191,13 @@ class Settings(BaseSettings):
     # Speed levers (engine/optimize.py).
     prompt_cache_size: int = Field(
         16, ge=0, description="prompt embeddings kept per model (0: off; 7.5 MiB each for 4B)"
+    )
+    offload: Annotated[str | None, Flag(metavar="text-encoder", choices=OFFLOADABLE)] = Field(
+        None,
+        pattern="^text-encoder$",
+        description="keep a part off the GPU between prompts: text-encoder lives in CPU memory and is moved "
+        "to the GPU only to encode a prompt the prompt cache lacks (then back; `kleinserve plan` shows the "
+        "memory; default: all on the GPU)",
     )
     compile: bool | None = Field(
         None,

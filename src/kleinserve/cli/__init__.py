@@ -1,4 +1,4 @@
-"""The `kleinserve` command: generate | serve | worker | ray-deploy | tiny-checkpoint.
+"""The `kleinserve` command: generate | serve | worker | ray-deploy | plan | tiny-checkpoint.
 
 Bad input exits non-zero with one clear line."""
 
@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from kleinserve.cli.plan import add_plan_parser, plan
 from kleinserve.cli.setting_flags import add_setting_flag, setting_flags, settings_from_args
 from kleinserve.errors import InvalidRequest, KleinserveError
 from kleinserve.imaging import EXTENSIONS, OUTPUT_FORMATS, encode_image, read_image_file
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(commands)
     _add_worker_parser(commands)
     _add_ray_deploy_parser(commands)
+    add_plan_parser(commands)
 
     tiny = commands.add_parser("tiny-checkpoint", help="write a tiny random checkpoint in the real layout")
     tiny.add_argument("directory")
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return worker(args)
         if args.command == "ray-deploy":
             return ray_deploy(args)
+        if args.command == "plan":
+            return plan(args)
         return tiny_checkpoint(args)
     except KleinserveError as exc:
         print(f"error: {exc}", file=sys.stderr)

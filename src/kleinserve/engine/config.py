@@ -19,6 +19,7 @@ class EngineConfig:
     allow_download: bool = True  # fetch missing weights from the Hugging Face Hub
     max_batch_images: int = 8  # the most images one transformer batch holds
     prompt_cache_size: int = 0  # prompt embeddings kept (0: off)
+    offload_text_encoder: bool = False  # text encoder in CPU memory, on `device` only to encode (text.py)
     optimizations: Optimizations = field(default_factory=Optimizations)  # none: the reference path
     warmup: bool = True  # generate once at start-up (engine/warmup.py) before serving
     warmup_sizes: tuple[tuple[int, int], ...] = ()  # (width, height); empty: warmup.default_warmup_sizes

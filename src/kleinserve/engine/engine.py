@@ -55,13 +55,19 @@ ProgressCallback = Callable[[StepProgress], None]
 
 class Engine:
     def __init__(
-        self, spec: ModelSpec, components: Components, max_batch_images: int = 8, prompt_cache_size: int = 0
+        self,
+        spec: ModelSpec,
+        components: Components,
+        max_batch_images: int = 8,
+        prompt_cache_size: int = 0,
+        offload_text_encoder: bool = False,
     ):
         self.spec = spec
         self.components = components
         self.max_batch_images = max_batch_images
         self.optimizations = Optimizations()  # none: the reference path
-        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, prompt_cache_size)
+        run_on = components.device if offload_text_encoder else None
+        self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, prompt_cache_size, run_on)
         self.codec = LatentCodec(components.vae)
         self.denoiser = Denoiser(components.transformer)
 
@@ -73,11 +79,15 @@ class Engine:
         device = torch.device(config.device) if config.device is not None else default_device()
         checkpoint = locate_checkpoint(spec, allow_download=config.allow_download)
         variant = require_variant(spec, checkpoint)
+        text_device = torch.device("cpu") if config.offload_text_encoder else None
+        dtype = resolve_dtype(config.dtype, device)
         components = load_components(
-            checkpoint, variant, device, resolve_dtype(config.dtype, device), spec.transformer_file
+            checkpoint, variant, device, dtype, spec.transformer_file, text_encoder_device=text_device
         )
         apply_optimizations(components.transformer, config.optimizations, components.text_encoder)
-        engine = cls(spec, components, config.max_batch_images, config.prompt_cache_size)
+        engine = cls(
+            spec, components, config.max_batch_images, config.prompt_cache_size, config.offload_text_encoder
+        )
         engine.optimizations = config.optimizations
         return engine
 

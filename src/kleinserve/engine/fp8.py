@@ -21,6 +21,10 @@ from torch import nn
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448.0
 FORMATS = ("fp8",)
+REPEATED_BLOCKS = {  # per component, the module lists whose nn.Linears the fp8 levers convert
+    "transformer": ("transformer_blocks", "single_transformer_blocks"),  # FLUX.2's double and single blocks
+    "text encoder": ("layers",),  # the Qwen3 decoder layers
+}
 MIN_SCALE = 1e-12  # an all-zero row or channel keeps a finite scale
 
 
@@ -98,6 +102,11 @@ def quantize_blocks(blocks: nn.Module) -> int:
         parent = blocks.get_submodule(parent_name) if parent_name else blocks
         setattr(parent, child, Fp8Linear.from_linear(linear))
     return len(targets)
+
+
+def quantize_component(component: str, model: nn.Module) -> int:
+    """Converts the linears of `model`'s REPEATED_BLOCKS[component]; returns how many."""
+    return sum(quantize_blocks(getattr(model, blocks)) for blocks in REPEATED_BLOCKS[component])
 
 
 def fp8_linears(model: nn.Module) -> list[Fp8Linear]:

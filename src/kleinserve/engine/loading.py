@@ -110,9 +110,12 @@ def load_components(
     device: torch.device,
     dtype: torch.dtype,
     transformer_file: Path | None = None,
+    text_encoder_device: torch.device | None = None,
 ) -> Components:
     """Load tokenizer, truncated text encoder, transformer and VAE from a diffusers directory
-    whose model_index.json declares `variant`; the transformer from `transformer_file` when given."""
+    whose model_index.json declares `variant`; the transformer from `transformer_file` when given. The
+    text encoder goes to `text_encoder_device` when given (the CPU, for an offloaded one: it visits `device`
+    only to encode), the rest to `device`."""
     from diffusers import AutoencoderKLFlux2
     from transformers import AutoTokenizer
 
@@ -128,7 +131,9 @@ def load_components(
         vae = AutoencoderKLFlux2.from_pretrained(checkpoint / "vae", dtype=dtype)
     if variant is Variant.KV:
         use_kv_attention(transformer)
-    modules = [m.to(device).eval().requires_grad_(False) for m in (text_encoder, transformer, vae)]
+    text_encoder = text_encoder.to(text_encoder_device or device)
+    transformer, vae = transformer.to(device), vae.to(device)
+    modules = [m.eval().requires_grad_(False) for m in (text_encoder, transformer, vae)]
     return Components(tokenizer, *modules, variant=variant, device=device, dtype=dtype)
 
 
@@ -166,7 +171,17 @@ def root_single_file(checkpoint: Path) -> Path | None:
 
 
 def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
-    from transformers import AutoConfig, Qwen3Model
+    from transformers import Qwen3Model
+
+    model = Qwen3Model.from_pretrained(directory, config=read_text_encoder_config(directory), dtype=dtype)
+    # hidden_states[27] must be the raw output of layer 27; a truncated model would normalize its last one.
+    model.norm = torch.nn.Identity()
+    return model
+
+
+def read_text_encoder_config(directory: Path):
+    """The checkpoint's Qwen3 config, cut to the layers FLUX.2 reads."""
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(directory)
@@ -178,13 +193,15 @@ def load_text_encoder(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
         raise InvalidCheckpoint(
             f"{directory} has {config.num_hidden_layers} layers; FLUX.2 needs at least {TEXT_ENCODER_LAYERS}"
         )
+    return truncated_text_config(config)
+
+
+def truncated_text_config(config):
+    """`config` (a Qwen3 config, changed in place) with only the first TEXT_ENCODER_LAYERS layers."""
     config.num_hidden_layers = TEXT_ENCODER_LAYERS
     if getattr(config, "layer_types", None):
         config.layer_types = config.layer_types[:TEXT_ENCODER_LAYERS]
-    model = Qwen3Model.from_pretrained(directory, config=config, dtype=dtype)
-    # hidden_states[27] must be the raw output of layer 27; a truncated model would normalize its last one.
-    model.norm = torch.nn.Identity()
-    return model
+    return config
 
 
 def use_kv_attention(transformer: torch.nn.Module) -> None:

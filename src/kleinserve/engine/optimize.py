@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from kleinserve.engine.fp8 import FORMATS, quantize_blocks
+from kleinserve.engine.fp8 import FORMATS, quantize_component
 from kleinserve.errors import InvalidRequest
 
 log = logging.getLogger("kleinserve")
@@ -53,13 +53,12 @@ def apply_optimizations(
     """In place; quantizing comes before compiling, so the compiled blocks are the quantized ones."""
     if options.quantize:
         check_quantize(options.quantize, "--quantize")
-        quantize_blocks(transformer.transformer_blocks)
-        quantize_blocks(transformer.single_transformer_blocks)
+        quantize_component("transformer", transformer)
     if options.quantize_text_encoder:
         check_quantize(options.quantize_text_encoder, "--quantize-text-encoder")
         if text_encoder is None:
             raise ValueError("quantize_text_encoder needs the text encoder")
-        quantize_blocks(text_encoder.layers)
+        quantize_component("text encoder", text_encoder)
     if options.attention_backend:
         set_attention_backend(transformer, check_attention_backend(options.attention_backend))
     if options.compile:

@@ -1,12 +1,18 @@
 """Prompt encoding: Qwen3 chat template -> 512 tokens -> hidden states of layers 9, 18, 27, side by side.
 
-Embeddings of recent prompts are kept (an LRU cache of `cache_size` prompts, on the encoder's device), so a
-repeated prompt skips the text encoder. One entry is 512 x 3 x hidden values: 7.5 MiB for 4B in bf16.
+Embeddings of recent prompts are kept (an LRU cache of `cache_size` prompts, on the device the encoder runs
+on), so a repeated prompt skips the text encoder. One entry is 512 x 3 x hidden values: 7.5 MiB for 4B in
+bf16.
+
+An offloaded text encoder (`run_on` given) lives where it was put (the CPU) and is moved to `run_on` (the GPU)
+only while it encodes prompts the cache misses, then moved back: module.to() both ways, so the GPU holds it
+only during those calls, and each new prompt pays two copies of its weights over PCIe.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 
@@ -16,10 +22,17 @@ TOKEN_COUNTS_KEPT = 1024  # prompts whose token count (for usage) is remembered
 
 
 class PromptEncoder:
-    def __init__(self, tokenizer, text_encoder: torch.nn.Module, cache_size: int = 0):
+    def __init__(
+        self,
+        tokenizer,
+        text_encoder: torch.nn.Module,
+        cache_size: int = 0,
+        run_on: torch.device | None = None,
+    ):
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
         self.cache_size = cache_size
+        self.run_on = run_on  # offloaded: the device the encoder visits to encode; None: it runs where it is
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._token_counts: OrderedDict[str, int] = OrderedDict()  # noted while encoding: no second pass
 
@@ -66,16 +79,29 @@ class PromptEncoder:
         ids, masks = zip(*(self.tokenize(p) for p in prompts), strict=True)
         for prompt, mask in zip(prompts, masks, strict=True):
             self._note_count(prompt, mask)
-        device = next(self.text_encoder.parameters()).device
-        output = self.text_encoder(
-            input_ids=torch.cat(ids).to(device),
-            attention_mask=torch.cat(masks).to(device),
-            output_hidden_states=True,
-            use_cache=False,
-        )
+        with self._visiting() as device:
+            output = self.text_encoder(
+                input_ids=torch.cat(ids).to(device),
+                attention_mask=torch.cat(masks).to(device),
+                output_hidden_states=True,
+                use_cache=False,
+            )
         stacked = torch.stack([output.hidden_states[k] for k in HIDDEN_STATE_LAYERS], dim=1)
         batch, layers, length, hidden = stacked.shape
         return stacked.permute(0, 2, 1, 3).reshape(batch, length, layers * hidden)
+
+    @contextmanager
+    def _visiting(self):
+        """The device the encoder runs on; an offloaded encoder is moved there for the block, then home."""
+        home = next(self.text_encoder.parameters()).device
+        if self.run_on is None or self.run_on == home:
+            yield home
+            return
+        self.text_encoder.to(self.run_on)
+        try:
+            yield self.run_on
+        finally:
+            self.text_encoder.to(home)
 
 
 def text_position_ids(length: int, device: torch.device) -> torch.Tensor:

@@ -55,6 +55,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         allow_download=settings.allow_download,
         max_batch_images=settings.max_batch_images,
         prompt_cache_size=settings.prompt_cache_size,
+        offload_text_encoder=settings.offload == "text-encoder",
         optimizations=optimizations,
         warmup=settings.warmup,
         warmup_sizes=tuple(parse_size(size, "--warmup-size") for size in settings.warmup_sizes),

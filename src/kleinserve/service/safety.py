@@ -119,6 +119,25 @@ def locate_safety_model(settings: Settings) -> Path:
     return directory
 
 
+def classifier_config(source: str) -> tuple[object | None, str]:
+    """(config, where it came from) of the classifier `source` names, reading no weights and downloading
+    nothing: the config.json of a directory or of the Hugging Face cache; for the default model when it is not
+    cached, its published architecture (ViT-B/16 at 224 px, labels normal/nsfw, float32); else (None, why)."""
+    from transformers import AutoConfig, ViTConfig
+
+    directory = Path(source).expanduser()
+    if not directory.is_dir():
+        try:
+            directory = _from_hub(source, allow_download=False)
+        except SafetyModelUnavailable:
+            if source != DEFAULT_SAFETY_MODEL:
+                return None, f"{source} is not in the local cache: its size is unknown"
+            labels = {0: "normal", 1: "nsfw"}
+            config = ViTConfig(id2label=labels, label2id={v: k for k, v in labels.items()}, dtype="float32")
+            return config, f"{source}'s published architecture (ViT-B/16, 224 px; not in the local cache)"
+    return AutoConfig.from_pretrained(directory), f"config read from {directory}"
+
+
 def _from_hub(repo_id: str, allow_download: bool) -> Path:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
