@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kleinserve import imaging
 from kleinserve.errors import InvalidRequest
-from kleinserve.imaging import decode_image, encode_image
+from kleinserve.imaging import decode_image, encode_image, encode_png
 
 from support.images import random_image
 
@@ -24,6 +25,56 @@ def test_encode_round_trips(fmt, pil_name):
 def test_png_is_lossless():
     pixels = np.asarray(random_image(64, 64))
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_image(pixels, "png")))), pixels)
+
+
+def _decoded(data: bytes) -> Image.Image:
+    Image.open(io.BytesIO(data)).verify()  # chunk CRCs and structure; verify() leaves the image unusable
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    return image
+
+
+@pytest.mark.parametrize(
+    "width,height",
+    [(1, 1), (1, 7), (7, 1), (1, 300), (300, 1), (17, 33), (333, 129), (1024, 1024), (2048, 2048)],
+)
+def test_rgb_png_takes_the_fast_path_and_keeps_every_pixel(width, height, monkeypatch):
+    pixels = np.asarray(random_image(width, height, seed=width * height))
+    monkeypatch.setattr(imaging.Image.Image, "save", None)  # Pillow's encoder is not the one that ran
+    data = encode_image(pixels, "png")
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(_decoded(data)), pixels)
+
+
+def test_png_fast_path_takes_rgb_pil_images_and_strided_arrays():
+    pixels = np.asarray(random_image(96, 40))
+    planar = np.ascontiguousarray(pixels.transpose(2, 0, 1)).transpose(1, 2, 0)  # the engine's layout
+    assert not planar.flags.c_contiguous
+    for image in (Image.fromarray(pixels), planar):
+        np.testing.assert_array_equal(np.asarray(_decoded(encode_png(image))), pixels)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "LA", "P", "1", "I;16"])
+def test_png_of_other_modes_goes_through_pillow(mode):
+    image = random_image(33, 21).convert(mode)
+    decoded = _decoded(encode_png(image))
+    assert decoded.size == image.size
+    np.testing.assert_array_equal(np.asarray(decoded.convert(mode)), np.asarray(image))
+
+
+@pytest.mark.parametrize(
+    "shape,dtype", [((20, 30), np.uint8), ((20, 30, 4), np.uint8), ((20, 30), np.uint16)]
+)
+def test_png_of_other_arrays_goes_through_pillow(shape, dtype):
+    pixels = np.random.default_rng(0).integers(0, 200, size=shape).astype(dtype)
+    decoded = np.asarray(_decoded(encode_png(pixels)))
+    np.testing.assert_array_equal(decoded.astype(dtype), pixels)
+
+
+def test_png_falls_back_to_pillow_when_fpng_refuses(monkeypatch):
+    monkeypatch.setattr(imaging.fpng, "from_ndarray", lambda array: b"")  # the binding's failure value
+    pixels = np.asarray(random_image(40, 24))
+    np.testing.assert_array_equal(np.asarray(_decoded(encode_png(pixels))), pixels)
 
 
 def test_exif_orientation_is_applied():

@@ -14,6 +14,7 @@ import struct
 
 from PIL import Image
 
+from kleinserve.imaging import encode_png
 from kleinserve.request import GenerationRequest, OutputOptions
 
 _HEADER_LENGTH = struct.Struct(">I")
@@ -48,6 +49,4 @@ def unpack_inputs(data: bytes) -> tuple[GenerationRequest, OutputOptions]:
 
 def _png(image: Image.Image) -> bytes:
     """RGB, as the engine reads it (a pointwise conversion, so it commutes with the engine's crop)."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return encode_png(image.convert("RGB"))
