@@ -160,8 +160,8 @@ def attempt(measure):
     try:
         return measure()
     except Exception as error:  # a kernel this device or build lacks: record why, go on
-        first_line = (str(error).splitlines() or [""])[0]
-        return f"unavailable: {type(error).__name__}: {first_line[:120]}"
+        first_sentence = (str(error).splitlines() or [""])[0].split(". ")[0]
+        return f"unavailable: {type(error).__name__}: {first_sentence[:100]}"
 
 
 def lines(report: dict) -> list[str]:

@@ -83,7 +83,7 @@ bench() {
 }
 
 if [ $DRY_RUN = 1 ]; then  # shapes shrunk so the whole script runs on a CPU in a few minutes
-  S1=64 S2=32 S3=96 REF=64 RUNS=1 SMALL=(--small)
+  S1=80 S2=64 S3=96 REF=64 RUNS=1 SMALL=(--small)
 else
   S1=1024 S2=512 S3=2048 REF=1024 RUNS=3 SMALL=()
 fi

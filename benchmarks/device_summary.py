@@ -47,7 +47,8 @@ def case_line(name: str, case: dict) -> str:
     if "kleinserve_ms" not in case:
         shape = f"{case['width']}² batch {case['batch']} refs {case['refs']}"
         return f"{name} | {shape}: diffusers {case['diffusers_ms']} ms, stopped before kleinserve ran"
-    return " | ".join([name, *(str(case.get(field)) for field in FIELDS)])
+    values = {**case, "width": f"{case['width']}x{case['height']}"}
+    return " | ".join([name, *(str(values.get(field)) for field in FIELDS)])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 # Only packages that image lacks are fetched, without their dependencies (all of them are already there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WANTED=(diffusers==0.42.1)
+WANTED=(diffusers==0.42.1 fpng==0.1.0)  # fpng: imaging.encode_png (lazy_loader, its one need, is there)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d .whl "${WANTED[@]}"
