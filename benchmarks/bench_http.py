@@ -12,6 +12,9 @@ Both sides do the same work: in the "distinct prompts" rows every request has it
 the server's prompt cache nor the engine's can skip the text encoder; the "one prompt, cached" rows send
 one prompt throughout with a prompt cache of the server's default size on both sides (every request after
 the first skips the text encoder). The server's overhead is its p50 minus the engine's, in ms and as a ratio.
+Runs of the two sides are minutes apart, so on a noisy machine each row also gives the server's own stage
+times for the same requests (from its /metrics): at 1 client, p50 minus the engine stages is the time spent
+outside the engine (HTTP, queue, store, encode), independent of run-to-run noise.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import tempfile
@@ -54,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             for clients in args.clients:
                 prompt_for = PROMPTS[prompts](clients)
                 engine.prompts.cache_size = PROMPT_CACHE_SIZE if prompts == "one prompt, cached" else 0
+                before = engine_stages(url)
                 http = time_server(url, args, clients, width, height, prompt_for)
+                http["stages_ms"] = stage_means(before, engine_stages(url))
                 direct = time_engine(engine, args, clients, width, height, prompt_for)
                 cases.append({"prompts": prompts, **case_row(clients, args.requests, http, direct)})
                 print(json.dumps(cases[-1]), flush=True)
@@ -90,6 +96,7 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--response-format", default="b64_json", choices=["url", "b64_json"])
     parser.add_argument("--device")
+    parser.add_argument("--batch-wait-ms", type=float, help="the started server's (default: its own)")
     parser.add_argument("--output")
     return parser.parse_args(argv)
 
@@ -111,6 +118,8 @@ def start_server(args, checkpoint: Path | None) -> LiveServer:
     flags = ["--model", model, "--log-level", "warning", "--no-safety-checker"]
     if args.device:
         flags += ["--device", args.device]
+    if args.batch_wait_ms is not None:
+        flags += ["--batch-wait-ms", str(args.batch_wait_ms)]
     server = LiveServer(Path(tempfile.mkdtemp(prefix="kleinserve-bench-")), *flags)
     try:
         return server.start(timeout=600)  # real weights can take minutes to load
@@ -144,6 +153,32 @@ def time_server(url: str, args, clients: int, width: int, height: int, prompt_fo
         with ThreadPoolExecutor(clients) as pool:
             latencies = list(pool.map(one, range(1, args.requests + 1)))
         return summary(latencies, args.requests, time.perf_counter() - start)
+
+
+STAGE = re.compile(r'^kleinserve_stage_seconds_(sum|count)\{model="[^"]*",stage="(\w+)"\} (\S+)$')
+ENGINE_STAGES = ("text", "references", "denoise", "decode")  # per batch; the rest per job
+
+
+def engine_stages(url: str) -> dict[tuple[str, str], float]:
+    """The server's own per-stage histogram totals from /metrics: {(stage, "sum"|"count"): value}."""
+    totals: dict[tuple[str, str], float] = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        match = STAGE.match(line)
+        if match:
+            key = (match[2], match[1])
+            totals[key] = totals.get(key, 0.0) + float(match[3])
+    return totals
+
+
+def stage_means(before: dict, after: dict) -> dict[str, float]:
+    """Mean ms per observation of each stage between two scrapes (warm-up included), as the server measured
+    them inside the same requests, so the server's time outside the engine needs no second run to compare."""
+    means = {}
+    for stage in sorted({stage for stage, _ in after}):
+        count = after.get((stage, "count"), 0) - before.get((stage, "count"), 0)
+        if count:
+            means[stage] = round(1000 * (after[(stage, "sum")] - before.get((stage, "sum"), 0)) / count, 1)
+    return means
 
 
 def time_engine(engine, args, clients: int, width: int, height: int, prompt_for) -> dict:
@@ -185,6 +220,7 @@ def case_row(clients: int, requests: int, http: dict, direct: dict) -> dict:
         "server": http,
         "engine": direct,
         "p50_overhead_ms": round(http["p50_ms"] - direct["p50_ms"], 1),
+        "server_engine_stages_ms": round(sum(http["stages_ms"].get(s, 0) for s in ENGINE_STAGES), 1),
         "p50_latency_ratio": round(http["p50_ms"] / direct["p50_ms"], 3),
         "throughput_ratio": round(http["images_per_s"] / direct["images_per_s"], 3),
     }
