@@ -230,8 +230,10 @@ def kill_a_worker_running_a_job(cluster: Cluster) -> int:
 
 def cancel_a_running_job(api: LiveServer) -> list[int]:
     """Cancel a long job once it has taken a step; the steps it logged, once its worker let it go."""
-    long = submit(api.url, {"prompt": "long", "image_size": {"width": 512, "height": 512},
-                        "num_inference_steps": 8, "seed": 7})  # fmt: skip
+    # Four 1024² images: ~0.6 s a step on a CPU, so the cancel lands mid-run even on a loaded machine
+    # (one 512² image took its 8 steps in 0.25 s, and a cancel sometimes came after the last).
+    long = submit(api.url, {"prompt": "long", "image_size": {"width": 1024, "height": 1024},
+                        "num_images": 4, "num_inference_steps": 8, "seed": 7})  # fmt: skip
     wait_until(lambda: any(m.startswith("step ") for m in messages(api, long)), 300)
     cancel = httpx.put(f"{api.url}/queue/{ENDPOINT}/requests/{long}/cancel")
     assert cancel.json() == {"status": "CANCELLATION_REQUESTED"}
