@@ -10,6 +10,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+# One compute thread per process, inherited by every server, worker and benchmark a test starts: two xdist
+# workers and their servers share this machine's cores, and torch's default (one spinning OpenMP thread per
+# core in every process) made them fight (measured on 2 cores: bench and parity files 205 s, 100 s with this).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from filelock import FileLock
