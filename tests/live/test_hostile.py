@@ -354,11 +354,11 @@ def test_huge_dimension_uploads_stay_within_a_stated_memory_bound(checkpoints, t
             data = {"prompt": "huge", "size": "64x64"}
             return httpx.post(f"{server.url}/v1/images/edits", files=files, data=data, timeout=300)
 
-        # 12 decodes of 64 MP queue for DECODE_SLOTS = 2; decoded at once they would take ~4.6 GB
-        with concurrent.futures.ThreadPoolExecutor(3) as pool:
-            answers = list(pool.map(edit, range(3)))
+        # 8 decodes of 64 MP queue for DECODE_SLOTS = 2; decoded at once they would take ~3 GB
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(edit, range(2)))
         now, peak = memory_mib(server.process.pid)
-    assert [answer.status_code for answer in answers] == [200] * 3, answers[0].text
+    assert [answer.status_code for answer in answers] == [200] * 2, answers[0].text
     assert peak - idle_peak < MEMORY_BOUND_MIB, (idle_peak, peak)
     assert now - idle_now < 512, (idle_now, now)  # and it is handed back
     print(f"idle peak {idle_peak:.0f} MiB, peak {peak:.0f} MiB, after {now:.0f} MiB (idle {idle_now:.0f})")
