@@ -200,6 +200,8 @@ def test_json_edit_errors(server, image_host):
     assert_error(response, "image", "unknown parameter")
     response = httpx.post(server.url + "/v1/images/edits", json={"prompt": "x"})
     assert_error(response, "images", "list")
+    bad_model = {"prompt": "x", "model": {}, "images": [good]}
+    assert_error(httpx.post(server.url + "/v1/images/edits", json=bad_model), "model", "string")
 
 
 def test_other_content_types_are_415(server):

@@ -12,7 +12,7 @@ from fastapi import Request
 
 from kleinserve.api.dialect_request import validated
 from kleinserve.api.json_body import json_object
-from kleinserve.api.openai.schemas import EditJson, check_names
+from kleinserve.api.openai.schemas import EditJson, check_names, optional_str
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
 
@@ -27,7 +27,7 @@ async def read_edit(
     """The served model, the checked body and the fetched reference images: names and model first, then
     every field, then the downloads."""
     fields = await json_object(request)
-    served = lookup(check_names(fields, EditJson.model_fields).get("model"))
+    served = lookup(optional_str("model")(check_names(fields, EditJson.model_fields).get("model")))
     body = validated(EditJson, fields, served=lookup, max_images=served.spec.max_reference_images)
     images = await asyncio.gather(
         *(service.fetch_reference(item["image_url"], f"images[{index}].image_url")
