@@ -229,3 +229,14 @@ def test_client_leaving_mid_stream_cancels_only_its_own_job(server):
             break
         time.sleep(0.2)
     assert job["status"] == "cancelled", job
+
+
+def test_openapi_documents_both_edit_bodies_and_the_event_stream(server):
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    edits = paths["/v1/images/edits"]["post"]
+    assert set(edits["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+    json_body = edits["requestBody"]["content"]["application/json"]["schema"]
+    assert json_body["properties"]["images"]["maxItems"] == 4 and "image" not in json_body["properties"]
+    for operation in (edits, paths["/v1/images/generations"]["post"]):
+        assert {"application/json", "text/event-stream"} <= set(operation["responses"]["200"]["content"])
+        assert "partial_images" in str(operation["requestBody"])
