@@ -240,3 +240,29 @@ def test_openapi_documents_both_edit_bodies_and_the_event_stream(server):
     for operation in (edits, paths["/v1/images/generations"]["post"]):
         assert {"application/json", "text/event-stream"} <= set(operation["responses"]["200"]["content"])
         assert "partial_images" in str(operation["requestBody"])
+
+
+@pytest.fixture(scope="module")
+def keyed(checkpoints, tmp_path_factory):
+    with LiveServer(
+        tmp_path_factory.mktemp("keyed"), "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",
+        "--api-key", "key-a", "--api-key", "key-b", "--no-warmup",
+    ) as live:  # fmt: skip
+        yield live
+
+
+def test_a_streamed_request_counts_and_belongs_to_its_key_as_a_plain_one(keyed):
+    a, b = ({"Authorization": f"Bearer {key}"} for key in ("key-a", "key-b"))
+    body = {"prompt": "owned", "size": "64x64", "n": 2, "stream": True, "partial_images": 1}
+    refused = httpx.post(keyed.url + "/v1/images/generations", json=body)
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "authentication_error"
+    response = httpx.post(keyed.url + "/v1/images/generations", json=body, headers=a, timeout=TIMEOUT)
+    assert [name for name, _ in sse(response)][-1] == "image_generation.completed"
+    job_id = response.headers["x-request-id"]
+    assert httpx.get(f"{keyed.url}/v1/jobs/{job_id}", headers=a).json()["status"] == "succeeded"
+    assert httpx.get(f"{keyed.url}/v1/jobs/{job_id}", headers=b).status_code == 404
+    totals = httpx.get(f"{keyed.url}/v1/usage", headers=a).json()["totals"]
+    assert totals["requests"] == 1 and totals["images"] == 2
+    assert httpx.get(f"{keyed.url}/v1/usage", headers=b).json()["totals"]["requests"] == 0
+    stats = httpx.get(keyed.url + "/v1/stats", headers=a).json()["models"]["flux.2-klein-4b"]
+    assert stats["requests"] >= 1 and stats["success_rate"] == 1.0
