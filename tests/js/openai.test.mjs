@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { before, describe, test } from "node:test";
 import OpenAI, { toFile } from "openai";
-import { API_KEY, BASE_URL, MODEL, TIMEOUT, assertPng, fetchBytes, serverPng } from "./helpers.mjs";
+import { API_KEY, BASE_URL, MODEL, TIMEOUT, assertPng, dataUri, fetchBytes, serverPng } from "./helpers.mjs";
 
 const client = new OpenAI({ baseURL: `${BASE_URL}/v1`, apiKey: API_KEY });
 
@@ -40,6 +40,39 @@ describe("openai images.generate", { timeout: TIMEOUT }, () => {
     assert.equal(result.data.length, 2);
     for (const image of result.data) assertPng(b64Png(image), 128, 96);
     assert.ok(result._request_id);
+  });
+});
+
+describe("openai streamed images", { timeout: TIMEOUT }, () => {
+  test("stream: true, partial_images: 2 -> two partial_image events, then completed with usage", async () => {
+    const stream = await client.images.generate({
+      model: MODEL, prompt: "a lighthouse at dusk", size: "96x64", stream: true, partial_images: 2,
+    });
+    const events = [];
+    for await (const event of stream) events.push(event);
+    assert.deepEqual(
+      events.map((event) => event.type),
+      ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"],
+    );
+    assert.deepEqual(events.slice(0, 2).map((event) => event.partial_image_index), [0, 1]);
+    for (const event of events) {
+      assert.equal(event.size, "96x64");
+      assert.equal(event.output_format, "png");
+      assertPng(Buffer.from(event.b64_json, "base64"), 96, 64);
+    }
+    assertUsage(events[2].usage);
+  });
+
+  test("a JSON edit with a data: URL, streamed -> image_edit events", async () => {
+    const png = await serverPng(64, 96, 4);
+    const stream = await client.post("/images/edits", {
+      body: { model: MODEL, prompt: "make it blue", images: [{ image_url: dataUri(png) }], stream: true },
+      stream: true,
+    });
+    const events = [];
+    for await (const event of stream) events.push(event);
+    assert.deepEqual(events.map((event) => event.type), ["image_edit.completed"]);
+    assertPng(Buffer.from(events[0].b64_json, "base64"), 64, 96);
   });
 });
 

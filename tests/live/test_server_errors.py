@@ -64,7 +64,8 @@ GENERATION_CASES = {
     "prompt wrong type": ({"prompt": ["a"]}, "prompt", "must be a string"),
     "transparent background": ({"background": "transparent"}, "background", "no alpha"),
     "mask": ({"mask": "x"}, "mask", "not supported"),
-    "stream": ({"stream": True}, "stream", "not supported"),
+    "stream": ({"stream": "yes"}, "stream", "boolean"),
+    "partial_images": ({"partial_images": 4}, "partial_images", "0 to 3"),
     "unknown parameter": ({"sead": 4}, "sead", "unknown parameter"),
     "response_format": ({"response_format": "jpg"}, "response_format", "'url' or 'b64_json'"),
     "output_format": ({"output_format": "gif"}, "output_format", "png, jpeg or webp"),
@@ -159,9 +160,10 @@ def test_edit_fields_from_multipart_strings(server):
     assert edit(server, files, {"n": "2", "seed": "7"}).status_code == 200
 
 
-def test_edit_must_be_multipart(server):
-    response = httpx.post(server.url + "/v1/images/edits", json={"prompt": "x", "image": "a.png"})
-    assert_error(response, 415, None, "multipart/form-data")
+def test_edit_must_be_multipart_or_json(server):
+    response = httpx.post(server.url + "/v1/images/edits", content=b"prompt=x",
+                          headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert_error(response, 415, None, "multipart/form-data", "application/json")
 
 
 def test_fifty_megabyte_body_is_413(server):

@@ -19,7 +19,9 @@ MAX_PART_BYTES = 1024 * 1024  # a text field (file parts are bounded by --max-im
 
 async def read_form(request: Request) -> tuple[dict, list[UploadFile]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ApiError(415, "send the edit as multipart/form-data with the image(s) as file parts")
+        raise ApiError(
+            415, "send the edit as multipart/form-data (image files) or application/json (image URLs)"
+        )
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FIELDS, max_part_size=MAX_PART_BYTES)
     except HTTPException as exc:

@@ -1,14 +1,17 @@
 """The OpenAI Images dialect's routes: POST /v1/images/generations (JSON), POST /v1/images/edits
-(multipart), GET /v1/models[/{id}]. A body checked by its schema (schemas.py) becomes a GenerationRequest;
-the result goes back in OpenAI's response shape."""
+(multipart, or JSON with image URLs), GET /v1/models[/{id}]. A body checked by its schema (schemas.py)
+becomes a GenerationRequest; the result goes back in OpenAI's response shape, or with `stream: true` as
+OpenAI's server-sent events (stream.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api import request_ids
@@ -24,8 +27,16 @@ from kleinserve.api.dialect_response import (
 )
 from kleinserve.api.errors import ApiError, OpenAIError
 from kleinserve.api.json_body import json_object
-from kleinserve.api.openai import multipart
-from kleinserve.api.openai.schemas import EditForm, ImagesRequest, ImagesResponse, check_names, size_sides
+from kleinserve.api.openai import json_edit, multipart
+from kleinserve.api.openai import stream as event_stream
+from kleinserve.api.openai.schemas import (
+    EditForm,
+    EditJson,
+    ImagesRequest,
+    ImagesResponse,
+    check_names,
+    size_sides,
+)
 from kleinserve.api.request_metrics import report_images, report_model
 from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.service.facade import ImageService
@@ -37,25 +48,34 @@ PARAMS = {**COMMON_FIELDS, "num_images": "n", "width": "size", "height": "size",
 REQUEST_ID_HEADER = request_ids.HEADER.decode()
 CREATED = 1768348800  # 2026-01-14, FLUX.2 [klein]'s release, for /v1/models
 ANSWERS = docs.answers(ImagesResponse, OpenAIError, 404, 415, *docs.SERVICE)
+ANSWERS[200] = {**ANSWERS[200], "content": {"text/event-stream": {}}}  # with stream: true
+EDIT_BODY = {"requestBody": {"required": True, "content": {
+    **docs.multipart_body(EditForm)["requestBody"]["content"],
+    **docs.json_body(EditJson)["requestBody"]["content"],
+}}}  # fmt: skip
+Body = ImagesRequest | EditForm | EditJson
 
 
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter(prefix="/v1")
 
     @routes.post("/images/generations", openapi_extra=docs.json_body(ImagesRequest), responses=ANSWERS)
-    async def generations(request: Request) -> JSONResponse:
+    async def generations(request: Request) -> Response:
         body = validated(ImagesRequest, await _json_body(request), served=_lookup(service, request))
         served = service.model(body.model)
-        return await _generate(service, request, served, body, images=[], route="generations")
+        return await _answer(service, request, served, body, images=[], route="generations")
 
-    @routes.post("/images/edits", openapi_extra=docs.multipart_body(EditForm), responses=ANSWERS)
-    async def edits(request: Request) -> JSONResponse:
+    @routes.post("/images/edits", openapi_extra=EDIT_BODY, responses=ANSWERS)
+    async def edits(request: Request) -> Response:
+        if json_edit.is_json(request):
+            served, body, images = await json_edit.read_edit(service, request, _lookup(service, request))
+            return await _answer(service, request, served, body, images=images, route="edits")
         fields, uploads = await multipart.read_form(request)
         # the names and the model first, before any image is decoded; then the rest of the form
         served = _lookup(service, request)(check_names(fields, EditForm.model_fields).get("model"))
         images = await multipart.decode_uploads(service, uploads, served.spec.max_reference_images)
         body = validated(EditForm, fields, served=_lookup(service, request))
-        return await _generate(service, request, served, body, images=images, route="edits")
+        return await _answer(service, request, served, body, images=images, route="edits")
 
     @routes.get("/models", responses=docs.answers(None, OpenAIError))
     async def models() -> dict:
@@ -79,13 +99,24 @@ def _lookup(service: ImageService, http: Request):
     return served
 
 
+async def _answer(
+    service: ImageService, http: Request, served: ServedModel, body: Body, *, images: list, route: str
+) -> Response:
+    if body.stream:
+        return await _stream(service, http, served, body, images=images, route=route)
+    return await _generate(service, http, served, body, images=images, route=route)
+
+
+def _params(body: Body, route: str) -> dict:
+    return {"dialect": "openai", "route": route, "response_format": body.response_format or "url+b64_json"}
+
+
 async def _generate(
-    service: ImageService, http: Request, served: ServedModel, body: ImagesRequest | EditForm, *,
-    images: list, route: str,
-) -> JSONResponse:  # fmt: skip
+    service: ImageService, http: Request, served: ServedModel, body: Body, *, images: list, route: str
+) -> JSONResponse:
     options = _output_options(body, service.settings.safety_check_openai)
     request = _to_request(served, body, images)
-    params = {"dialect": "openai", "route": route, "response_format": body.response_format or "url+b64_json"}
+    params = _params(body, route)
     generated = await unless_client_leaves(
         http, service.generate(served, request, options, params, owner=owner_of(http))
     )
@@ -96,7 +127,38 @@ async def _generate(
     return JSONResponse({**answer, "quality": body.quality, "model": served.spec.id}, headers=headers)
 
 
-def _to_request(served: ServedModel, body: ImagesRequest | EditForm, images: list) -> GenerationRequest:
+async def _stream(
+    service: ImageService, http: Request, served: ServedModel, body: Body, *, images: list, route: str
+) -> StreamingResponse:
+    """The job runs as for a plain request; its step previews and outcome become OpenAI's events. With the
+    safety checker on, no partial images: a preview is not screened."""
+    options = _output_options(body, service.settings.safety_check_openai)
+    request = _to_request(served, body, images)
+    partials = 0 if options.safety_check else body.partial_images or 0
+    steps: asyncio.Queue = asyncio.Queue()
+    listener = (lambda *step: steps.put_nowait(step)) if partials else None
+    job = await service.submit(
+        served, request, options, {**_params(body, route), "stream": True}, on_step=listener,
+        owner=owner_of(http),
+    )  # fmt: skip
+    outcome = asyncio.ensure_future(service.outcome(job))
+    outcome.add_done_callback(partial(_count_delivered, http))
+    kind = "image_generation" if route == "generations" else "image_edit"
+    shape = event_stream.Shape(
+        kind, body.quality, options.format, options.quality, request.width, request.height
+    )
+    headers = {**generation_headers(served, job.id, REQUEST_ID_HEADER), **event_stream.HEADERS}
+    events = event_stream.events(shape, partials, steps, outcome)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def _count_delivered(http: Request, outcome: asyncio.Future) -> None:
+    """A streamed generation's images, once they are out (per-model images/s)."""
+    if not outcome.cancelled() and outcome.exception() is None:
+        report_images(http, len(outcome.result().images))
+
+
+def _to_request(served: ServedModel, body: Body, images: list) -> GenerationRequest:
     width, height = size_sides(body.size)
     return to_request(
         served.spec, sent(body), PARAMS, index="message",
@@ -104,7 +166,7 @@ def _to_request(served: ServedModel, body: ImagesRequest | EditForm, images: lis
     )  # fmt: skip
 
 
-def _output_options(body: ImagesRequest | EditForm, safety_check: bool) -> OutputOptions:
+def _output_options(body: Body, safety_check: bool) -> OutputOptions:
     fmt, compression = body.output_format, body.output_compression
     quality = compression if fmt != "png" else None  # PNG is lossless: compression does not apply
     # response_format 'url', 'b64_json', or None when omitted: then both (OpenAI's image models answer

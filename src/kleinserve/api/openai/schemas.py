@@ -1,6 +1,6 @@
 """The OpenAI Images dialect's wire schemas: the bodies of POST /v1/images/generations (JSON) and
-/v1/images/edits (multipart/form-data), which the routes validate with these models and /openapi.json
-documents from them, and the answers.
+/v1/images/edits (multipart/form-data, or JSON with image URLs), which the routes validate with these
+models and /openapi.json documents from them, and the answers.
 
 Fields are declared in the order they are checked (the first wrong one answers): first the names
 (`check_names`: unknown parameters, and the OpenAI ones klein cannot honour), then `model`, then the output
@@ -24,11 +24,10 @@ RESPONSE_FORMATS = ("url", "b64_json")
 QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
 SUPPORTED = {
     "prompt", "model", "n", "size", "response_format", "output_format", "output_compression",
-    "seed", "num_inference_steps", "guidance_scale", "negative_prompt", "quality",
+    "seed", "num_inference_steps", "guidance_scale", "negative_prompt", "quality", "stream", "partial_images",
 }  # fmt: skip
 # OpenAI parameters that do not change what this model does: accepted and ignored.
-IGNORED = {"style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity",
-           "partial_images"}  # fmt: skip
+IGNORED = {"style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity"}
 SIDES = "|".join(str(side) for side in range(64, 2049, 16))
 SIZE_PATTERN = rf"^(auto|({SIDES})x({SIDES}))$"
 OPENAI_FORMATS = Literal[tuple(FORMAT_NAMES)]  # png, jpeg, jpg, webp (imaging's one table)
@@ -38,8 +37,8 @@ OPENAI_FORMATS = Literal[tuple(FORMAT_NAMES)]  # png, jpeg, jpg, webp (imaging's
 
 
 def check_names(fields: dict, declared: Collection[str] = ()) -> dict:
-    """Every parameter is one we take or knowingly ignore; `background`, `stream` and `mask` only with
-    values klein can honour. Checked in the body's order, before anything else."""
+    """Every parameter is one we take or knowingly ignore; `background` and `mask` only with values klein
+    can honour. Checked in the body's order, before anything else."""
     for name, value in fields.items():
         if name in SUPPORTED or name in IGNORED:
             continue
@@ -50,10 +49,6 @@ def check_names(fields: dict, declared: Collection[str] = ()) -> dict:
                     "transparent backgrounds are not supported: FLUX.2 [klein] has no alpha; "
                     "use 'opaque' or 'auto'",
                 )
-            continue
-        if name == "stream":
-            if value in (True, "true", "True", "1"):
-                raise invalid("stream", "streaming is not supported; leave it out or set it to false")
             continue
         if name == "mask":
             raise invalid(
@@ -140,6 +135,48 @@ def _size(value: Any) -> Any:
     return value
 
 
+def _stream(value: Any) -> bool | None:
+    """true / false (a multipart form sends them as text)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise invalid("stream", f"must be a boolean (true or false), got {value!r}")
+
+
+def _partial_images(value: Any) -> int | None:
+    value = number("partial_images", int)(value)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3):
+        raise invalid("partial_images", f"must be an integer from 0 to 3 (with stream: true), got {value!r}")
+    return value
+
+
+def _images(value: Any, info) -> list[dict]:
+    """A JSON edit's `images`: 1 to the model's limit of {"image_url": "<https or data: URL>"}."""
+    limit = info.context.get("max_images", 4)
+    if not isinstance(value, list) or not value:
+        shape = '{"image_url": "<https or data: URL>"}'
+        raise invalid("images", f"must be a list of 1 to {limit} {shape} objects")
+    if len(value) > limit:
+        raise invalid(
+            "images", f"{len(value)} images given; FLUX.2 [klein] takes 1 to {limit} reference images"
+        )
+    for index, item in enumerate(value):
+        _image_reference(item, f"images[{index}]")
+    return value
+
+
+def _image_reference(item: Any, name: str) -> None:
+    if not isinstance(item, dict):
+        raise invalid(name, f'must be an object {{"image_url": "<https or data: URL>"}}, got {item!r}')
+    if "file_id" in item:
+        raise invalid(f"{name}.file_id", "file ids are not supported (no Files API); send image_url")
+    if set(item) != {"image_url"}:
+        raise invalid(name, f'takes only "image_url", got {", ".join(sorted(item)) or "nothing"}')
+    if not isinstance(item["image_url"], str):
+        raise invalid(f"{name}.image_url", "must be an https URL or a data: URL string")
+
+
 # --- bodies ----------------------------------------------------------------------------------------
 
 
@@ -176,17 +213,19 @@ class _ImageFields(BaseModel):
         None, description="Base models only"
     )
     # accepted for compatibility (check_names refuses the values klein cannot honour), otherwise ignored
-    background: Annotated[Literal["auto", "opaque"] | None, Checked()] = None
-    stream: Annotated[Literal[False] | None, Checked()] = Field(
-        None, description="streaming is not supported"
+    stream: Annotated[bool | None, Checked(_stream)] = Field(
+        None, description="true: server-sent events (partial images, then the image), OpenAI's shapes"
     )
+    partial_images: Annotated[int | None, Checked(_partial_images)] = Field(
+        None, ge=0, le=3, description="with stream: previews sent before the image (default 0)"
+    )
+    background: Annotated[Literal["auto", "opaque"] | None, Checked()] = None
     style: Annotated[str | None, Checked()] = None
     moderation: Annotated[str | None, Checked()] = None
     user: Annotated[str | None, Checked()] = None
     safety_identifier: Annotated[str | None, Checked()] = None
     input_fidelity: Annotated[str | None, Checked()] = None
     complexity: Annotated[str | None, Checked()] = None
-    partial_images: Annotated[int | None, Checked()] = Field(None, description="ignored: no streaming")
 
     @model_validator(mode="before")
     @classmethod
@@ -207,6 +246,21 @@ class EditForm(_ImageFields):
 
     image: Annotated[list[bytes], Checked()] = Field(
         min_length=1, max_length=4, json_schema_extra={"items": {"type": "string", "format": "binary"}}
+    )
+
+
+class ImageReference(BaseModel):
+    image_url: str = Field(description="an https URL or a data: URL (file_id is not supported)")
+
+
+class EditJson(_ImageFields):
+    """POST /v1/images/edits (application/json): the same fields, and 1..4 images by URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # checked last (after the model: its limit); the routes fetch them only once every field is checked
+    images: Annotated[list[ImageReference], Checked(_images, with_info=True)] = Field(
+        min_length=1, max_length=4
     )
 
 
