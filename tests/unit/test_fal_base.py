@@ -118,3 +118,10 @@ def test_the_documented_body_is_each_endpoints_true_defaults_and_limits():
     assert "minimum" in str(distilled["num_inference_steps"]) and "'maximum': 8" in str(
         distilled["num_inference_steps"]
     )
+
+
+def test_an_empty_image_url_on_a_text_to_image_endpoint_is_refused_not_a_server_error():
+    # found by test_openapi_fuzz: "image_url": "" passed the check, then its name outnumbered the URLs (500)
+    status, loc, message = _refusal(DISTILLED, image_url="")
+    assert status == 422 and loc == ["body", "image_url"] and "only edit endpoints" in message
+    assert _request(DISTILLED, image_url=None, seed=2) == _request(DISTILLED, seed=2)  # null sends none

@@ -121,7 +121,7 @@ def _image_urls(value: Any, info) -> Any:
     of them. The context names the endpoint, whether it edits, and how many references its model takes."""
     single, endpoint, limit = info.data.get("image_url"), info.context["endpoint"], info.context["max_images"]
     if not info.context["edit"]:
-        if value or single:
+        if value or single is not None:  # "image_url": "" too: never dropped in silence
             name = "image_urls" if value else "image_url"
             raise invalid(name, f"only edit endpoints take reference images; POST to {endpoint}/edit")
         return value
