@@ -8,7 +8,7 @@ import pytest
 from kleinserve.api.dialect_request import validated
 from kleinserve.api.errors import ApiError
 from kleinserve.api.fal import routes
-from kleinserve.api.fal.schemas import ACCELERATION_NOTE, FalBaseInput, FalInput
+from kleinserve.api.fal.schemas import ACCELERATION_NOTE, FalBaseInput, FalInput, step_range
 from kleinserve.models import resolve_model
 from kleinserve.request import build_request
 
@@ -125,3 +125,8 @@ def test_an_empty_image_url_on_a_text_to_image_endpoint_is_refused_not_a_server_
     status, loc, message = _refusal(DISTILLED, image_url="")
     assert status == 422 and loc == ["body", "image_url"] and "only edit endpoints" in message
     assert _request(DISTILLED, image_url=None, seed=2) == _request(DISTILLED, seed=2)  # null sends none
+
+
+def test_the_console_offers_the_steps_its_fal_route_takes():
+    assert step_range(BASE) == (4, 50) and step_range(DISTILLED) == (4, 8)
+    assert (BASE.min_steps, BASE.max_steps) == (1, 100)  # the model's own range stays for the OpenAI routes

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, sent
 from kleinserve.api.errors import invalid
 from kleinserve.imaging import OUTPUT_FORMATS
+from kleinserve.models import ModelSpec
 
 PRESETS = {
     "square_hd": (1024, 1024),
@@ -46,6 +47,11 @@ ACCELERATION_NOTE = (
 
 
 # --- checks ----------------------------------------------------------------------------------------
+
+
+def step_range(spec: ModelSpec) -> tuple[int, int]:
+    """The steps `spec`'s fal endpoints take: fal's Base range on Base models, else the model's own."""
+    return (BASE_STEPS[1], BASE_STEPS[2]) if spec.uses_cfg else (spec.min_steps, spec.max_steps)
 
 
 def _image_size(value: Any) -> Any:
