@@ -221,6 +221,30 @@ def test_base_endpoint_takes_guidance_and_a_negative_prompt(fal, fal_server):
     assert distilled.value.status_code == 422 and "guidance_scale" in str(distilled.value)
 
 
+def job_record(server, request_id: str) -> dict:
+    return httpx.get(f"{server.url}/v1/jobs/{request_id}", verify=server.ssl_context()).json()
+
+
+def test_base_endpoint_takes_fals_base_defaults_and_accepts_acceleration(fal, fal_server):
+    base, arguments = "fal-ai/flux-2/klein/4b/base", {"prompt": "fal base", "image_size": SMALL, "seed": 5}
+    handle = fal.submit(base, arguments=arguments)
+    plain = handle.get()
+    record = job_record(fal_server, handle.request_id)
+    assert (record["params"]["steps"], record["params"]["guidance"]) == (28, 5.0)  # fal's, not 50 and 4.0
+    logs = fal.status(base, handle.request_id, with_logs=True).logs
+    assert [log["message"] for log in logs if log["message"].startswith("step")][-1] == "step 28/28"
+    accelerated = fal.run(base, arguments={**arguments, "acceleration": "high"})
+    pixels = [np.asarray(fetch(fal_server, r["images"][0]["url"])) for r in (plain, accelerated)]
+    assert np.array_equal(*pixels)  # accepted for compatibility; the computation is the same
+    for field, value, words in [("acceleration", "max", "none, regular, high"),
+                                ("num_inference_steps", 51, "from 4 to 50")]:  # fmt: skip
+        with pytest.raises(fal.FalClientHTTPError) as refused:
+            fal.run(base, arguments={**arguments, field: value})
+        (detail,) = refused.value.response.json()["detail"]
+        assert refused.value.status_code == 422 and detail["loc"] == ["body", field]
+        assert words in detail["msg"]
+
+
 def test_status_stream_sends_server_sent_events_until_completed(fal, fal_server):
     handle = fal.submit(ENDPOINT, arguments={"prompt": "streamed", "image_size": "square"})
     events = []

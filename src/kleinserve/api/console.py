@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from kleinserve.api.errors import ApiError
 from kleinserve.api.fal.routes import ENDPOINT_PREFIX
-from kleinserve.api.fal.schemas import DEFAULT_PRESET, PRESETS
+from kleinserve.api.fal.schemas import DEFAULT_PRESET, PRESETS, step_range
 from kleinserve.imaging import OUTPUT_FORMATS
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
@@ -85,6 +85,7 @@ def _config(service: ImageService) -> dict:
 def _model(served: ServedModel) -> dict:
     spec = served.spec
     endpoint = next((a for a in spec.aliases if a.startswith(ENDPOINT_PREFIX)), None)
+    low, high = step_range(spec)  # the console sends through fal's stream route: its range (4..50 on Base)
     return {
         "id": spec.id,
         "fal_endpoint": endpoint,
@@ -93,8 +94,8 @@ def _model(served: ServedModel) -> dict:
         "variant": spec.variant.value,
         "uses_cfg": spec.uses_cfg,
         "default_steps": spec.default_steps,
-        "min_steps": spec.min_steps,
-        "max_steps": spec.max_steps,
+        "min_steps": low,
+        "max_steps": high,
         "default_guidance": spec.default_guidance,
         "default_negative_prompt": spec.default_negative_prompt,
         "max_images": spec.max_images,

@@ -23,13 +23,13 @@ from starlette.exceptions import HTTPException
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
-from kleinserve.api.dialect_request import COMMON_FIELDS, sent, to_request, validated
+from kleinserve.api.dialect_request import COMMON_FIELDS, to_request, validated
 from kleinserve.api.dialect_response import generation_headers
 from kleinserve.api.errors import ApiError, FalError
 from kleinserve.api.fal import queue
 from kleinserve.api.fal import stream as event_stream
 from kleinserve.api.fal.output import REQUEST_ID_HEADER, output
-from kleinserve.api.fal.schemas import FalInput, FalOutput, QueueSubmitted, image_sides
+from kleinserve.api.fal.schemas import FalBaseInput, FalInput, FalOutput, QueueSubmitted, image_sides
 from kleinserve.api.fal.webhook import check_webhook
 from kleinserve.api.json_body import json_object
 from kleinserve.api.request_metrics import report_images, report_model
@@ -46,12 +46,24 @@ FIELDS = {**COMMON_FIELDS, "num_images": "num_images", "width": "image_size", "h
 SINGLE_IMAGE_FIELDS = {**FIELDS, "images": "image_url"}  # one reference as image_url (@ai-sdk/fal)
 
 
+def _documented_body() -> dict:
+    """One operation serves every endpoint: its body is FalInput (distilled, KV) or FalBaseInput (Base)."""
+    schemas = [docs.json_body(s)["requestBody"]["content"]["application/json"]["schema"]
+               for s in (FalInput, FalBaseInput)]  # fmt: skip
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
+    }
+
+
+BODY = _documented_body()
+
+
 def router(service: ImageService) -> APIRouter:
     routes = APIRouter()
 
     @routes.post(
         "/queue/{endpoint:path}",
-        openapi_extra=docs.json_body(FalInput),
+        openapi_extra=BODY,
         responses=docs.answers(QueueSubmitted, FalError, 404, 422, *docs.SERVICE),
     )
     async def submit(endpoint: str, request: Request) -> JSONResponse:
@@ -69,7 +81,7 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.post(
         "/fal-ai/{path:path}/stream",
-        openapi_extra=docs.json_body(FalInput),
+        openapi_extra=BODY,
         responses=docs.answers(None, FalError, 404, 422, *docs.SERVICE, media="text/event-stream"),
     )
     async def stream(path: str, request: Request) -> StreamingResponse:
@@ -91,7 +103,7 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.post(
         "/fal-ai/{path:path}",
-        openapi_extra=docs.json_body(FalInput),
+        openapi_extra=BODY,
         responses=docs.answers(FalOutput, FalError, 404, 422, *docs.SERVICE),
     )
     async def run(path: str, request: Request) -> JSONResponse:
@@ -125,7 +137,8 @@ async def _parse(service: ImageService, http: Request, endpoint: str, *, queued:
     if webhook is not None:
         await check_webhook(service, webhook)
     limit = served.spec.max_reference_images
-    body = validated(FalInput, fields, endpoint=endpoint, edit=edit, max_images=limit)
+    schema = FalBaseInput if served.spec.uses_cfg else FalInput  # fal's Base defaults on Base endpoints
+    body = validated(schema, fields, endpoint=endpoint, edit=edit, max_images=limit)
     width, height = image_sides(body.image_size, edit)
     options = OutputOptions(
         format=body.output_format, store=not body.sync_mode, safety_check=body.enable_safety_checker
@@ -176,7 +189,8 @@ def _precheck(served: ServedModel, body: FalInput, width, height) -> None:
 def _to_request(served: ServedModel, body: FalInput, images: list, width, height) -> GenerationRequest:
     single = body.sends_one_image
     names, index = (SINGLE_IMAGE_FIELDS, "nowhere") if single else (FIELDS, "field")
-    return to_request(served.spec, sent(body), names, index=index, images=images, width=width, height=height)
+    fields = body.request_fields()
+    return to_request(served.spec, fields, names, index=index, images=images, width=width, height=height)
 
 
 def _params(endpoint: str, options: OutputOptions, webhook: str | None) -> dict:

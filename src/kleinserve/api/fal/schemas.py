@@ -1,5 +1,11 @@
-"""The fal dialect's wire schemas: the input every endpoint takes (validated with FalInput, and documented
-by it in /openapi.json), the output, and the queue's answers.
+"""The fal dialect's wire schemas: the input every endpoint takes (validated with FalInput on the distilled
+and KV endpoints, FalBaseInput on the Base ones, and documented by both in /openapi.json), the output, and
+the queue's answers.
+
+The Base endpoints take fal's own Base defaults and limits (28 steps of 4..50, guidance 5 of 0..20), not
+the model's diffusers defaults the OpenAI dialect uses (50 steps, 4.0), and fal's `acceleration`, which is
+accepted and does not change the computation (kleinserve is pixel-exact against diffusers; its speed levers
+are server flags). A field fal does not document for an endpoint is ignored, as fal ignores it.
 
 FalInput's fields are declared in the order they are checked (the first wrong one answers): the output
 size and options, the reference images (which depend on the endpoint: the validation context carries it),
@@ -9,13 +15,15 @@ build_request's, checked before any reference image is downloaded.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked
+from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, sent
 from kleinserve.api.errors import invalid
 from kleinserve.imaging import OUTPUT_FORMATS
+from kleinserve.models import ModelSpec
 
 PRESETS = {
     "square_hd": (1024, 1024),
@@ -27,9 +35,23 @@ PRESETS = {
 }
 DEFAULT_PRESET = "landscape_4_3"
 FAL_FORMATS = Literal[tuple(OUTPUT_FORMATS)]  # png, jpeg, webp
+# fal's Base endpoints (fal-ai/flux-2/klein/{4b,9b}/base[/edit]): (default, lowest, highest)
+BASE_STEPS = (28, 4, 50)
+BASE_GUIDANCE = (5.0, 0.0, 20.0)
+ACCELERATIONS = ("none", "regular", "high")
+ACCELERATION_NOTE = (
+    "accepted for compatibility with fal (none, regular or high) and ignored: it does not change the "
+    "computation, so the image is the one num_inference_steps gives, pixel for pixel (kleinserve's own "
+    "speed levers are server flags)"
+)
 
 
 # --- checks ----------------------------------------------------------------------------------------
+
+
+def step_range(spec: ModelSpec) -> tuple[int, int]:
+    """The steps `spec`'s fal endpoints take: fal's Base range on Base models, else the model's own."""
+    return (BASE_STEPS[1], BASE_STEPS[2]) if spec.uses_cfg else (spec.min_steps, spec.max_steps)
 
 
 def _image_size(value: Any) -> Any:
@@ -69,12 +91,43 @@ def boolean(name: str):
     return check
 
 
+def in_range(name: str, low: float, high: float, *, integer: bool):
+    """A Base endpoint's steps or guidance: a number (an integer for steps) from `low` to `high`."""
+    kind = "an integer" if integer else "a number"
+
+    def check(value: Any) -> int | float:
+        if not _is_number(value, integer) or not low <= value <= high:
+            got = repr(value)[:40]
+            raise invalid(name, f"must be {kind} from {low:g} to {high:g} on Base endpoints, got {got}")
+        return int(value) if integer else float(value)
+
+    return check
+
+
+def _is_number(value: Any, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return True
+    return math.isfinite(value) and (value.is_integer() or not integer)
+
+
+_base_steps = in_range("num_inference_steps", *BASE_STEPS[1:], integer=True)
+_base_guidance = in_range("guidance_scale", *BASE_GUIDANCE[1:], integer=False)
+
+
+def _acceleration(value: Any) -> str:
+    if value not in ACCELERATIONS:
+        raise invalid("acceleration", f"must be one of {', '.join(ACCELERATIONS)}; got {repr(value)[:40]}")
+    return value
+
+
 def _image_urls(value: Any, info) -> Any:
     """`image_urls`, or one `image_url` (what @ai-sdk/fal sends): only on edit endpoints, and there one
     of them. The context names the endpoint, whether it edits, and how many references its model takes."""
     single, endpoint, limit = info.data.get("image_url"), info.context["endpoint"], info.context["max_images"]
     if not info.context["edit"]:
-        if value or single:
+        if value or single is not None:  # "image_url": "" too: never dropped in silence
             name = "image_urls" if value else "image_url"
             raise invalid(name, f"only edit endpoints take reference images; POST to {endpoint}/edit")
         return value
@@ -108,7 +161,8 @@ class ImageSize(BaseModel):
 
 
 class FalInput(BaseModel):
-    """fal input (text-to-image; edits add image_urls or image_url)."""
+    """fal input on the distilled and KV endpoints, fal-ai/flux-2/klein/{4b,9b}[/edit] and
+    fal-ai/flux-2/klein/9b/kv[/edit] (text-to-image; edits add image_urls or image_url)."""
 
     model_config = ConfigDict(extra="allow")
     image_size: Annotated[
@@ -131,11 +185,13 @@ class FalInput(BaseModel):
     prompt: Annotated[str, Checked(_prompt)] = PROMPT
     num_images: Annotated[int | None, Checked()] = Field(None, ge=1, le=4)
     seed: Annotated[int | None, Checked()] = Field(None, ge=0, le=MAX_SEED)
-    num_inference_steps: Annotated[int | None, Checked()] = Field(
-        None, ge=4, le=8, description="4..8 distilled, 1..100 Base"
+    num_inference_steps: Annotated[int | None, Checked()] = Field(None, ge=4, le=8, description="left out: 4")
+    guidance_scale: Annotated[float | None, Checked()] = Field(
+        None, description="Base endpoints only: a distilled model's is fixed at 1.0 (any other is a 422)"
     )
-    guidance_scale: Annotated[float | None, Checked()] = Field(None, description="Base endpoints only")
-    negative_prompt: Annotated[str | None, Checked()] = Field(None, description="Base endpoints only")
+    negative_prompt: Annotated[str | None, Checked()] = Field(
+        None, description="Base endpoints only: a distilled model takes none (a non-empty one is a 422)"
+    )
 
     @property
     def sends_one_image(self) -> bool:
@@ -147,6 +203,31 @@ class FalInput(BaseModel):
         if not edit:
             return []
         return [self.image_url] if self.sends_one_image else self.image_urls
+
+    def request_fields(self) -> dict[str, Any]:
+        """The fields build_request reads: those sent (one left out takes the model's default)."""
+        return sent(self)
+
+
+class FalBaseInput(FalInput):
+    """fal input on the Base endpoints, fal-ai/flux-2/klein/{4b,9b}/base[/edit]: fal's Base defaults and
+    limits (the OpenAI dialect keeps the model's own, 50 steps and guidance 4), and `acceleration`."""
+
+    num_inference_steps: Annotated[int, Checked(_base_steps)] = Field(
+        BASE_STEPS[0], ge=BASE_STEPS[1], le=BASE_STEPS[2]
+    )
+    guidance_scale: Annotated[float, Checked(_base_guidance)] = Field(
+        BASE_GUIDANCE[0], ge=BASE_GUIDANCE[1], le=BASE_GUIDANCE[2], description="classifier-free guidance"
+    )
+    negative_prompt: Annotated[str, Checked()] = Field("", description="what to steer away from")
+    acceleration: Annotated[Literal["none", "regular", "high"], Checked(_acceleration)] = Field(
+        "regular", description=ACCELERATION_NOTE
+    )
+
+    def request_fields(self) -> dict[str, Any]:
+        """fal's Base defaults stand in for the steps and guidance left out; acceleration changes nothing."""
+        return {**sent(self), "num_inference_steps": self.num_inference_steps,
+                "guidance_scale": self.guidance_scale}  # fmt: skip
 
 
 # --- answers ---------------------------------------------------------------------------------------
