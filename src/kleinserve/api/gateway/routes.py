@@ -130,19 +130,21 @@ def _warnings(key: str, options: dict) -> list[dict]:
 
 
 async def _answer(served: ServedModel, generated: Generated, warnings: list[dict]) -> dict:
+    """The gateway's answer. The AI SDK keeps only providerMetadata.<provider>.images from a provider other
+    than `gateway`: each image's entry carries its seed, the job and its timings."""
     images = [await image_base64(image) for image in generated.images]
-    usage = generated.usage
-    metadata = {
-        "images": [{"seed": generated.seed + index} for index in range(len(images))],
-        "model": served.spec.id,
-        "seed": generated.seed,
-        "jobId": generated.job_id,
-        "timings": rounded_timings(generated.timings),
-        "hasNsfwConcepts": generated.has_nsfw_concepts,
-    }
+    job = {"model": served.spec.id, "jobId": generated.job_id, "timings": rounded_timings(generated.timings)}
+    entries = [
+        {"seed": generated.seed + index, **job, "hasNsfwConcept": image.nsfw}
+        for index, image in enumerate(generated.images)
+    ]
+    metadata = {"images": entries, "seed": generated.seed, **job}
     answer = {"images": images, "warnings": warnings, "providerMetadata": {"kleinserve": metadata}}
-    if usage is not None:
-        total = usage.input_tokens + usage.output_tokens
-        answer["usage"] = {"inputTokens": usage.input_tokens, "outputTokens": usage.output_tokens,
-                           "totalTokens": total}  # fmt: skip
+    if generated.usage is not None:
+        answer["usage"] = _usage(generated.usage)
     return answer
+
+
+def _usage(usage) -> dict:
+    total = usage.input_tokens + usage.output_tokens
+    return {"inputTokens": usage.input_tokens, "outputTokens": usage.output_tokens, "totalTokens": total}
