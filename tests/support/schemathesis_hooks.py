@@ -12,6 +12,7 @@ MOST_STEPS = 4
 # What the schema accepts for the 4B distilled model served (only these are made cheaper)
 SIDES, IMAGES, STEPS = range(64, 2048 + 1, 16), range(1, 4 + 1), range(4, 8 + 1)
 FAL_PATHS = {"path": "flux-2/klein/4b", "endpoint": "fal-ai/flux-2/klein/4b", "app": "fal-ai/flux-2"}
+GATEWAY_PATH, GATEWAY_MODEL = "/v1/ai/image-model", "bfl/flux-2-klein-4b"  # the model is a header there
 
 
 def _cheaper(value, accepted: range, cheapest: int):
@@ -49,5 +50,7 @@ def before_call(ctx, case, **kwargs):
     for name, value in FAL_PATHS.items():  # a generated path names no fal endpoint: every call was a 404
         if name in (case.path_parameters or {}):
             case.path_parameters[name] = value
+    if case.operation.path == GATEWAY_PATH:  # a generated ai-model-id names no model: every call was a 404
+        case.headers = {**(case.headers or {}), "ai-model-id": GATEWAY_MODEL}
     if isinstance(case.body, dict):
         _bounded(case.body, openai_route=case.operation.path.startswith("/v1/"))
