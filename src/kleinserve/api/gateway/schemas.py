@@ -24,6 +24,7 @@ PROVIDER_KEYS = ("bfl", "blackForestLabs")
 OPTIONS = {"steps": "steps", "guidance": "guidance"}  # providerOptions.bfl.X -> build_request's argument
 MAX_FILES = 4
 RATIO_PATTERN = r"^\d+:\d+$"
+MAX_SIDE = 2048
 
 
 # --- checks ----------------------------------------------------------------------------------------
@@ -106,12 +107,13 @@ def ratio_sides(value: Any) -> tuple[int, int]:
     ratio = int(parts[0]) / int(parts[1])
     if not 1 / 8 <= ratio <= 8:
         raise invalid("aspectRatio", f"must be at most 8:1 either way, got {value!r}")
-    side = math.sqrt(REFERENCE_MAX_AREA)
-    return _sixteen(side * math.sqrt(ratio)), _sixteen(side / math.sqrt(ratio))
+    width, height = math.sqrt(REFERENCE_MAX_AREA * ratio), math.sqrt(REFERENCE_MAX_AREA / ratio)
+    scale = min(1.0, MAX_SIDE / max(width, height))  # a long side past the limit: both shrink, aspect kept
+    return _sixteen(width * scale), _sixteen(height * scale)
 
 
 def _sixteen(side: float) -> int:
-    return min(2048, max(64, round(side / 16) * 16))
+    return min(MAX_SIDE, max(64, round(side / 16) * 16))
 
 
 def file_reference(item: Any, name: str) -> str:
