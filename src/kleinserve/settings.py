@@ -254,6 +254,11 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         10.0, gt=0, description="seconds a webhook receiver has to answer one delivery"
     )
+    webhook_secret: Annotated[str | None, Flag(metavar="whsec_BASE64")] = Field(
+        None,
+        description="sign webhooks with this Standard Webhooks secret, whsec_ and 24-64 base64 bytes, the "
+        "same on every API server (default: one made on first start, kept in --data-dir/webhook-secret)",
+    )
 
     @field_validator(
         "models", "api_keys", "allowed_private_networks", "warmup_sizes", "allowed_hosts", "trusted_proxies",
@@ -287,6 +292,15 @@ class Settings(BaseSettings):
     def _readable_prices(cls, prices: tuple[str, ...]) -> tuple[str, ...]:
         parse_prices(prices)  # InvalidPrice (a ValueError) says which entry and the accepted forms
         return prices
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: str | None) -> str | None:
+        if value is not None:
+            from kleinserve.service.webhook_signing import key_bytes
+
+            key_bytes(value)  # ValueError naming the expected form
+        return value
 
     @field_validator("store")
     @classmethod

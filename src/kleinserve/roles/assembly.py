@@ -36,6 +36,7 @@ from kleinserve.service.stats import RequestStats
 from kleinserve.service.waiters import Waiters
 from kleinserve.service.watch import ProgressRecorder
 from kleinserve.service.webhook_queue import WebhookQueue
+from kleinserve.service.webhook_signing import stored_secret
 from kleinserve.service.webhooks import WebhookSender
 from kleinserve.service.worker_models import WorkerModels
 from kleinserve.settings import Settings
@@ -153,9 +154,10 @@ def _http_service(core: _Core, models: Hosting, housekeeping: Housekeeping, star
         timeout_s=settings.image_fetch_timeout_s,
         decoder=(decoder := decoder_threads()),
     )
+    secret = settings.webhook_secret or stored_secret(settings.data_dir)
     webhooks = WebhookSender(
-        outbound, jobs.log, attempts=settings.webhook_attempts, retry_base_s=settings.webhook_retry_base_s,
-        timeout_s=settings.webhook_timeout_s,
+        outbound, jobs.log, secret=secret, attempts=settings.webhook_attempts,
+        retry_base_s=settings.webhook_retry_base_s, timeout_s=settings.webhook_timeout_s,
     )  # fmt: skip
     webhook_queue = WebhookQueue(
         jobs, attempts=settings.webhook_attempts, timeout_s=settings.webhook_timeout_s,

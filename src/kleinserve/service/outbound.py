@@ -175,6 +175,8 @@ class Outbound:
     async def _send(self, method: str, url: str, field: str, kwargs: dict) -> httpx.Response:
         client = self._http()
         target = _parse_url(url, field)
+        kwargs = dict(kwargs)
+        headers = kwargs.pop("headers", None) or {}  # the caller's, sent on every hop beside Host
         for _ in range(MAX_REDIRECTS + 1):
             if target.scheme not in ("http", "https") or not target.host:
                 raise InvalidRequest(field, f"{_short(str(target))} is not an http(s) URL")
@@ -184,7 +186,7 @@ class Outbound:
             request = client.build_request(
                 method,
                 pinned,
-                headers={"Host": target.netloc.decode("ascii")},
+                headers={**headers, "Host": target.netloc.decode("ascii")},
                 extensions=extensions,
                 **kwargs,
             )

@@ -3,16 +3,21 @@
 A delivery succeeds on any 2xx answer. Failures (an error status, a refused connection, a timeout) are
 retried after base, 2*base, 4*base, ... seconds, up to the configured number of attempts. Every attempt is
 written to the job's logs. Receivers must be idempotent: a slow 2xx that times out is sent again.
+
+Every attempt is signed (webhook_signing.py): the body is serialized once, so the bytes signed are the bytes
+sent, and the webhook-id is the job's (`msg_<job id>`), the same on each retry and from any API server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
 from kleinserve.errors import InvalidRequest
 from kleinserve.service.outbound import Outbound
+from kleinserve.service.webhook_signing import signed_headers
 
 log = logging.getLogger("kleinserve")
 
@@ -21,9 +26,17 @@ JobLog = Callable[[str, str, str], Awaitable[None]]  # (job_id, message, level)
 
 class WebhookSender:
     def __init__(
-        self, outbound: Outbound, job_log: JobLog, *, attempts: int, retry_base_s: float, timeout_s: float
+        self,
+        outbound: Outbound,
+        job_log: JobLog,
+        *,
+        secret: str,
+        attempts: int,
+        retry_base_s: float,
+        timeout_s: float,
     ):
         self.outbound = outbound
+        self.secret = secret
         self.job_log = job_log
         self.attempts = attempts
         self.retry_base_s = retry_base_s
@@ -31,8 +44,9 @@ class WebhookSender:
 
     async def deliver(self, job_id: str, url: str, body: dict) -> bool:
         """True once the receiver answered 2xx; False after the last failed attempt."""
+        content = json.dumps(body, separators=(",", ":")).encode()
         for attempt in range(1, self.attempts + 1):
-            outcome = await self._attempt(url, body)
+            outcome = await self._attempt(url, message_id(job_id), content)
             if outcome is None:
                 await self.job_log(job_id, f"webhook delivered (attempt {attempt})", "INFO")
                 return True
@@ -48,11 +62,13 @@ class WebhookSender:
             await asyncio.sleep(delay)
         return False
 
-    async def _attempt(self, url: str, body: dict) -> str | None:
+    async def _attempt(self, url: str, message: str, content: bytes) -> str | None:
         """None on success, else what went wrong."""
+        headers = {"content-type": "application/json", **signed_headers(self.secret, message, content)}
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self.outbound.request("POST", url, "fal_webhook", json=body) as response:
+                request = self.outbound.request("POST", url, "fal_webhook", content=content, headers=headers)
+                async with request as response:
                     if 200 <= response.status_code < 300:
                         return None
                     return f"HTTP {response.status_code}"
@@ -60,3 +76,8 @@ class WebhookSender:
             return f"no answer within {self.timeout_s:g} s"
         except InvalidRequest as exc:
             return exc.reason
+
+
+def message_id(job_id: str) -> str:
+    """The webhook-id of a job's webhook: one message per job, so every retry keeps it."""
+    return f"msg_{job_id}"
