@@ -259,6 +259,11 @@ class ImageService:
         """InvalidRequest naming `field` unless the host is one this server may call."""
         await self.references.outbound.checked_address(host, port, field)
 
+    @property
+    def webhook_secret(self) -> str:
+        """The Standard Webhooks secret (whsec_...) every webhook is signed with."""
+        return self.webhooks.secret
+
     async def deliver_webhook(self, job_id: str, url: str, body: dict) -> bool:
         """POST `body` to `url` with retries, logging each attempt on the job."""
         return await self.webhooks.deliver(job_id, url, body)
