@@ -297,7 +297,7 @@ class Settings(BaseSettings):
     @classmethod
     def _webhook_secret(cls, value: str | None) -> str | None:
         if value is not None:
-            from kleinserve.service.webhook_signing import key_bytes
+            from kleinserve.webhook_signing import key_bytes
 
             key_bytes(value)  # ValueError naming the expected form
         return value

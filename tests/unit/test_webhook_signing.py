@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import pytest
 from pydantic import ValidationError
 
-from kleinserve.service import webhook_signing as signing
+from kleinserve import webhook_signing as signing
 from kleinserve.service.webhooks import WebhookSender, message_id
 from kleinserve.settings import Settings
 
@@ -75,7 +75,7 @@ def test_the_stored_secret_is_made_once_and_kept_owner_only(tmp_path):
 
 def test_a_damaged_stored_secret_names_its_file(tmp_path):
     (tmp_path / signing.SECRET_FILE).write_text("garbage\n")
-    with pytest.raises(ValueError, match="webhook-secret.*delete the file"):
+    with pytest.raises(ValueError, match=r"webhook-secret.*delete the file"):
         signing.stored_secret(tmp_path)
 
 

@@ -36,12 +36,12 @@ from kleinserve.service.stats import RequestStats
 from kleinserve.service.waiters import Waiters
 from kleinserve.service.watch import ProgressRecorder
 from kleinserve.service.webhook_queue import WebhookQueue
-from kleinserve.service.webhook_signing import stored_secret
 from kleinserve.service.webhooks import WebhookSender
 from kleinserve.service.worker_models import WorkerModels
 from kleinserve.settings import Settings
 from kleinserve.storage.opening import open_store
 from kleinserve.storage.store import Store
+from kleinserve.webhook_signing import stored_secret
 
 Loops = dict[str, Callable[[], Coroutine]]
 

@@ -4,8 +4,9 @@ A delivery succeeds on any 2xx answer. Failures (an error status, a refused conn
 retried after base, 2*base, 4*base, ... seconds, up to the configured number of attempts. Every attempt is
 written to the job's logs. Receivers must be idempotent: a slow 2xx that times out is sent again.
 
-Every attempt is signed (webhook_signing.py): the body is serialized once, so the bytes signed are the bytes
-sent, and the webhook-id is the job's (`msg_<job id>`), the same on each retry and from any API server.
+Every attempt is signed (kleinserve/webhook_signing.py): the body is serialized once, so the bytes signed
+are the bytes sent, and the webhook-id is the job's (`msg_<job id>`), the same on each retry and from any
+API server.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from kleinserve.errors import InvalidRequest
 from kleinserve.service.outbound import Outbound
-from kleinserve.service.webhook_signing import signed_headers
+from kleinserve.webhook_signing import signed_headers
 
 log = logging.getLogger("kleinserve")
 
