@@ -1,7 +1,11 @@
 """Webhooks (?fal_webhook=): one delivery per job, retried with backoff when the receiver fails, logged,
-and never changing the job's result."""
+and never changing the job's result; every attempt is signed (Standard Webhooks, checked by replicate's
+validator)."""
 
 import time
+
+import httpx
+import pytest
 
 ENDPOINT = "fal-ai/flux-2/klein/4b"
 SMALL = {"width": 64, "height": 64}
@@ -41,6 +45,27 @@ def test_a_failing_receiver_is_retried_and_the_result_is_unaffected(fal, webhook
         "webhook delivered (attempt 3)",
     ]
     assert fal.result(ENDPOINT, handle.request_id) == result
+
+
+def test_deliveries_are_signed_with_the_servers_secret(fal, fal_server, webhooks):
+    webhook = pytest.importorskip("replicate.webhook")
+    answer = httpx.get(f"{fal_server.url}/v1/webhooks/default/secret", verify=fal_server.ssl_context())
+    assert answer.status_code == 200 and answer.json()["key"].startswith("whsec_")
+    secret = webhook.WebhookSigningSecret(key=answer.json()["key"])
+    webhooks.failures["signed"] = 1  # one 500, then 200: the retry keeps its webhook-id
+    handle = fal.submit(ENDPOINT, arguments={"prompt": "signed", "image_size": SMALL},
+                        webhook_url=f"{webhooks.url}/signed")  # fmt: skip
+    handle.get()
+    webhooks.deliveries("signed", at_least=1)
+    attempts = webhooks.raw["signed"]
+    assert len(attempts) == 2
+    assert {headers["webhook-id"] for headers, _ in attempts} == {f"msg_{handle.request_id}"}
+    for headers, body in attempts:
+        assert abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+        webhook.Webhooks.validate(headers=headers, body=body.decode(), secret=secret, tolerance=60)
+    headers, body = attempts[-1]
+    with pytest.raises(webhook.InvalidSignatureError):
+        webhook.Webhooks.validate(headers=headers, body=body.decode().replace("OK", "KO", 1), secret=secret)
 
 
 def test_a_receiver_that_never_answers_2xx_is_given_up_on(fal, webhooks):

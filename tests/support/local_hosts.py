@@ -82,10 +82,12 @@ class _ImageHandler(BaseHTTPRequestHandler):
 
 
 class WebhookReceiver(LocalHost):
-    """POST /{name}: records the JSON body; answers 500 to the first `failures[name]` posts, then 200."""
+    """POST /{name}: records the JSON body; answers 500 to the first `failures[name]` posts, then 200.
+    `raw[name]` keeps every attempt, failed ones too: its headers (lower-case names) and body bytes."""
 
     def __init__(self):
         self.received: dict[str, list[dict]] = defaultdict(list)
+        self.raw: dict[str, list[tuple[dict[str, str], bytes]]] = defaultdict(list)
         self.attempts: dict[str, int] = defaultdict(int)
         self.failures: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -105,8 +107,10 @@ class _WebhookHandler(BaseHTTPRequestHandler):
     def do_POST(self):
         receiver: WebhookReceiver = self.server.owner
         name = self.path.lstrip("/")
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.loads(raw)
         with receiver.lock:
+            receiver.raw[name].append(({k.lower(): v for k, v in self.headers.items()}, raw))
             receiver.attempts[name] += 1
             failing = receiver.attempts[name] <= receiver.failures.get(name, 0)
             if not failing:
