@@ -77,8 +77,19 @@ def _announce(settings: Settings, service: ImageService) -> None:
         )
     else:
         log.info("API keys required (%d configured)", len(settings.api_keys))
+    _announce_webhook_secret(settings)
     log.info(
         "data directory %s; jobs and images kept %s",
         settings.data_dir,
         f"{settings.retention_hours:g} h" if settings.retention_hours else "forever",
     )
+
+
+def _announce_webhook_secret(settings: Settings) -> None:
+    """Each API server made its own secret unless given one: scaled out, they must share one."""
+    if settings.database_url and not settings.webhook_secret:
+        log.warning(
+            "webhooks are signed with the secret in %s/webhook-secret; API servers sharing --database-url "
+            "need one --webhook-secret between them, or a receiver sees signatures from several keys",
+            settings.data_dir,
+        )
