@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import console, fal, files, gateway, openai, system, usage
+from kleinserve.api import bfl, console, fal, files, gateway, openai, system, usage
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal.proxy import FalProxyMiddleware
@@ -48,6 +48,7 @@ def create_app(service: ImageService) -> FastAPI:
     # fal webhooks are sent from the job's record by whichever API server claims it: survives restarts
     service.webhook_queue.add_sender(fal.webhook_sender(service))
     app.include_router(console.router(service))
+    app.include_router(bfl.router(service))  # last: its POST /v1/{model} must not shadow other routes
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, stats=service.stats)  # sees every answer
