@@ -124,6 +124,7 @@ def test_another_keys_task_and_a_missing_key(server):
     task = submitted.json()["id"]
     theirs = httpx.get(f"{server.url}/v1/get_result", params={"id": task}, headers={"x-key": OTHER_KEY})
     assert theirs.status_code == 404 and theirs.json()["status"] == "Task not found"
-    assert submit(server, {"prompt": "a"}, key=None).status_code == 401
+    missing = submit(server, {"prompt": "a"}, key=None)
+    assert missing.status_code == 401 and "x-key" in missing.json()["detail"]
     assert submit(server, {"prompt": "a"}, key="wrong").status_code == 401
     assert ready(submitted)["status"] == "Ready"

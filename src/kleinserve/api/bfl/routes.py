@@ -28,7 +28,6 @@ from kleinserve.api.bfl.schemas import (
     BflRequest,
     BflResult,
     BflSubmitted,
-    bfl_body,
 )
 from kleinserve.api.dialect_request import to_request, validated
 from kleinserve.api.dialect_response import generation_headers, image_url
@@ -72,7 +71,7 @@ async def _bfl(answer: Awaitable[JSONResponse]) -> JSONResponse:
         error = from_service_error(exc)
     except ApiError as exc:
         error = exc
-    status, body = bfl_body(error)
+    status, body = error.bfl_body()
     return JSONResponse(body, status_code=status, headers=error.headers())
 
 

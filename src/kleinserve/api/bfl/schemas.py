@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked
-from kleinserve.api.errors import ApiError, invalid
+from kleinserve.api.errors import invalid
 
 MAX_IMAGES = 4  # input_image, input_image_2 .. input_image_4
 IMAGE_FIELDS = ("input_image", *(f"input_image_{n}" for n in range(2, MAX_IMAGES + 1)))
@@ -149,11 +149,3 @@ class BflError(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     detail: str | list[dict[str, Any]]
-
-
-def bfl_body(exc: ApiError) -> tuple[int, dict]:
-    """An ApiError in BFL's shape: a field's error as a 422 whose msg names the field and the fix."""
-    if exc.param and exc.status in (400, 422):
-        loc = ["body", *exc.param.split(".")]
-        return 422, {"detail": [{"loc": loc, "msg": exc.message, "type": "value_error"}]}
-    return exc.status, {"detail": exc.message}
