@@ -117,6 +117,9 @@ def test_an_unknown_model_path_is_a_404_naming_what_is_served(server):
     answer = submit(server, {"prompt": "a"}, model="flux-2-klein-9b")
     assert answer.status_code == 404
     assert "flux-2-klein-9b" in answer.json()["detail"] and "/v1/flux-2-klein-4b" in answer.json()["detail"]
+    other = submit(server, {"prompt": "a"}, model="flux-2-pro")
+    assert other.status_code == 404 and "flux-2-pro" in other.json()["detail"]
+    assert httpx.post(f"{server.url}/v1/models", json={}, headers={"x-key": KEY}).status_code == 405
 
 
 def test_another_keys_task_and_a_missing_key(server):

@@ -48,7 +48,7 @@ def create_app(service: ImageService) -> FastAPI:
     # fal webhooks are sent from the job's record by whichever API server claims it: survives restarts
     service.webhook_queue.add_sender(fal.webhook_sender(service))
     app.include_router(console.router(service))
-    app.include_router(bfl.router(service))  # last: its POST /v1/{model} must not shadow other routes
+    app.include_router(bfl.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, stats=service.stats)  # sees every answer

@@ -45,7 +45,7 @@ ERROR_TYPES = {
 }
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
 FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
-BFL_PATHS = ("/v1/flux-2-klein-", "/v1/get_result")  # gate errors there read as BFL's (the bfl dialect)
+BFL_PATHS = ("/v1/flux-", "/v1/get_result")  # gate errors there read as BFL's (the bfl dialect)
 
 
 class OpenAIErrorDetail(BaseModel):

@@ -1,7 +1,7 @@
 """Black Forest Labs' API (api.bfl.ai), asynchronous as BFL's is:
 
-    POST /v1/{model}            e.g. /v1/flux-2-klein-4b: {id, polling_url, cost, input_mp, output_mp}
-    GET  /v1/get_result?id=     {id, status: Pending | Ready | Error | Content Moderated, result}
+    POST /v1/flux-2-klein-{4b,9b,9b-kv,base-4b,base-9b}    {id, polling_url, cost, input_mp, output_mp}
+    GET  /v1/get_result?id=    {id, status: Pending | Ready | Error | Content Moderated, result}
 
 where @ai-sdk/black-forest-labs posts with `createBlackForestLabs({ baseURL: "<server>/v1" })`. The key comes
 as `x-key` (access.py reads it) or `Authorization: Bearer`. The body is checked by BflRequest (schemas.py)
@@ -41,7 +41,8 @@ from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
 
-PREFIX = "flux-2-klein-"
+MODELS = ("flux-2-klein-4b", "flux-2-klein-9b", "flux-2-klein-9b-kv", "flux-2-klein-base-4b",
+          "flux-2-klein-base-9b")  # fmt: skip
 SUBMIT_ANSWERS = docs.answers(BflSubmitted, BflError, 404, 422, *docs.SERVICE)
 RESULT_ANSWERS = docs.answers(BflResult, BflError, 404)
 # build_request's arguments -> the BFL fields they come from (and errors name)
@@ -56,11 +57,20 @@ def router(service: ImageService) -> APIRouter:
     async def get_result(request: Request, id: str = Query(description="the id POST answered")):
         return await _bfl(_result(service, request, id))
 
-    @routes.post("/{model}", openapi_extra=docs.json_body(BflRequest), responses=SUBMIT_ANSWERS)
-    async def submit(model: str, request: Request) -> JSONResponse:
-        return await _bfl(_submit(service, request, model))
+    for model in MODELS:  # one route each: other POST /v1/... paths keep their own answers (405, 404)
+        routes.add_api_route(
+            f"/{model}", _submitter(service, model), methods=["POST"], name=f"bfl_{model}",
+            openapi_extra=docs.json_body(BflRequest), responses=SUBMIT_ANSWERS,
+        )  # fmt: skip
 
     return routes
+
+
+def _submitter(service: ImageService, model: str):
+    async def submit(request: Request) -> JSONResponse:
+        return await _bfl(_submit(service, request, model))
+
+    return submit
 
 
 async def _bfl(answer: Awaitable[JSONResponse]) -> JSONResponse:
@@ -105,18 +115,12 @@ def bfl_name(served: ServedModel) -> str:
 def _served(service: ImageService, model: str) -> ServedModel:
     """The model the path names (flux-2-klein-4b...); a 404 naming it and what is served."""
     names = {bfl_name(served): served for served in service.models}
-    if model in names:
-        return names[model]
     try:
-        return service.model(model) if model.startswith(PREFIX) else _not_served(model, names)
+        return names[model] if model in names else service.model(model)
     except ModelNotServed:
-        return _not_served(model, names)
-
-
-def _not_served(model: str, names: dict) -> ServedModel:
-    endpoints = ", ".join(f"/v1/{name}" for name in names)
-    message = f"model '{model}' is not served here; POST to one of {endpoints}"
-    raise ApiError(404, message, code="model_not_found")
+        endpoints = ", ".join(f"/v1/{name}" for name in names)
+        message = f"model '{model}' is not served here; POST to one of {endpoints}"
+        raise ApiError(404, message, code="model_not_found") from None
 
 
 def _refuse_unsupported(fields: dict) -> None:
