@@ -120,7 +120,7 @@ class AccessMiddleware:
             raise BodyTooLarge(self.max_body)
         if scope["path"].startswith((*OPEN_PATHS, CONSOLE_FILES)) or scope["path"] in CONSOLE_PAGES:
             return "open"
-        caller = self._authenticate(headers.get(b"authorization", b""), scope.get("client"))
+        caller = self._authenticate(_credentials(headers), scope.get("client"))
         if self.limiter and scope["method"] == "POST":
             retry_after = self.limiter.retry_after(caller)
             if retry_after is not None:
@@ -149,7 +149,7 @@ class AccessMiddleware:
             for key in self.keys:
                 if hmac.compare_digest(token, key):
                     return key_fingerprint(key)
-        message = "a valid API key is required: send Authorization: Bearer <key> (or Key <key>)"
+        message = "a valid API key is required: send Authorization: Bearer <key> (or Key <key>, or x-key)"
         raise ApiError(401, message if header else f"no API key given; {message}", code="invalid_api_key")
 
     def _limited(self, receive):
@@ -175,3 +175,10 @@ class AccessMiddleware:
             return message
 
         return receive_limited
+
+
+def _credentials(headers: dict) -> bytes:
+    """The Authorization header, or BFL's `x-key: <key>` read as `Bearer <key>` (api.bfl.ai's clients)."""
+    given = headers.get(b"authorization", b"")
+    key = headers.get(b"x-key", b"").strip()
+    return given if given or not key else b"Bearer " + key

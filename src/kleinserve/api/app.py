@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import console, fal, files, gateway, openai, system, usage, webhook_secret
+from kleinserve.api import bfl, console, fal, files, gateway, openai, system, usage, webhook_secret
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal.proxy import FalProxyMiddleware
@@ -49,6 +49,7 @@ def create_app(service: ImageService) -> FastAPI:
     service.webhook_queue.add_sender(fal.webhook_sender(service))
     app.include_router(webhook_secret.router(service))
     app.include_router(console.router(service))
+    app.include_router(bfl.router(service))
     app.add_middleware(AccessMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics, stats=service.stats)  # sees every answer

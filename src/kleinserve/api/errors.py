@@ -1,6 +1,7 @@
 """API errors: one exception type, rendered in the shape of the dialect the path belongs to: OpenAI's
 `{"error": {"message", "type", "param", "code"}}`, or fal's `{"detail", "error_type"}` with an
-`x-fal-error-type` header (a bad field is a 422 whose detail lists `{"loc", "msg", "type"}`, as fal's).
+`x-fal-error-type` header (a bad field is a 422 whose detail lists `{"loc", "msg", "type"}`, as fal's), or
+Black Forest Labs' (FastAPI's) `{"detail"}` on its paths (the same 422 for a bad field).
 
 Service exceptions (unknown model, queue full, ...) map to statuses here, so every route and middleware
 answers the same way.
@@ -44,6 +45,7 @@ ERROR_TYPES = {
 }
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
 FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
+BFL_PATHS = ("/v1/flux-", "/v1/get_result")  # gate errors there read as BFL's (the bfl dialect)
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -115,7 +117,17 @@ class ApiError(Exception):
         # `message` too: @fal-ai/client shows body.message (else only the HTTP status text)
         return self.status, {"detail": self.message, "error_type": error_type, "message": self.message}
 
+    def bfl_body(self) -> tuple[int, dict]:
+        """BFL's shape: a field's error as a 422 whose msg names the field and the fix."""
+        if self.param and self.status in (400, 422):
+            loc = ["body", *self.param.split(".")]
+            return 422, {"detail": [{"loc": loc, "msg": self.message, "type": "value_error"}]}
+        return self.status, {"detail": self.message}
+
     def response(self, path: str = "") -> JSONResponse:
+        if path.startswith(BFL_PATHS):
+            status, body = self.bfl_body()
+            return JSONResponse(body, status_code=status, headers=self.headers())
         if is_fal_path(path):
             status, body = self.fal_body()
             headers = {**self.headers(), "x-fal-error-type": body["error_type"]}
