@@ -294,11 +294,10 @@ def small_disk(tmp_path):
 
 def fill(directory: Path) -> Path:
     filler = directory / "filler"
-    with filler.open("wb") as out:
+    with filler.open("wb", buffering=0) as out:  # unbuffered: nothing left over for close() to write
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError:
             pass
     return filler

@@ -12,6 +12,7 @@ MOST_STEPS = 4
 # What the schema accepts for the 4B distilled model served (only these are made cheaper)
 SIDES, IMAGES, STEPS = range(64, 2048 + 1, 16), range(1, 4 + 1), range(4, 8 + 1)
 FAL_PATHS = {"path": "flux-2/klein/4b", "endpoint": "fal-ai/flux-2/klein/4b", "app": "fal-ai/flux-2"}
+BFL_PATHS = "/v1/flux-2-klein-"  # BFL submits: width/height/steps, sizes as the schema's
 GATEWAY_PATH, GATEWAY_MODEL = "/v1/ai/image-model", "bfl/flux-2-klein-4b"  # the model is a header there
 
 
@@ -45,6 +46,15 @@ def _bounded(body: dict, openai_route: bool) -> None:
         body["num_inference_steps"] = _cheaper(body["num_inference_steps"], STEPS, MOST_STEPS)
 
 
+def _bounded_bfl(body: dict) -> None:
+    """BFL's submits are detached jobs that run to the end whoever waits: left at ~1 MP they queued up
+    until a synchronous request of the same run timed out."""
+    for name in ("width", "height"):
+        body[name] = MAX_SIDE if body.get(name) is None else _side(body[name])
+    if "steps" in body:
+        body["steps"] = _cheaper(body["steps"], STEPS, MOST_STEPS)
+
+
 @schemathesis.hook
 def before_call(ctx, case, **kwargs):
     for name, value in FAL_PATHS.items():  # a generated path names no fal endpoint: every call was a 404
@@ -52,5 +62,7 @@ def before_call(ctx, case, **kwargs):
             case.path_parameters[name] = value
     if case.operation.path == GATEWAY_PATH:  # a generated ai-model-id names no model: every call was a 404
         case.headers = {**(case.headers or {}), "ai-model-id": GATEWAY_MODEL}
-    if isinstance(case.body, dict):
+    if isinstance(case.body, dict) and case.operation.path.startswith(BFL_PATHS):
+        _bounded_bfl(case.body)
+    elif isinstance(case.body, dict):
         _bounded(case.body, openai_route=case.operation.path.startswith("/v1/"))
