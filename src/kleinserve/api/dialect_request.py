@@ -61,6 +61,19 @@ class Checked:
         return core_schema.no_info_plain_validator_function(self.check, json_schema_input_schema=documented)
 
 
+def integer_in(name: str, low: int, high: int) -> Callable[[Any], int | None]:
+    """A Checked validator: None, or an integer (not a bool) from low to high; else an error naming `name`."""
+
+    def check(value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise invalid(name, f"must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
 def _as_sent(value: Any) -> Any:
     return value
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked
+from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, integer_in
 from kleinserve.api.errors import invalid
 
 MAX_IMAGES = 4  # input_image, input_image_2 .. input_image_4
@@ -32,17 +32,6 @@ def _image(name: str):
     def check(value: Any) -> str | None:
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise invalid(name, f"must be an image URL or base64 text, got {value!r}")
-        return value
-
-    return check
-
-
-def _integer(name: str, low: int, high: int):
-    def check(value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise invalid(name, f"must be an integer from {low} to {high}, got {value!r}")
         return value
 
     return check
@@ -88,19 +77,19 @@ class BflRequest(BaseModel):
     input_image_2: _image_field("input_image_2") = None
     input_image_3: _image_field("input_image_3") = None
     input_image_4: _image_field("input_image_4") = None
-    seed: Annotated[int | None, Checked(_integer("seed", 0, MAX_SEED))] = None
+    seed: Annotated[int | None, Checked(integer_in("seed", 0, MAX_SEED))] = None
     aspect_ratio: Annotated[
         str | None,
         Checked(_text("aspect_ratio")),
         Field(description="W:H, used when width and height are not given"),
     ] = None
     width: Annotated[
-        int | None, Checked(_integer("width", 1, 100_000)), Field(description="pixels, a multiple of 16")
+        int | None, Checked(integer_in("width", 1, 100_000)), Field(description="pixels, a multiple of 16")
     ] = None
     height: Annotated[
-        int | None, Checked(_integer("height", 1, 100_000)), Field(description="pixels, a multiple of 16")
+        int | None, Checked(integer_in("height", 1, 100_000)), Field(description="pixels, a multiple of 16")
     ] = None
-    steps: Annotated[int | None, Checked(_integer("steps", 1, 1000))] = None
+    steps: Annotated[int | None, Checked(integer_in("steps", 1, 1000))] = None
     guidance: Annotated[float | None, Checked(_number("guidance")), Field(description="Base models only")] = (
         None
     )
@@ -109,7 +98,7 @@ class BflRequest(BaseModel):
     ] = None
     safety_tolerance: Annotated[
         int | None,
-        Checked(_integer("safety_tolerance", 0, 6)),
+        Checked(integer_in("safety_tolerance", 0, 6)),
         Field(description="accepted; see the README for how it acts"),
     ] = None
     webhook_url: Annotated[

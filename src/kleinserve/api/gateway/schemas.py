@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked
+from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, integer_in
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.request import REFERENCE_MAX_AREA, parse_size
 
@@ -34,17 +34,6 @@ def _prompt(value: Any) -> Any:
     if value is None:
         raise invalid("prompt", "is required; describe the image you want (or the edit)")
     return value  # build_request checks the text
-
-
-def _integer(name: str, low: int, high: int):
-    def check(value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise invalid(name, f"must be an integer from {low} to {high}, got {value!r}")
-        return value
-
-    return check
 
 
 def _size(value: Any) -> str | None:
@@ -158,12 +147,12 @@ class GatewayImageRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: Annotated[str, Checked(_prompt)] = PROMPT
-    n: Annotated[int | None, Checked(_integer("n", 1, 4))] = Field(None, ge=1, le=4)
+    n: Annotated[int | None, Checked(integer_in("n", 1, 4))] = Field(None, ge=1, le=4)
     size: Annotated[str | None, Checked(_size)] = Field(None, pattern=r"^\d+x\d+$", description="WxH")
     aspectRatio: Annotated[str | None, Checked(_aspect_ratio, with_info=True)] = Field(
         None, pattern=RATIO_PATTERN, description="W:H, about 1 MP; not with size"
     )
-    seed: Annotated[int | None, Checked(_integer("seed", 0, MAX_SEED))] = Field(None, ge=0, le=MAX_SEED)
+    seed: Annotated[int | None, Checked(integer_in("seed", 0, MAX_SEED))] = Field(None, ge=0, le=MAX_SEED)
     providerOptions: Annotated[dict[str, dict[str, Any]] | None, Checked(_provider_options)] = Field(
         None, description="bfl or blackForestLabs: {steps, guidance}; other providers' keys ignored"
     )
