@@ -4,6 +4,8 @@ the same pixels as the OpenAI route; a wrong input is a 4xx naming the field, in
 shape BFL answers with; another key's task is not found. (The AI SDK provider itself: tests/js.)"""
 
 import base64
+import hashlib
+import hmac
 import io
 import time
 
@@ -105,12 +107,29 @@ def test_an_edit_from_base64_and_a_url_with_bearer_auth(server, image_host):
         ({"prompt": "a", "input_image_5": "aGVsbG8="}, "input_image_5", "at most 4"),
         ({"prompt": "a", "guidance": 3.5}, "guidance", "distilled"),
         ({"prompt": "a", "output_format": "gif"}, "output_format", "jpeg"),
-        ({"prompt": "a", "webhook_url": "https://example.com/hook"}, "webhook_url", "not supported"),
+        ({"prompt": "a", "webhook_url": "ftp://example.com/hook"}, "webhook_url", "http(s) URL"),
+        ({"prompt": "a", "webhook_url": "http://10.1.2.3/hook"}, "webhook_url", "private"),
         ({"prompt": "a", "input_image": "not base64!"}, "input_image", "base64"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(server, body, field, words):
     assert words in field_error(submit(server, body), field)
+
+
+def test_a_webhook_brings_the_result_signed_with_the_tasks_secret(server, webhooks):
+    body = {"prompt": "hooked", "width": 64, "height": 64, "seed": 5, "steps": 4}
+    signed = submit(server, {**body, "webhook_url": f"{webhooks.url}/bfl", "webhook_secret": "s3cret"})
+    plain = submit(server, {**body, "webhook_url": f"{webhooks.url}/plain"})
+    polled = ready(signed)
+    (delivery,) = webhooks.deliveries("bfl", at_least=1)
+    assert delivery["id"] == signed.json()["id"] and delivery["status"] == "Ready"
+    assert delivery["result"]["sample"] == polled["result"]["sample"] and delivery["result"]["seed"] == 5
+    headers, raw = webhooks.raw["bfl"][0]
+    expected = hmac.new(b"s3cret", raw, hashlib.sha256).hexdigest()
+    assert headers["x-bfl-signature"] == f"sha256={expected}"
+    assert headers["webhook-id"] == f"msg_{delivery['id']}"  # the server's Standard Webhooks signature too
+    (unsigned,) = webhooks.deliveries("plain", at_least=1)
+    assert unsigned["id"] == plain.json()["id"] and "x-bfl-signature" not in webhooks.raw["plain"][0][0]
 
 
 def test_an_unknown_model_path_is_a_404_naming_what_is_served(server):

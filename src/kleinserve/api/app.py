@@ -47,6 +47,7 @@ def create_app(service: ImageService) -> FastAPI:
     app.include_router(gateway.router(service))
     # fal webhooks are sent from the job's record by whichever API server claims it: survives restarts
     service.webhook_queue.add_sender(fal.webhook_sender(service))
+    service.webhook_queue.add_sender(bfl.webhook_sender(service))
     app.include_router(webhook_secret.router(service))
     app.include_router(console.router(service))
     app.include_router(bfl.router(service))

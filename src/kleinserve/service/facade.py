@@ -35,7 +35,7 @@ from kleinserve.service.served_models import ServedModel
 from kleinserve.service.stats import RequestStats
 from kleinserve.service.waiters import StepListener, Waiters
 from kleinserve.service.webhook_queue import WebhookQueue
-from kleinserve.service.webhooks import WebhookSender
+from kleinserve.service.webhooks import Delivery, WebhookSender
 from kleinserve.settings import Settings
 from kleinserve.storage.store import LocalFile, Store
 
@@ -264,9 +264,11 @@ class ImageService:
         """The Standard Webhooks secret (whsec_...) every webhook is signed with."""
         return self.webhooks.secret
 
-    async def deliver_webhook(self, job_id: str, url: str, body: dict) -> bool:
+    async def deliver_webhook(
+        self, job_id: str, url: str, body: dict, delivery: Delivery | None = None
+    ) -> bool:
         """POST `body` to `url` with retries, logging each attempt on the job."""
-        return await self.webhooks.deliver(job_id, url, body)
+        return await self.webhooks.deliver(job_id, url, body, delivery)
 
     # --- files and jobs --------------------------------------------------------------------------
 

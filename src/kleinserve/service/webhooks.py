@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from kleinserve.errors import InvalidRequest
 from kleinserve.service.outbound import Outbound
@@ -23,6 +24,15 @@ from kleinserve.webhook_signing import signed_headers
 log = logging.getLogger("kleinserve")
 
 JobLog = Callable[[str, str, str], Awaitable[None]]  # (job_id, message, level)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a dialect adds to a webhook: the request field that named its URL (errors and the outbound guard
+    name it) and headers computed from the exact bytes sent (a dialect's own signature, e.g. BFL's)."""
+
+    field: str = "fal_webhook"
+    headers: Callable[[bytes], dict[str, str]] = lambda content: {}
 
 
 class WebhookSender:
@@ -43,11 +53,17 @@ class WebhookSender:
         self.retry_base_s = retry_base_s
         self.timeout_s = timeout_s
 
-    async def deliver(self, job_id: str, url: str, body: dict) -> bool:
+    async def deliver(self, job_id: str, url: str, body: dict, delivery: Delivery | None = None) -> bool:
         """True once the receiver answered 2xx; False after the last failed attempt."""
+        delivery = delivery or Delivery()
         content = json.dumps(body, separators=(",", ":")).encode()
         for attempt in range(1, self.attempts + 1):
-            outcome = await self._attempt(url, message_id(job_id), content)
+            headers = {  # signed per attempt: a receiver checks webhook-timestamp against its clock
+                "content-type": "application/json",
+                **signed_headers(self.secret, message_id(job_id), content),
+                **delivery.headers(content),
+            }
+            outcome = await self._attempt(url, delivery.field, content, headers)
             if outcome is None:
                 await self.job_log(job_id, f"webhook delivered (attempt {attempt})", "INFO")
                 return True
@@ -63,12 +79,11 @@ class WebhookSender:
             await asyncio.sleep(delay)
         return False
 
-    async def _attempt(self, url: str, message: str, content: bytes) -> str | None:
+    async def _attempt(self, url: str, field: str, content: bytes, headers: dict) -> str | None:
         """None on success, else what went wrong."""
-        headers = {"content-type": "application/json", **signed_headers(self.secret, message, content)}
         try:
             async with asyncio.timeout(self.timeout_s):
-                request = self.outbound.request("POST", url, "fal_webhook", content=content, headers=headers)
+                request = self.outbound.request("POST", url, field, content=content, headers=headers)
                 async with request as response:
                     if 200 <= response.status_code < 300:
                         return None

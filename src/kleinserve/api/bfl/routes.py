@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
+from kleinserve.api.bfl.result import task_status
 from kleinserve.api.bfl.schemas import (
     EXTRA_IMAGE_FIELDS,
     IMAGE_FIELDS,
@@ -30,13 +31,13 @@ from kleinserve.api.bfl.schemas import (
     BflSubmitted,
 )
 from kleinserve.api.dialect_request import to_request, validated
-from kleinserve.api.dialect_response import generation_headers, image_url
+from kleinserve.api.dialect_response import generation_headers
 from kleinserve.api.errors import ApiError, from_service_error, invalid
 from kleinserve.api.gateway.schemas import ratio_sides
 from kleinserve.api.json_body import json_object
 from kleinserve.api.request_metrics import report_model
+from kleinserve.api.webhook_target import check_webhook_url
 from kleinserve.errors import KleinserveError, ModelNotServed
-from kleinserve.job import Job, JobStatus
 from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
@@ -94,12 +95,18 @@ async def _submit(service: ImageService, http: Request, model: str) -> JSONRespo
     fields = await json_object(http)
     _refuse_unsupported(fields)
     body = validated(BflRequest, fields)
+    if body.webhook_url is not None:
+        await check_webhook_url(service, body.webhook_url, "webhook_url")
     images = await _references(service, body)
     generation = _to_request(served, body, images)
     check = service.settings.safety_check_openai  # safety_tolerance is accepted, not graded (README)
     output = OutputOptions(format=body.output_format or "jpeg", safety_check=check)
-    params = {"dialect": "bfl", "route": model, "safety_tolerance": body.safety_tolerance}
-    job = await service.submit(served, generation, output, params, detached=True, owner=owner_of(http))
+    params = {"dialect": "bfl", "route": model, "safety_tolerance": body.safety_tolerance,
+              "base_url": str(http.base_url), "webhook": body.webhook_url,
+              "webhook_secret": body.webhook_secret}  # fmt: skip
+    job = await service.submit(
+        served, generation, output, params, detached=True, owner=owner_of(http), webhook=body.webhook_url
+    )
     polling_url = f"{str(http.base_url).rstrip('/')}/v1/get_result?id={job.id}"
     megapixels = round(generation.width * generation.height / 1e6, 4)
     answer = {"id": job.id, "polling_url": polling_url, "cost": None, "input_mp": None,
@@ -129,8 +136,6 @@ def _refuse_unsupported(fields: dict) -> None:
     if extra is not None:
         message = "FLUX.2 [klein] takes at most 4 reference images here (input_image .. input_image_4)"
         raise invalid(extra, f"{message}; send fewer")
-    if fields.get("webhook_url") is not None:
-        raise invalid("webhook_url", "webhooks are not supported on this route yet; poll polling_url instead")
 
 
 async def _references(service: ImageService, body: BflRequest) -> list:
@@ -178,27 +183,4 @@ async def _result(service: ImageService, http: Request, job_id: str) -> JSONResp
         detail = f"no task {job_id!r} for this key; tasks are kept for the server's retention period"
         body = {"id": job_id, "status": "Task not found", "detail": detail}
         return JSONResponse(body, status_code=404)
-    return JSONResponse(await _status(service, job, str(http.base_url)))
-
-
-async def _status(service: ImageService, job: Job, base_url: str) -> dict:
-    answer = {"id": job.id, "result": None, "progress": None, "details": None}
-    if not job.status.finished:
-        return {**answer, "status": "Pending"}
-    if job.status is not JobStatus.SUCCEEDED:
-        return {**answer, "status": "Error", "details": {"error": job.error["message"]}}
-    generated = await service.result(job)
-    image = generated.images[0]
-    if image.nsfw:
-        flagged = {"moderation": "flagged by the safety checker"}
-        return {**answer, "status": "Content Moderated", "details": flagged}
-    sample = {"sample": await image_url(service, image, base_url), "seed": generated.seed,
-              "prompt": job.params.get("prompt"), "start_time": job.started_at, "end_time": job.finished_at,
-              "duration": _duration(job)}  # fmt: skip
-    return {**answer, "status": "Ready", "result": sample}
-
-
-def _duration(job: Job) -> float | None:
-    if job.started_at is None or job.finished_at is None:
-        return None
-    return round(job.finished_at - job.started_at, 4)
+    return JSONResponse(await task_status(service, job, str(http.base_url)))

@@ -102,9 +102,13 @@ class BflRequest(BaseModel):
         Field(description="accepted; see the README for how it acts"),
     ] = None
     webhook_url: Annotated[
-        str | None, Checked(_text("webhook_url")), Field(description="not supported yet: a 422 names it")
+        str | None, Checked(_text("webhook_url")), Field(description="POSTed the result when the task ends")
     ] = None
-    webhook_secret: Annotated[str | None, Checked(_text("webhook_secret"))] = None
+    webhook_secret: Annotated[
+        str | None,
+        Checked(_text("webhook_secret")),
+        Field(description="signs the webhook: X-BFL-Signature: sha256=<hex HMAC-SHA256 of the body>"),
+    ] = None
 
 
 class BflSubmitted(BaseModel):

@@ -7,26 +7,14 @@ too."""
 
 from __future__ import annotations
 
-from httpx import URL, InvalidURL
-
-from kleinserve.api.errors import invalid
 from kleinserve.api.fal.output import finished_output
-from kleinserve.errors import InvalidRequest
+from kleinserve.api.webhook_target import check_webhook_url
 from kleinserve.service.facade import ImageService
 
 
 async def check_webhook(service: ImageService, url: str) -> None:
     """A 400 naming fal_webhook unless `url` is an http(s) URL of a host this server may call."""
-    try:
-        parsed = URL(url)
-    except InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise invalid("fal_webhook", f"must be an http(s) URL, got {url[:80]!r}")
-    try:
-        await service.check_webhook_address(parsed.host, parsed.port, "fal_webhook")
-    except InvalidRequest as exc:
-        raise invalid("fal_webhook", exc.reason) from exc
+    await check_webhook_url(service, url, "fal_webhook")
 
 
 def webhook_sender(service: ImageService):
