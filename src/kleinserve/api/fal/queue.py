@@ -22,9 +22,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.access import owner_of
 from kleinserve.api.errors import ApiError, FalError
-from kleinserve.api.fal import stream
 from kleinserve.api.fal.output import REQUEST_ID_HEADER, finished_output, inference_time
 from kleinserve.api.fal.schemas import CancelAnswer, FalOutput, QueueStatus
+from kleinserve.api.step_stream import HEADERS as STREAM_HEADERS
 from kleinserve.job import Job, JobStatus
 from kleinserve.service.facade import ImageService
 
@@ -50,7 +50,7 @@ def router(service: ImageService) -> APIRouter:
         await _job(service, request_id, request)  # 404 before the stream starts
         urls = request_urls(request, app, request_id)
         events = _status_events(service, request_id, _wants_logs(request), urls)
-        return StreamingResponse(events, media_type="text/event-stream", headers=stream.HEADERS)
+        return StreamingResponse(events, media_type="text/event-stream", headers=STREAM_HEADERS)
 
     @routes.get(
         "/queue/{app:path}/requests/{request_id}",

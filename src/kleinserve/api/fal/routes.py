@@ -33,6 +33,7 @@ from kleinserve.api.fal.schemas import FalBaseInput, FalInput, FalOutput, QueueS
 from kleinserve.api.fal.webhook import check_webhook
 from kleinserve.api.json_body import json_object
 from kleinserve.api.request_metrics import report_images, report_model
+from kleinserve.api.step_stream import HEADERS as STREAM_HEADERS
 from kleinserve.errors import ModelNotServed, UnknownModel
 from kleinserve.models import resolve_model
 from kleinserve.request import GenerationRequest, OutputOptions
@@ -98,7 +99,7 @@ def router(service: ImageService) -> APIRouter:
         outcome.add_done_callback(partial(_count_delivered, request))
         render = partial(output, service, prompt=generation.prompt, base_url=str(request.base_url))
         events = event_stream.events(job.id, generation.seed, steps, outcome, render)
-        headers = {**generation_headers(served, job.id, REQUEST_ID_HEADER), **event_stream.HEADERS}
+        headers = {**generation_headers(served, job.id, REQUEST_ID_HEADER), **STREAM_HEADERS}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
     @routes.post(

@@ -18,12 +18,11 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from kleinserve.api.errors import ApiError, from_service_error
+from kleinserve.api.step_stream import KEEP_ALIVE, KEEP_ALIVE_EVENT, job_steps
 from kleinserve.errors import KleinserveError
 from kleinserve.imaging import CONTENT_TYPES, data_uri, encode_image
 from kleinserve.service.outputs import Generated
 
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # for any event stream: no buffering
-KEEP_ALIVE_S = 15.0  # an SSE comment while a streamed job waits, so idle proxies keep the connection
 PREVIEW_FORMAT = "jpeg"
 PREVIEW_QUALITY = 80
 
@@ -37,20 +36,8 @@ async def events(
 ) -> AsyncIterator[str]:
     """`steps` receives (step, total, previews) tuples; `outcome` ends with the job."""
     try:
-        while True:
-            next_step = asyncio.ensure_future(steps.get())
-            await asyncio.wait(
-                {next_step, outcome}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            if next_step.done():
-                yield _event(await _progress(job_id, seed, *next_step.result()))
-                continue
-            next_step.cancel()
-            if outcome.done():
-                break
-            yield ": keep-alive\n\n"
-        while not steps.empty():  # steps are reported before the outcome is set: none is lost
-            yield _event(await _progress(job_id, seed, *steps.get_nowait()))
+        async for step in job_steps(steps, outcome):
+            yield KEEP_ALIVE_EVENT if step is KEEP_ALIVE else _event(await _progress(job_id, seed, *step))
         yield _event(await _last(job_id, outcome, output))
     finally:
         outcome.cancel()  # a no-op once done; otherwise the client left, and the job is cancelled

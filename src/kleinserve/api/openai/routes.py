@@ -38,6 +38,7 @@ from kleinserve.api.openai.schemas import (
     size_sides,
 )
 from kleinserve.api.request_metrics import report_images, report_model
+from kleinserve.api.step_stream import HEADERS as STREAM_HEADERS
 from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.service.facade import ImageService
 from kleinserve.service.outputs import Generated
@@ -147,7 +148,7 @@ async def _stream(
     shape = event_stream.Shape(
         kind, body.quality, options.format, options.quality, request.width, request.height
     )
-    headers = {**generation_headers(served, job.id, REQUEST_ID_HEADER), **event_stream.HEADERS}
+    headers = {**generation_headers(served, job.id, REQUEST_ID_HEADER), **STREAM_HEADERS}
     events = event_stream.events(shape, partials, steps, outcome)
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 

@@ -26,12 +26,12 @@ from PIL import Image
 
 from kleinserve.api.dialect_response import image_base64
 from kleinserve.api.errors import ApiError, from_service_error
-from kleinserve.api.fal.stream import HEADERS, KEEP_ALIVE_S
+from kleinserve.api.step_stream import KEEP_ALIVE, KEEP_ALIVE_EVENT, job_steps
 from kleinserve.errors import KleinserveError
 from kleinserve.imaging import base64_text, encode_image
 from kleinserve.service.outputs import Generated
 
-__all__ = ["HEADERS", "Shape", "events", "partial_steps"]
+__all__ = ["Shape", "events", "partial_steps"]
 
 
 @dataclass(frozen=True)
@@ -66,21 +66,11 @@ async def events(
 ) -> AsyncIterator[str]:
     """`steps` receives (step, total, previews) tuples; `outcome` ends with the job."""
     try:
-        while True:
-            next_step = asyncio.ensure_future(steps.get())
-            await asyncio.wait(
-                {next_step, outcome}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED
-            )
-            if next_step.done():
-                for event in await _partials(shape, partials, *next_step.result()):
-                    yield event
+        async for step in job_steps(steps, outcome):
+            if step is KEEP_ALIVE:
+                yield KEEP_ALIVE_EVENT
                 continue
-            next_step.cancel()
-            if outcome.done():
-                break
-            yield ": keep-alive\n\n"
-        while not steps.empty():  # steps are reported before the outcome is set: none is lost
-            for event in await _partials(shape, partials, *steps.get_nowait()):
+            for event in await _partials(shape, partials, *step):
                 yield event
         for event in await _last(shape, outcome):
             yield event
