@@ -1,6 +1,8 @@
 """The AI Gateway dialect's own rules, without a server: aspectRatio -> a multiple-of-16 size of about
 1 MP, the provider's files -> URLs the reference fetcher takes, the model ids as the gateway names them."""
 
+import json
+
 import pytest
 
 from kleinserve.api.errors import ApiError
@@ -60,3 +62,12 @@ def test_a_served_model_is_named_as_the_gateway_names_it(model):
     name = gateway_id(ServedModel(spec=spec))
     assert name == "bfl/" + model.replace("flux.2-", "flux-2-")
     assert registered_model(name) is spec
+
+
+def test_gateway_errors_carry_the_types_the_gateway_client_maps_to_its_classes():
+    limited = json.loads(ApiError(429, "slow down", retry_after=3).response("/v1/ai/image-model").body)
+    assert limited["error"]["type"] == "rate_limit_exceeded"  # @ai-sdk/gateway: GatewayRateLimitError
+    failed = json.loads(ApiError(500, "boom").response("/v1/ai/image-model").body)
+    assert failed["error"]["type"] == "internal_server_error"
+    elsewhere = json.loads(ApiError(429, "slow down").response("/v1/images/generations").body)
+    assert elsewhere["error"]["type"] == "rate_limit_error"  # OpenAI's own name stays on OpenAI's routes

@@ -46,6 +46,8 @@ ERROR_TYPES = {
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
 FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
 BFL_PATHS = ("/v1/flux-", "/v1/get_result")  # gate errors there read as BFL's (the bfl dialect)
+GATEWAY_PATHS = ("/v1/ai/",)  # the AI Gateway's: @ai-sdk/gateway picks its error class by `type`
+GATEWAY_TYPES = {429: "rate_limit_exceeded", 500: "internal_server_error"}  # where they differ from OpenAI's
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -132,7 +134,10 @@ class ApiError(Exception):
             status, body = self.fal_body()
             headers = {**self.headers(), "x-fal-error-type": body["error_type"]}
             return JSONResponse(body, status_code=status, headers=headers)
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers())
+        body = self.body()
+        if path.startswith(GATEWAY_PATHS) and self.status in GATEWAY_TYPES:
+            body["error"]["type"] = GATEWAY_TYPES[self.status]
+        return JSONResponse(body, status_code=self.status, headers=self.headers())
 
 
 def invalid(param: str, message: str) -> ApiError:
