@@ -158,6 +158,13 @@ def test_an_edit_takes_two_uploaded_references(server, browser, tmp_path):
     (tmp_path / "second.png").write_bytes(second)
     run_snippet(["bash", "-c", code], tmp_path)
     assert saved_image_sizes(tmp_path, exclude={"first.png", "second.png"}) == [(160, 96)]
+    page.get_by_role("tab", name="BFL API").click()  # the same edit through BFL's API
+    code = page.locator("#code-text").inner_text()
+    assert "input_image_2" in code and "second.png" in code
+    for made in set(tmp_path.glob("*.png")) - {tmp_path / "first.png", tmp_path / "second.png"}:
+        made.unlink()
+    run_snippet(["bash", "-c", code], tmp_path)
+    assert saved_image_sizes(tmp_path, exclude={"first.png", "second.png"}) == [(160, 96)]
     page.errors.check()
 
 
@@ -217,7 +224,8 @@ def saved_image_sizes(directory: Path, exclude=frozenset()) -> list[tuple[int, i
 
 @pytest.mark.parametrize(
     ("tab", "command"),
-    [("curl", ["bash", "-c"]), ("Python (openai)", [sys.executable, "-c"]), ("JavaScript", None)],
+    [("curl", ["bash", "-c"]), ("Python (openai)", [sys.executable, "-c"]), ("JavaScript", None),
+     ("BFL API", ["bash", "-c"])],  # fmt: skip
 )
 def test_copied_code_runs_and_saves_the_image(server, browser, tmp_path, tab, command):
     page = ready_page(browser, server.url + "/", permissions=["clipboard-read", "clipboard-write"])

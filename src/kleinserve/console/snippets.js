@@ -1,4 +1,5 @@
-// "Copy code": the request the form describes, as curl, openai-python, fal-client (Python) and JavaScript.
+// "Copy code": the request the form describes, as curl, openai-python, fal-client (Python), JavaScript and
+// curl through Black Forest Labs' API (submit, poll get_result, download).
 // Each snippet runs as shown: it saves the images into the current directory. Reference images are read
 // from files of the names the user picked, in the directory the snippet runs in.
 //
@@ -12,6 +13,7 @@ export const LANGUAGES = {
   openai: { note: keyNote, render: openaiPython },
   fal: { note: falNote, render: falPython },
   js: { note: (call) => `Node 18 or later, as an ES module (save as generate.mjs). ${keyNote(call)}`, render: js },
+  bfl: { note: bflNote, render: bflCurl }, // curl and jq
 };
 
 function keyNote(call) {
@@ -131,5 +133,54 @@ for (const [i, image] of output.images.entries()) {
   fs.writeFileSync(\`image-\${i}.${extensionOf(call)}\`, Buffer.from(data));
 }
 console.log("seed", output.seed);
+`;
+}
+
+// Black Forest Labs' API: one image per task; BFL names the model in the path (flux.2-klein-4b ->
+// /v1/flux-2-klein-4b) and has no negative prompt.
+const bflPath = (modelId) => `/v1/${modelId.replace("flux.2-", "flux-2-")}`;
+
+function bflNote(call) {
+  const notes = ["bash, curl and jq.", keyNote(call)];
+  if ((call.input.num_images || 1) > 1) notes.push("BFL's API makes one image per task: this makes the first.");
+  if (call.input.negative_prompt) notes.push("BFL's API has no negative prompt: it is left out.");
+  return notes.filter(Boolean).join(" ");
+}
+
+function bflBody(call) {
+  const { input } = call;
+  const body = { prompt: input.prompt };
+  if (call.size) Object.assign(body, { width: call.size.width, height: call.size.height });
+  if (input.seed !== undefined) body.seed = input.seed;
+  if (input.num_inference_steps !== undefined) body.steps = input.num_inference_steps;
+  if (input.guidance_scale !== undefined) body.guidance = input.guidance_scale;
+  body.output_format = input.output_format || "png";
+  return body;
+}
+
+function bflCurl(call) {
+  const auth = call.keyRequired ? ` -H "x-key: $${KEY_VAR}"` : "";
+  const submit = `curl -s ${call.origin}${bflPath(call.modelId)}${auth} -H "Content-Type: application/json"`;
+  const body = bflBody(call);
+  let send = `task=$(${submit} -d ${shellQuote(JSON.stringify(body))})`;
+  if (call.references.length) {
+    // a here-document: reference images inlined as data URIs would not fit on a command line
+    const images = call.references.map(
+      (ref, i) =>
+        `"input_image${i ? `_${i + 1}` : ""}": "data:${ref.type};base64,$(base64 < ${shellQuote(ref.name)} | tr -d '\\n')"`,
+    );
+    const json = JSON.stringify(body).replace(/[\\$`]/g, (c) => `\\${c}`);
+    send = `task=$(${submit} -d @- <<EOF\n${json.slice(0, -1)}, ${images.join(", ")}}\nEOF\n)`;
+  }
+  return `${send}
+poll=$(jq -r .polling_url <<<"$task")
+while :; do
+  result=$(curl -s "$poll"${auth})
+  status=$(jq -r .status <<<"$result")
+  [ "$status" = Pending ] || break
+  sleep 0.5
+done
+[ "$status" = Ready ] || { echo "$result" >&2; exit 1; }
+curl -s -o image-0.${extensionOf(call)} "$(jq -r .result.sample <<<"$result")"
 `;
 }
