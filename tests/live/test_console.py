@@ -224,8 +224,12 @@ def saved_image_sizes(directory: Path, exclude=frozenset()) -> list[tuple[int, i
 
 @pytest.mark.parametrize(
     ("tab", "command"),
-    [("curl", ["bash", "-c"]), ("Python (openai)", [sys.executable, "-c"]), ("JavaScript", None),
-     ("BFL API", ["bash", "-c"])],  # fmt: skip
+    [
+        ("curl", ["bash", "-c"]),
+        ("Python (openai)", [sys.executable, "-c"]),
+        ("JavaScript", None),
+        ("BFL API", ["bash", "-c"]),
+    ],
 )
 def test_copied_code_runs_and_saves_the_image(server, browser, tmp_path, tab, command):
     page = ready_page(browser, server.url + "/", permissions=["clipboard-read", "clipboard-write"])

@@ -1,4 +1,5 @@
-"""The durable queue: accepted fal queue jobs survive kill -9 of the server and run again after a restart."""
+"""The durable queue: accepted fal queue jobs and BFL tasks survive kill -9 of the server and run again
+after a restart."""
 
 import io
 import signal
@@ -37,11 +38,13 @@ def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_pat
             submit(server.url, body, hook if i == 0 else None, endpoint)
             for i, (endpoint, body) in enumerate(REQUESTS)
         ]
+        bfl_task = bfl_submit(server, f"{webhooks.url}/bfl-after-crash")  # BFL's API queues the same way
         wait_until(lambda: status(server.url, ids[0])["status"] == "IN_PROGRESS")
         before = [status(server.url, job_id)["status"] for job_id in ids]
+        bfl_before = bfl_result(server, bfl_task)["status"]
     finally:
         server.stop(hard=True)  # SIGKILL: no chance to clean up
-    assert before[0] == "IN_PROGRESS" and "IN_QUEUE" in before[1:]
+    assert before[0] == "IN_PROGRESS" and "IN_QUEUE" in before[1:] and bfl_before == "Pending"
 
     server.start()
     try:
@@ -57,6 +60,13 @@ def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_pat
         assert delivery["payload"] == outputs[0]
         recovered = [images_of(server, output) for output in outputs]
         uninterrupted = [images_of(server, run_sync(server, endpoint, body)) for endpoint, body in REQUESTS]
+        wait_until(lambda: bfl_result(server, bfl_task)["status"] == "Ready", 300)
+        (bfl_delivery,) = webhooks.deliveries("bfl-after-crash", at_least=1)
+        assert bfl_delivery["id"] == bfl_task and bfl_delivery["status"] == "Ready"
+        bfl_again = bfl_submit(server, None)
+        wait_until(lambda: bfl_result(server, bfl_again)["status"] == "Ready", 300)
+        recovered.append([bfl_sample(server, bfl_task)])
+        uninterrupted.append([bfl_sample(server, bfl_again)])
     finally:
         server.stop()
     for after_crash, reference in zip(recovered, uninterrupted, strict=True):
@@ -64,6 +74,25 @@ def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_pat
         for a, b in zip(after_crash, reference, strict=True):
             np.testing.assert_array_equal(a, b)
     assert not list(tmp_path.rglob(f"{PARTIAL_PREFIX}*"))  # no half-written files remain
+
+
+BFL_BODY = {"prompt": "a BFL task", "width": 64, "height": 64, "seed": 15, "output_format": "png"}
+
+
+def bfl_submit(server, webhook: str | None) -> str:
+    body = {**BFL_BODY, "webhook_url": webhook, "webhook_secret": "k"} if webhook else BFL_BODY
+    answer = httpx.post(f"{server.url}/v1/flux-2-klein-4b", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["id"]
+
+
+def bfl_result(server, task: str) -> dict:
+    return httpx.get(f"{server.url}/v1/get_result", params={"id": task}, timeout=60).json()
+
+
+def bfl_sample(server, task: str) -> np.ndarray:
+    data = httpx.get(bfl_result(server, task)["result"]["sample"], timeout=60).content
+    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def test_a_graceful_stop_keeps_queue_jobs_for_the_next_start(checkpoints, tmp_path):
