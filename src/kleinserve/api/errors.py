@@ -46,7 +46,6 @@ ERROR_TYPES = {
     507: "server_error",
 }
 ERROR_CODES = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limit_exceeded"}
-PROBLEM_JSON = "application/problem+json"
 FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
 BFL_PATHS = ("/v1/flux-", "/v1/get_result")  # gate errors there read as BFL's (the bfl dialect)
 REPLICATE_PATHS = ("/v1/predictions", "/v1/files", "/v1/streams/", "/v1/models/black-forest-labs/flux-2-")
@@ -146,7 +145,7 @@ class ApiError(Exception):
     def response(self, path: str = "") -> JSONResponse:
         if is_replicate_path(path):
             status, body = self.replicate_body()
-            return JSONResponse(body, status_code=status, headers=self.headers(), media_type=PROBLEM_JSON)
+            return JSONResponse(body, status_code=status, headers=self.headers())
         if path.startswith(BFL_PATHS):
             status, body = self.bfl_body()
             return JSONResponse(body, status_code=status, headers=self.headers())

@@ -54,7 +54,8 @@ from kleinserve.job import Job
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
 
-CREATE_ANSWERS = docs.answers(Prediction, ReplicateError, 404, 422, *docs.SERVICE)
+CREATED = {201: {"model": Prediction, "description": "Created"}}
+CREATE_ANSWERS = {**CREATED, **docs.answers(None, ReplicateError, 404, 422, *docs.SERVICE)}
 PAGE_SIZE = 100
 LISTED = 1000  # the newest predictions a listing pages through
 DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(h|ms|m|s))+$")
@@ -68,12 +69,17 @@ def router(service: ImageService) -> APIRouter:
     )  # sent from the job's record, after restarts too
 
     @routes.post("/models/{owner}/{name}/predictions", openapi_extra=docs.json_body(PredictionBody),
-                 responses=CREATE_ANSWERS)  # fmt: skip
+                 responses=CREATE_ANSWERS, status_code=201)  # fmt: skip
     async def create_for_model(owner: str, name: str, request: Request) -> JSONResponse:
         served = served_model(service, owner, name)
         return await _create(service, request, served, f"{owner}/{name}")
 
-    @routes.post("/predictions", openapi_extra=docs.json_body(PredictionBody), responses=CREATE_ANSWERS)
+    @routes.post(
+        "/predictions",
+        openapi_extra=docs.json_body(PredictionBody),
+        responses=CREATE_ANSWERS,
+        status_code=201,
+    )
     async def create_by_version(request: Request) -> JSONResponse:
         fields = await json_object(request)
         version = fields.get("version")
