@@ -214,3 +214,27 @@ def test_an_edit_with_match_input_image_takes_the_first_references_aspect(client
     [output] = client.run(MODEL, input=body)
     image = download(output)
     assert image.format == "WEBP" and image.size == (560, 448)  # 0.25 MP at 5:4, floored to multiples of 16
+
+
+def test_a_local_file_input_goes_as_a_data_url_with_the_base64_strategy(client, image_host, tmp_path):
+    """POST /v1/files is not served: replicate-python sends local files inline with file_encoding_strategy."""
+    path = tmp_path / "reference.png"
+    path.write_bytes(image_host.files["a.png"])
+    with path.open("rb") as reference:
+        [output] = client.run(MODEL, input={"prompt": "in snow", "images": [reference], **SMALL},
+                              file_encoding_strategy="base64")  # fmt: skip
+    assert download(output).size == (64, 64)
+
+
+def test_cancel_after_cancels_a_prediction_still_unfinished(server):
+    headers = {"authorization": f"Bearer {KEY}"}
+    url = f"{server.url}/v1/models/{MODEL}/predictions"
+    ahead = httpx.post(url, json={"input": SLOW}, headers=headers).json()
+    capped = httpx.post(url, json={"input": SLOW}, headers={**headers, "Cancel-After": "1s"}).json()
+    client = replicate.Client(api_token=KEY, base_url=server.url)
+    for prediction in (client.predictions.get(ahead["id"]), client.predictions.get(capped["id"])):
+        prediction.wait()
+    assert client.predictions.get(capped["id"]).status == "canceled"
+    assert client.predictions.get(ahead["id"]).status == "succeeded"
+    refused = httpx.post(url, json={"input": SLOW}, headers={**headers, "Cancel-After": "soon"})
+    assert refused.status_code == 400 and "Cancel-After" in refused.json()["detail"]
