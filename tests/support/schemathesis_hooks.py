@@ -14,6 +14,7 @@ SIDES, IMAGES, STEPS = range(64, 2048 + 1, 16), range(1, 4 + 1), range(4, 8 + 1)
 FAL_PATHS = {"path": "flux-2/klein/4b", "endpoint": "fal-ai/flux-2/klein/4b", "app": "fal-ai/flux-2"}
 BFL_PATHS = "/v1/flux-2-klein-"  # BFL submits: width/height/steps, sizes as the schema's
 GATEWAY_PATH, GATEWAY_MODEL = "/v1/ai/image-model", "bfl/flux-2-klein-4b"  # the model is a header there
+REPLICATE_MODEL = {"owner": "black-forest-labs", "name": "flux-2-klein-4b"}  # a model served: jobs run
 
 
 def _cheaper(value, accepted: range, cheapest: int):
@@ -46,6 +47,22 @@ def _bounded(body: dict, openai_route: bool) -> None:
         body["num_inference_steps"] = _cheaper(body["num_inference_steps"], STEPS, MOST_STEPS)
 
 
+def _bounded_replicate(body: dict) -> None:
+    """Replicate's predictions are detached jobs too (1 MP by default): a size of at most 256 px a side,
+    one image, at most 4 steps."""
+    given = body.get("input")
+    if not isinstance(given, dict):
+        return
+    if given.get("size") is None:
+        given["size"] = f"{MAX_SIDE}x{MAX_SIDE}"
+    elif isinstance(given["size"], str) and given["size"].count("x") == 1:
+        given["size"] = "x".join(_side(side) for side in given["size"].split("x"))
+    if "num_outputs" in given:
+        given["num_outputs"] = _cheaper(given["num_outputs"], IMAGES, 1)
+    if "num_inference_steps" in given:
+        given["num_inference_steps"] = _cheaper(given["num_inference_steps"], STEPS, MOST_STEPS)
+
+
 def _bounded_bfl(body: dict) -> None:
     """BFL's submits are detached jobs that run to the end whoever waits: left at ~1 MP they queued up
     until a synchronous request of the same run timed out."""
@@ -62,7 +79,11 @@ def before_call(ctx, case, **kwargs):
             case.path_parameters[name] = value
     if case.operation.path == GATEWAY_PATH:  # a generated ai-model-id names no model: every call was a 404
         case.headers = {**(case.headers or {}), "ai-model-id": GATEWAY_MODEL}
-    if isinstance(case.body, dict) and case.operation.path.startswith(BFL_PATHS):
+    if case.operation.path == "/v1/models/{owner}/{name}/predictions":  # else nearly every call was a 404
+        case.path_parameters = {**(case.path_parameters or {}), **REPLICATE_MODEL}
+    if isinstance(case.body, dict) and case.operation.path.startswith(("/v1/models/", "/v1/predictions")):
+        _bounded_replicate(case.body)
+    elif isinstance(case.body, dict) and case.operation.path.startswith(BFL_PATHS):
         _bounded_bfl(case.body)
     elif isinstance(case.body, dict):
         _bounded(case.body, openai_route=case.operation.path.startswith("/v1/"))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from kleinserve.api.errors import ApiError
 from kleinserve.settings import Settings
 
-OPEN_PATHS = ("/health", "/ready", "/metrics", "/files/")  # stored image URLs are unguessable capabilities
+# stored image URLs and Replicate prediction streams (a random id) are unguessable capabilities
+OPEN_PATHS = ("/health", "/ready", "/metrics", "/files/", "/v1/streams/")
 CONSOLE_PAGES = ("/", "/status")  # the console's pages and files load without a key; its API calls need one
 CONSOLE_FILES = "/console/"
 AUTH_SCHEMES = ("bearer", "key")  # OpenAI sends Bearer, fal-client sends Key

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import bfl, console, fal, files, gateway, openai, system, usage, webhook_secret
+from kleinserve.api import bfl, console, fal, files, gateway, openai, replicate, system, usage, webhook_secret
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal.proxy import FalProxyMiddleware
@@ -39,6 +39,7 @@ def create_app(service: ImageService) -> FastAPI:
     )
     app.state.service = service
     install_error_handlers(app)
+    app.include_router(replicate.router(service))  # first: its model pages are under /v1/models/{name:path}
     app.include_router(openai.router(service))
     app.include_router(system.router(service))
     app.include_router(usage.router(service))

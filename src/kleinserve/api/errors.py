@@ -1,7 +1,8 @@
 """API errors: one exception type, rendered in the shape of the dialect the path belongs to: OpenAI's
 `{"error": {"message", "type", "param", "code"}}`, or fal's `{"detail", "error_type"}` with an
 `x-fal-error-type` header (a bad field is a 422 whose detail lists `{"loc", "msg", "type"}`, as fal's), or
-Black Forest Labs' (FastAPI's) `{"detail"}` on its paths (the same 422 for a bad field).
+Black Forest Labs' (FastAPI's) `{"detail"}` on its paths (the same 422 for a bad field), or Replicate's
+problem+json `{"title", "detail", "status"}` (a bad input: a 422 with `invalid_fields`).
 
 Service exceptions (unknown model, queue full, ...) map to statuses here, so every route and middleware
 answers the same way.
@@ -9,6 +10,7 @@ answers the same way.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import Request
@@ -48,6 +50,7 @@ FAL_PATH_PREFIXES = ("/fal-ai/", "/queue/")
 BFL_PATHS = ("/v1/flux-", "/v1/get_result")  # gate errors there read as BFL's (the bfl dialect)
 GATEWAY_PATHS = ("/v1/ai/",)  # the AI Gateway's: @ai-sdk/gateway picks its error class by `type`
 GATEWAY_TYPES = {429: "rate_limit_exceeded", 500: "internal_server_error"}  # where they differ from OpenAI's
+REPLICATE_PATHS = ("/v1/predictions", "/v1/files", "/v1/streams/", "/v1/models/black-forest-labs/flux-2-")
 
 
 class OpenAIErrorDetail(BaseModel):
@@ -74,6 +77,12 @@ class FalError(BaseModel):
 
 def is_fal_path(path: str) -> bool:
     return path.startswith(FAL_PATH_PREFIXES)
+
+
+def is_replicate_path(path: str) -> bool:
+    """Replicate's routes: predictions, files, a klein model's page, and any model's predictions."""
+    predictions = path.startswith("/v1/models/") and path.rstrip("/").endswith("/predictions")
+    return path.startswith(REPLICATE_PATHS) or predictions
 
 
 class ApiError(Exception):
@@ -126,7 +135,19 @@ class ApiError(Exception):
             return 422, {"detail": [{"loc": loc, "msg": self.message, "type": "value_error"}]}
         return self.status, {"detail": self.message}
 
+    def replicate_body(self) -> tuple[int, dict]:
+        """Replicate's problem+json; a field's error: a 422 "Input validation failed" with invalid_fields."""
+        if self.param and self.status in (400, 422):
+            detail = f"- {self.message}"
+            field = {"type": "invalid", "field": self.param, "description": self.reason}
+            return 422, {"title": "Input validation failed", "detail": detail, "status": 422,
+                         "invalid_fields": [field]}  # fmt: skip
+        return self.status, {"title": _phrase(self.status), "detail": self.message, "status": self.status}
+
     def response(self, path: str = "") -> JSONResponse:
+        if is_replicate_path(path):
+            status, body = self.replicate_body()
+            return JSONResponse(body, status_code=status, headers=self.headers())
         if path.startswith(BFL_PATHS):
             status, body = self.bfl_body()
             return JSONResponse(body, status_code=status, headers=self.headers())
@@ -138,6 +159,13 @@ class ApiError(Exception):
         if path.startswith(GATEWAY_PATHS) and self.status in GATEWAY_TYPES:
             body["error"]["type"] = GATEWAY_TYPES[self.status]
         return JSONResponse(body, status_code=self.status, headers=self.headers())
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def invalid(param: str, message: str) -> ApiError:

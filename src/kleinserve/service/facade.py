@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from kleinserve.batch_policy import batch_key
 from kleinserve.errors import QueueFull, ShuttingDown, StorageFull, is_disk_full
-from kleinserve.job import Job, JobStatus, new_job_id
+from kleinserve.job import Job, JobStatus, Progress, new_job_id
 from kleinserve.jobs.contract import JobStore
 from kleinserve.jobs.inputs import pack_inputs
 from kleinserve.metrics import Metrics
@@ -289,6 +289,21 @@ class ImageService:
         """The job, if `owner` made it: another API key's job is as unknown as a missing one."""
         job = await self.jobs.get(job_id)
         return job if job is not None and job.owner == owner else None
+
+    async def until_ended(self, job_id: str, timeout: float) -> Job | None:
+        """The job's record once it has ended, or as it stands after `timeout` seconds (None: unknown). The
+        job goes on either way: a caller that stops waiting does not cancel it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = await self.jobs.get(job_id)
+            left = deadline - time.monotonic()
+            if job is None or job.status.finished or left <= 0:
+                return job
+            await self.jobs.wait_changed(job_id, min(left, 1.0))
+
+    async def progress(self, job_id: str) -> Progress | None:
+        """A running job's latest denoising step (None before the first, or once it is gone)."""
+        return await self.jobs.progress(job_id)
 
     async def recent_jobs(self, owner: str | None, status: JobStatus | None, limit: int) -> list[Job]:
         return await self.jobs.recent(owner, status, limit)

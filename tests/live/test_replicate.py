@@ -1,0 +1,240 @@
+"""Replicate's API (predictions, their stream and webhook, the model pages) driven by the unmodified
+replicate-python client, `replicate.Client(base_url=..., api_token=...)`: run() (also with wait=1 on a job
+that outlasts it), predictions create / get / wait / cancel / list, progress parsed from the logs, the signed
+webhook validated with replicate's own validator, errors in Replicate's problem+json shape, another token's
+prediction not found, and the OpenAI route's pixels for the same seed and size. (The npm clients:
+tests/js/replicate.test.mjs and ai-replicate.test.mjs.)"""
+
+import base64
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from kleinserve.models import Variant
+
+from support.live_server import LiveServer
+
+replicate = pytest.importorskip("replicate")
+from replicate.exceptions import ReplicateError  # noqa: E402
+
+KEY, OTHER_KEY = "replicate-key", "replicate-other-key"
+MODEL = "black-forest-labs/flux-2-klein-4b"
+SMALL = {"size": "64x64"}
+SLOW = {
+    "prompt": "slow",
+    "output_megapixels": "0.25",
+    "num_inference_steps": 8,
+}  # @ai-sdk/replicate's size, also taken here: tiny images keep CI fast
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, tmp_path_factory):
+    with LiveServer(
+        tmp_path_factory.mktemp("replicate-server"),
+        "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",
+        "--api-key", KEY, "--api-key", OTHER_KEY, "--no-warmup", "--batch-wait-ms", "0",
+        "--allow-private-network", "127.0.0.1/32", "--webhook-attempts", "2", "--webhook-retry-base-s", "0.2",
+    ) as live:  # fmt: skip
+        yield live
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return replicate.Client(api_token=KEY, base_url=server.url)
+
+
+def download(url: str) -> Image.Image:
+    answer = httpx.get(url, timeout=30)
+    assert answer.status_code == 200
+    return Image.open(io.BytesIO(answer.content))
+
+
+def test_run_returns_file_outputs_of_replicates_size(client):
+    [output] = client.run(MODEL, input={"prompt": "a red balloon", "output_megapixels": "0.25",
+                                        "aspect_ratio": "1:1", "seed": 3})  # fmt: skip
+    assert output.startswith("http://127.0.0.1") and "/files/" in output  # https URLs become FileOutput
+    image = download(output)
+    assert image.format == "JPEG" and image.size == (512, 512)
+
+
+def test_run_with_wait_1_on_a_job_that_outlasts_it_still_returns_its_output(client):
+    """Two 8-step 0.25 MP jobs queued ahead: a Prefer: wait=1 prediction is answered "starting" (whatever it
+    is doing), which run() in both official clients takes as "poll on"."""
+    ahead = [client.predictions.create(model=MODEL, input=SLOW) for _ in range(2)]
+    blocked = client.predictions.create(model=MODEL, input={"prompt": "blocked", **SMALL}, wait=1)
+    assert blocked.status == "starting" and blocked.output is None
+    [output] = client.run(MODEL, input={"prompt": "run", **SMALL, "output_format": "png"}, wait=1)
+    image = download(output)
+    assert image.format == "PNG" and image.size == (64, 64)
+    for prediction in ahead:
+        prediction.wait()
+
+
+def test_create_wait_progress_and_the_prediction_object(client, server):
+    prediction = client.predictions.create(model=MODEL, input={"prompt": "a kite", **SMALL, "seed": 9})
+    assert prediction.status in ("starting", "processing") and prediction.output is None
+    prediction.wait()
+    assert prediction.status == "succeeded" and prediction.error is None
+    assert prediction.progress is not None
+    assert (prediction.progress.current, prediction.progress.total, prediction.progress.percentage) == (
+        4,
+        4,
+        1.0,
+    )
+    assert "100%|██████████| 4/4" in prediction.logs
+    assert prediction.model == MODEL and len(prediction.version) == 64
+    assert prediction.input == {"prompt": "a kite", "size": "64x64", "seed": 9}
+    assert prediction.metrics["predict_time"] > 0
+    assert prediction.created_at.endswith("Z") and prediction.completed_at >= prediction.started_at
+    assert prediction.urls["get"] == f"{server.url}/v1/predictions/{prediction.id}"
+    assert download(prediction.output[0]).size == (64, 64)
+    assert client.predictions.get(prediction.id).output == prediction.output
+
+
+def test_create_by_version_as_owner_name_id_and_as_a_bare_id(client):
+    model = client.models.get(MODEL)
+    version = model.latest_version.id
+    for ref in (f"{MODEL}:{version}", version):
+        prediction = client.predictions.create(version=ref, input={"prompt": "by version", **SMALL}, wait=30)
+        assert prediction.status == "succeeded" and prediction.version == version
+    [output] = client.run(f"{MODEL}:{version}", input={"prompt": "run by version", **SMALL})
+    assert download(output).size == (64, 64)
+
+
+def test_cancel_a_queued_prediction(client):
+    first = client.predictions.create(model=MODEL, input=SLOW)
+    second = client.predictions.create(model=MODEL, input={"prompt": "to cancel", **SMALL})
+    second.cancel()
+    second.reload()
+    assert second.status == "canceled" and second.output is None
+    first.cancel()
+    first.wait()
+    assert first.status in ("canceled", "succeeded")
+
+
+def test_list_pages_own_predictions_only(client, server):
+    mine = client.predictions.create(model=MODEL, input={"prompt": "listed", **SMALL}, wait=30)
+    page = client.predictions.list()
+    assert mine.id in [p.id for p in page.results] and page.next is None and page.previous is None
+    other = replicate.Client(api_token=OTHER_KEY, base_url=server.url)
+    assert mine.id not in [p.id for p in other.predictions.list().results]
+    with pytest.raises(ReplicateError) as raised:
+        other.predictions.get(mine.id)
+    assert raised.value.status == 404 and mine.id in raised.value.detail
+    with pytest.raises(ReplicateError):
+        other.predictions.cancel(mine.id)
+
+
+def test_the_same_seed_gives_the_openai_routes_pixels(client, server):
+    [output] = client.run(MODEL, input={"prompt": "a lighthouse", "size": "96x64", "seed": 42,
+                                        "output_format": "png"})  # fmt: skip
+    ours = download(output)
+    openai = httpx.post(
+        f"{server.url}/v1/images/generations",
+        json={"model": "flux.2-klein-4b", "prompt": "a lighthouse", "size": "96x64", "seed": 42,
+              "response_format": "b64_json"},
+        headers={"authorization": f"Bearer {KEY}"}, timeout=120,
+    )  # fmt: skip
+    assert openai.status_code == 200, openai.text
+    theirs = Image.open(io.BytesIO(base64.b64decode(openai.json()["data"][0]["b64_json"])))
+    assert ours.format == "PNG" and ours.tobytes() == theirs.tobytes()
+
+
+def test_the_webhook_is_signed_and_validates_with_replicates_validator(client, server, webhooks):
+    webhook = replicate.webhook
+    secret = client.webhooks.default.secret()
+    prediction = client.predictions.create(model=MODEL, input={"prompt": "hooked", **SMALL},
+                                           webhook=f"{webhooks.url}/replicate",
+                                           webhook_events_filter=["completed"])  # fmt: skip
+    [delivery] = webhooks.deliveries("replicate", at_least=1)
+    assert delivery["id"] == prediction.id and delivery["status"] == "succeeded" and delivery["output"]
+    [(headers, body)] = webhooks.raw["replicate"]
+    webhook.Webhooks.validate(
+        headers=headers, body=body.decode(), secret=secret, tolerance=60
+    )  # raises if not
+    with pytest.raises(webhook.InvalidSignatureError):
+        webhook.Webhooks.validate(
+            headers=headers, body=body.decode().replace("succeeded", "failed"), secret=secret
+        )
+
+
+def test_the_stream_sends_logs_output_and_done(client):
+    prediction = client.predictions.create(model=MODEL, input={"prompt": "streamed", **SMALL})
+    events = list(prediction.stream())
+    kinds = [event.event.value for event in events]
+    assert kinds[-1] == "done" and "output" in kinds and "logs" in kinds
+    [output] = [event.data for event in events if event.event.value == "output"]
+    assert download(output).size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("input", "field", "words"),
+    [
+        ({"prompt": 5}, "input.prompt", "string"),
+        ({"prompt": "a", "seed": "7"}, "input.seed", "integer"),
+        ({"prompt": "a", "aspect_ratio": "7:5"}, "input.aspect_ratio", "match_input_image"),
+        ({"prompt": "a", "output_megapixels": "7"}, "input.output_megapixels", "0.25"),
+        ({"prompt": "a", "images": ["https://example.com/a.png"] * 5}, "input.images", "at most 4"),
+        ({"prompt": "a", "guidance": 3.5}, "input.guidance", "distilled"),
+        ({"prompt": "a", "output_format": "gif"}, "input.output_format", "jpg"),
+        ({"prompt": "a", "size": "100x64"}, "input.size", "multiple of 16"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(client, input, field, words):
+    with pytest.raises(ReplicateError) as raised:
+        client.predictions.create(model=MODEL, input=input)
+    error = raised.value
+    assert error.status == 422 and error.title == "Input validation failed"
+    assert error.detail.startswith(f"- {field}: ") and words in error.detail
+
+
+def test_a_webhook_to_a_private_address_is_refused(client):
+    with pytest.raises(ReplicateError) as raised:
+        client.predictions.create(model=MODEL, input={"prompt": "a"}, webhook="http://10.0.0.1/hook")
+    assert raised.value.status == 422 and raised.value.detail.startswith("- webhook: ")
+
+
+def test_unknown_and_unserved_models_are_404s_naming_what_is_served(client, server):
+    for model in ("black-forest-labs/flux-2-klein-9b", "black-forest-labs/flux-2-pro", "someone/else"):
+        with pytest.raises(ReplicateError) as raised:
+            client.predictions.create(model=model, input={"prompt": "a"})
+        assert raised.value.status == 404 and MODEL in raised.value.detail
+    answer = httpx.post(f"{server.url}/v1/predictions", json={"version": "0" * 64, "input": {"prompt": "a"}},
+                        headers={"authorization": f"Bearer {KEY}"})  # fmt: skip
+    assert answer.status_code == 404 and answer.json()["title"] == "Not Found"
+    assert httpx.get(f"{server.url}/v1/predictions").json()["status"] == 401
+
+
+def test_an_edit_with_match_input_image_takes_the_first_references_aspect(client, image_host):
+    images = [f"{image_host.url}/a.png", f"{image_host.url}/b.jpg"]  # a.png is 160x128 (5:4)
+    body = {"prompt": "the two in snow", "images": images, "aspect_ratio": "match_input_image",
+            "output_megapixels": "0.25", "output_format": "webp"}  # fmt: skip
+    [output] = client.run(MODEL, input=body)
+    image = download(output)
+    assert image.format == "WEBP" and image.size == (560, 448)  # 0.25 MP at 5:4, floored to multiples of 16
+
+
+def test_a_local_file_input_goes_as_a_data_url_with_the_base64_strategy(client, image_host, tmp_path):
+    """POST /v1/files is not served: replicate-python sends local files inline with file_encoding_strategy."""
+    path = tmp_path / "reference.png"
+    path.write_bytes(image_host.files["a.png"])
+    with path.open("rb") as reference:
+        [output] = client.run(MODEL, input={"prompt": "in snow", "images": [reference], **SMALL},
+                              file_encoding_strategy="base64")  # fmt: skip
+    assert download(output).size == (64, 64)
+
+
+def test_cancel_after_cancels_a_prediction_still_unfinished(server):
+    headers = {"authorization": f"Bearer {KEY}"}
+    url = f"{server.url}/v1/models/{MODEL}/predictions"
+    ahead = httpx.post(url, json={"input": SLOW}, headers=headers).json()
+    capped = httpx.post(url, json={"input": SLOW}, headers={**headers, "Cancel-After": "1s"}).json()
+    client = replicate.Client(api_token=KEY, base_url=server.url)
+    for prediction in (client.predictions.get(ahead["id"]), client.predictions.get(capped["id"])):
+        prediction.wait()
+    assert client.predictions.get(capped["id"]).status == "canceled"
+    assert client.predictions.get(ahead["id"]).status == "succeeded"
+    refused = httpx.post(url, json={"input": SLOW}, headers={**headers, "Cancel-After": "soon"})
+    assert refused.status_code == 400 and "Cancel-After" in refused.json()["detail"]
