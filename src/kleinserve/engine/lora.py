@@ -6,8 +6,10 @@ hands each targeted wrapper two stacked tensors: down (B, R, in) and up (B, out,
 concatenated adapters of image i (each up already times its adapter's scale x the request's scale), and
 zeros pad the shorter sets to the batch's largest total rank R. The wrapper returns
 base(x) + (x @ down^T) @ up^T per sample: diffusers' sum over active adapters of scale * lora_B(lora_A(x)).
-Linears no image targets get None and run as before. The wrappers' structure never changes: the adapters
-are data, not code.
+When no image of a batch has a LoRA, every wrapper gets None and runs as before. When one has, every wrapper
+gets tensors (zeros where no image targets it) of rank at least MIN_RANK, the rank dimension marked dynamic:
+so under torch.compile one graph serves every LoRA set, whatever modules and ranks it has (LoRA on/off is
+the only switch, and the warm-up pays both; tests/engine/test_lora_compile.py counts).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import torch
 from torch import nn
 
 from kleinserve.engine.lora_file import LoraWeights
+
+MIN_RANK = 2  # torch.compile specialises sizes 0 and 1: a rank of at least 2 keeps the rank dimension dynamic
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,14 @@ class LoraSlots:
         if not any(per_image):
             yield
             return
+        stacked = stacked_adapters(per_image)
+        like = next(iter(stacked.values()))[0]
         try:
-            for name, (down, up) in stacked_adapters(per_image).items():
-                self.wrappers[name].lora_down, self.wrappers[name].lora_up = down, up
+            for name, wrapper in self.wrappers.items():
+                down, up = stacked.get(name) or _zeros(like, len(per_image), wrapper)
+                torch._dynamo.maybe_mark_dynamic(down, 1)
+                torch._dynamo.maybe_mark_dynamic(up, 2)
+                wrapper.lora_down, wrapper.lora_up = down, up
             yield
         finally:
             for wrapper in self.wrappers.values():
@@ -130,11 +139,16 @@ def stacked_adapters(
     return stacked
 
 
+def _zeros(like: torch.Tensor, batch: int, wrapper: LoraLinear) -> tuple[torch.Tensor, torch.Tensor]:
+    down = like.new_zeros(batch, MIN_RANK, wrapper.in_features)
+    return down, like.new_zeros(batch, wrapper.out_features, MIN_RANK)
+
+
 def _pad_and_stack(downs: list[list[torch.Tensor]], ups: list[list[torch.Tensor]]):
     template = next(d for image in downs for d in image)
     up_template = next(u for image in ups for u in image)
     ranks = [sum(d.shape[0] for d in image) for image in downs]
-    rank = max(ranks)
+    rank = max(*ranks, MIN_RANK)
     down = template.new_zeros(len(downs), rank, template.shape[1])
     up = up_template.new_zeros(len(ups), up_template.shape[0], rank)
     for i, (image_downs, image_ups) in enumerate(zip(downs, ups, strict=True)):
