@@ -88,3 +88,8 @@ def is_disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
     return type(exc).__name__ == "OperationalError" and "full" in str(exc).lower()
+
+
+class InvalidLora(KleinserveError):
+    """A LoRA file that cannot be used: not safetensors, not a LoRA, or not shaped for this model. The service
+    names the request field (loras[i].path) when it turns this into an InvalidRequest."""

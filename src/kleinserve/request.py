@@ -23,7 +23,9 @@ REFERENCE_MAX_AREA = 1024 * 1024
 REFERENCE_MIN_SIDE = 64
 REFERENCE_MAX_ASPECT = 8.0
 MAX_GUIDANCE = 30.0
-ENGINE_STAGES = ("text", "references", "denoise", "decode")  # a batch's time on the engine
+MAX_LORAS = 3
+MAX_LORA_SCALE = 4.0
+ENGINE_STAGES = ("lora", "text", "references", "denoise", "decode")  # a batch's time on the engine
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,15 @@ class OutputOptions:
 
 
 @dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA a request asks for: where it comes from (an http(s) URL, a file name in the server's LoRA
+    folder, a Hugging Face repo id) and how strongly it applies."""
+
+    path: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     width: int
@@ -47,6 +58,7 @@ class GenerationRequest:
     num_images: int = 1
     images: tuple[Image.Image, ...] = ()  # reference images for editing, RGB-convertible PIL images
     negative_prompt: str = ""
+    loras: tuple[LoraChoice, ...] = ()  # applied to this request's images only
 
 
 @dataclass
@@ -100,6 +112,7 @@ def build_request(
     seed: Any = None,
     num_images: Any = 1,
     negative_prompt: Any = None,
+    loras: Any = None,
 ) -> GenerationRequest:
     """Normalize and validate user input against `spec`; fill defaults; pick a seed if none is given."""
     images = _check_images(spec, images)
@@ -117,6 +130,7 @@ def build_request(
         num_images=num_images,
         images=images,
         negative_prompt=_check_negative_prompt(spec, negative_prompt),
+        loras=check_loras(loras),
     )
 
 
@@ -254,3 +268,43 @@ def _check_negative_prompt(spec: ModelSpec, negative_prompt: Any) -> str:
         raise InvalidRequest("negative_prompt", f"is longer than {MAX_PROMPT_CHARS} characters")
     _check_unicode("negative_prompt", negative_prompt)
     return negative_prompt
+
+
+def check_loras(loras: Any) -> tuple[LoraChoice, ...]:
+    """[{path, scale}] (or LoraChoice) -> LoraChoices: at most MAX_LORAS, each scale 0..MAX_LORA_SCALE."""
+    if loras is None:
+        return ()
+    if not isinstance(loras, (list, tuple)):
+        raise InvalidRequest(
+            "loras", f"must be a list of {{path, scale}} objects, got {type(loras).__name__}"
+        )
+    if len(loras) > MAX_LORAS:
+        raise InvalidRequest("loras", f"{len(loras)} LoRAs given; at most {MAX_LORAS} apply to one request")
+    return tuple(_check_lora(index, lora) for index, lora in enumerate(loras))
+
+
+def _check_lora(index: int, lora: Any) -> LoraChoice:
+    if isinstance(lora, LoraChoice):
+        lora = {"path": lora.path, "scale": lora.scale}
+    if not isinstance(lora, dict):
+        raise InvalidRequest(
+            f"loras[{index}]", f"must be an object {{path, scale}}, got {type(lora).__name__}"
+        )
+    path, scale = lora.get("path"), lora.get("scale", 1.0)
+    if not isinstance(path, str) or not path.strip():
+        raise InvalidRequest(
+            f"loras[{index}].path",
+            "must be a LoRA's http(s) URL, a file name in the server's LoRA folder or a Hugging Face repo id",
+        )
+    if len(path) > 2048 or "\x00" in path:
+        raise InvalidRequest(f"loras[{index}].path", "is longer than 2048 characters or holds a NUL")
+    _check_unicode(f"loras[{index}].path", path)
+    if scale is None:
+        scale = 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise InvalidRequest(
+            f"loras[{index}].scale", f"must be a number from 0 to {MAX_LORA_SCALE:g}, got {scale!r}"
+        )
+    if not 0.0 <= scale <= MAX_LORA_SCALE:
+        raise InvalidRequest(f"loras[{index}].scale", f"must be from 0 to {MAX_LORA_SCALE:g}, got {scale:g}")
+    return LoraChoice(path.strip(), float(scale))

@@ -259,6 +259,18 @@ class Settings(BaseSettings):
         description="sign webhooks with this Standard Webhooks secret, whsec_ and 24-64 base64 bytes, the "
         "same on every API server (default: one made on first start, kept in --data-dir/webhook-secret)",
     )
+    # Per-request LoRA (README "LoRA"): loras[i].path is an http(s) URL, a file in --lora-dir or a HF repo id.
+    lora_dir: Annotated[Path | None, Flag(metavar="DIR")] = Field(
+        None, description="LoRA .safetensors files requests may name by file name (default: none)"
+    )
+    lora_cache_mb: int = Field(
+        1024,
+        ge=0,
+        description="MiB of parsed LoRA adapters kept in memory per model, least recently used out",
+    )
+    lora_max_mb: int = Field(
+        2048, ge=1, description="largest LoRA file in MiB downloaded from a URL (kept under --data-dir/loras)"
+    )
 
     @field_validator(
         "models", "api_keys", "allowed_private_networks", "warmup_sizes", "allowed_hosts", "trusted_proxies",
@@ -353,6 +365,11 @@ class Settings(BaseSettings):
     @property
     def demo_checkpoint_dir(self) -> Path:
         return self.data_dir / "demo-checkpoint"
+
+    @property
+    def lora_cache_dir(self) -> Path:
+        """Downloaded LoRA files, by content hash (and an index by URL)."""
+        return self.data_dir / "loras"
 
     @property
     def demo_safety_dir(self) -> Path:

@@ -1,5 +1,5 @@
-"""The durable queue: accepted fal queue jobs and BFL tasks survive kill -9 of the server and run again
-after a restart."""
+"""The durable queue: accepted fal queue jobs (a /lora job with its LoRA too) and BFL tasks survive kill -9 of
+the server and run again after a restart."""
 
 import io
 import signal
@@ -14,6 +14,7 @@ from kleinserve.storage.store import PARTIAL_PREFIX
 from support.fal_queue import ENDPOINT, result, status, submit, wait_until
 from support.images import data_uri, random_image
 from support.live_server import LiveServer
+from support.lora_files import linear_shapes, write_peft_lora
 
 REQUESTS = [  # (endpoint, body): one long job that will be running, an edit and two small ones behind it
     (ENDPOINT, {"prompt": "a long one", "image_size": {"width": 1024, "height": 1024},
@@ -24,12 +25,17 @@ REQUESTS = [  # (endpoint, body): one long job that will be running, an edit and
     (ENDPOINT, {"prompt": "small one", "image_size": {"width": 64, "height": 64}, "seed": 13,
                 "num_images": 2}),
     (ENDPOINT, {"prompt": "small two", "image_size": {"width": 128, "height": 64}, "seed": 14}),
+    (f"{ENDPOINT}/lora", {"prompt": "with a LoRA", "image_size": {"width": 64, "height": 64}, "seed": 15,
+                          "loras": [{"path": "style.safetensors", "scale": 1.5}]}),
 ]  # fmt: skip
 
 
 def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_path, webhooks):
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    write_peft_lora(lora_dir / "style.safetensors", linear_shapes(checkpoints[Variant.DISTILLED]), seed=1)
     flags = ["--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}", "--no-warmup",
-             "--max-batch-images", "1", "--batch-wait-ms", "0",
+             "--max-batch-images", "1", "--batch-wait-ms", "0", "--lora-dir", str(lora_dir),
              "--allow-private-network", "127.0.0.1/32"]  # fmt: skip
     server = LiveServer(tmp_path, *flags).start()
     try:
@@ -50,7 +56,8 @@ def test_queue_jobs_survive_kill_9_and_make_the_same_pixels(checkpoints, tmp_pat
     try:
         wait_until(lambda: all(status(server.url, job_id)["status"] == "COMPLETED" for job_id in ids), 300)
         jobs = [httpx.get(f"{server.url}/v1/jobs/{job_id}").json() for job_id in ids]
-        assert [job["status"] for job in jobs] == ["succeeded"] * 4, [job.get("error") for job in jobs]
+        assert [job["status"] for job in jobs] == ["succeeded"] * len(ids), [job.get("error") for job in jobs]
+        assert jobs[-1]["params"]["loras"] == [{"path": "style.safetensors", "scale": 1.5}]
         messages = [entry["message"] for entry in jobs[0]["logs"]]
         assert any("attempt 1 of 3 was interrupted" in m for m in messages), messages
         assert any("(attempt 2)" in m for m in messages), messages

@@ -101,10 +101,13 @@ def test_what_ai_sdk_fal_sends_for_a_plain_distilled_request_is_taken():
 
 
 def test_the_documented_body_is_each_endpoints_true_defaults_and_limits():
-    distilled, base = (
+    distilled, base, distilled_lora, base_lora = (
         alternative["properties"]
         for alternative in routes.BODY["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
     )
+    assert "loras" not in distilled and "loras" not in base  # the /lora endpoints' bodies add it
+    assert distilled_lora == {**distilled, "loras": distilled_lora["loras"]}
+    assert base_lora == {**base, "loras": base_lora["loras"]}
     steps = base["num_inference_steps"]
     assert (steps["default"], steps["minimum"], steps["maximum"]) == (28, 4, 50)
     guidance = base["guidance_scale"]

@@ -121,7 +121,8 @@ class ApiError(Exception):
 
     def fal_body(self) -> tuple[int, dict]:
         if self.status == 400 and self.param:
-            loc = ["body", *(int(p) if p.isdigit() else p for p in self.param.replace("]", "").split("["))]
+            parts = self.param.replace("]", "").replace(".", "[").split("[")  # loras[1].path: loras, 1, path
+            loc = ["body", *(int(p) if p.isdigit() else p for p in parts)]
             detail = [{"loc": loc, "msg": self.reason, "type": "value_error"}]
             return 422, {"detail": detail, "error_type": "validation_error", "message": self.message}
         error_type = self.code or self.body()["error"]["type"]

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,13 +28,16 @@ from kleinserve.engine.loading import (
     locate_checkpoint,
     resolve_dtype,
 )
+from kleinserve.engine.lora import LoraSlots, ScaledLora
+from kleinserve.engine.lora_cache import LoraCache
+from kleinserve.engine.lora_file import LoraWeights, fit_to_model, read_lora_file
 from kleinserve.engine.optimize import Optimizations, apply_optimizations
 from kleinserve.engine.previews import LatentPreviewer
 from kleinserve.engine.references import encode_references
 from kleinserve.engine.sampling import DenoiseBatch, Denoiser, seeded_noise
 from kleinserve.engine.text import PromptEncoder, text_position_ids
 from kleinserve.engine.vae import LatentCodec, pack, unpack
-from kleinserve.errors import GenerationStopped
+from kleinserve.errors import GenerationStopped, InvalidLora
 from kleinserve.models import ModelSpec, Variant, require_variant
 from kleinserve.request import GenerationRequest, GenerationResult
 
@@ -51,6 +55,16 @@ class StepProgress:
 
 
 ProgressCallback = Callable[[StepProgress], None]
+LoraSource = Callable[[str], Path]  # a request's LoRA path -> a local safetensors file
+DEFAULT_LORA_CACHE_BYTES = 1 << 30
+
+
+def local_lora_file(source: str) -> Path:
+    """Without a service's resolver: the path of a local file, as given."""
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidLora(f"{source} is not a file")
+    return path
 
 
 class Engine:
@@ -70,6 +84,9 @@ class Engine:
         self.prompts = PromptEncoder(components.tokenizer, components.text_encoder, prompt_cache_size, run_on)
         self.codec = LatentCodec(components.vae)
         self.denoiser = Denoiser(components.transformer)
+        self.lora_slots = LoraSlots(components.transformer)
+        self.lora_source: LoraSource = local_lora_file
+        self.lora_cache = LoraCache(DEFAULT_LORA_CACHE_BYTES)
 
     @classmethod
     def load(cls, spec: ModelSpec, config: EngineConfig | None = None, **options) -> Engine:
@@ -126,9 +143,34 @@ class Engine:
         """Requests with equal keys can share a batch (batch_policy.py decides)."""
         return batch_key(self.spec, request)
 
+    def load_lora(self, source: str) -> LoraWeights:
+        """A request's LoRA, parsed and checked against this model (InvalidLora if it does not fit), from the
+        in-memory cache when it holds it."""
+        return self.load_lora_file(self.lora_source(source))
+
+    def load_lora_file(self, path: Path) -> LoraWeights:
+        stat = path.stat()
+        like = torch.empty(0, dtype=self.components.transformer.dtype, device=self.device)
+        return self.lora_cache.get(
+            (str(path.resolve()), stat.st_size, stat.st_mtime_ns),
+            lambda: fit_to_model(read_lora_file(path), self.lora_slots.shapes, path.name, like),
+        )
+
+    def _adapters(self, requests: list[GenerationRequest]) -> list[list[ScaledLora]]:
+        """Per image of the batch, the LoRAs its request asked for."""
+        per_image = []
+        for request in requests:
+            loras = [ScaledLora(self.load_lora(choice.path), choice.scale) for choice in request.loras]
+            per_image += [loras] * request.num_images
+        return per_image
+
     def _run_batch(self, requests, on_step, should_stop, output: OutputType) -> list[GenerationResult]:
         timings: dict[str, float] = {}
         first = requests[0]
+        adapters = []
+        if any(request.loras for request in requests):
+            with self._stage(timings, "lora"):
+                adapters = self._adapters(requests)
         with self._stage(timings, "text"):
             embeds, negative = self._encode_prompts(requests)
         references = reference_ids = None
@@ -161,7 +203,7 @@ class Engine:
                 if should_stop is not None and should_stop():
                     raise GenerationStopped(f"stopped after step {step} of {total}")
 
-        with self._stage(timings, "denoise"):
+        with self._stage(timings, "denoise"), self.lora_slots.apply(adapters):
             latents = self.denoiser.run(batch, step_callback)
         with self._stage(timings, "decode"):
             images = _to_output(self.codec.decode(unpack(latents, height, width)), output)

@@ -2,7 +2,9 @@
 
 The request's fields and output options as JSON, then its reference images as lossless PNGs, already
 reduced to what the engine uses (so a re-run after a crash makes the same pixels without fetching
-anything again). Layout: 4-byte big-endian header length, the JSON header, the PNGs one after another.
+anything again). Its LoRA choices are kept as the user gave them (a requeued job runs with the same LoRAs,
+from the disk cache of downloads or fetched again by the worker that runs it).
+Layout: 4-byte big-endian header length, the JSON header, the PNGs one after another.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import struct
 from PIL import Image
 
 from kleinserve.imaging import encode_png
-from kleinserve.request import GenerationRequest, OutputOptions
+from kleinserve.request import GenerationRequest, LoraChoice, OutputOptions
 
 _HEADER_LENGTH = struct.Struct(">I")
 
@@ -23,6 +25,7 @@ _HEADER_LENGTH = struct.Struct(">I")
 def pack_inputs(request: GenerationRequest, output: OutputOptions) -> bytes:
     pictures = [_png(image) for image in request.images]
     fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name != "images"}
+    fields["loras"] = [dataclasses.asdict(choice) for choice in request.loras]
     header = {
         "request": fields,
         "output": dataclasses.asdict(output),
@@ -43,7 +46,9 @@ def unpack_inputs(data: bytes) -> tuple[GenerationRequest, OutputOptions]:
         image.load()
         images.append(image)
         offset += size
-    request = GenerationRequest(**header["request"], images=tuple(images))
+    fields = header["request"]
+    loras = tuple(LoraChoice(**choice) for choice in fields.pop("loras", ()))
+    request = GenerationRequest(**fields, images=tuple(images), loras=loras)
     return request, OutputOptions(**header["output"])
 
 

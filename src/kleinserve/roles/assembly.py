@@ -28,6 +28,7 @@ from kleinserve.service.facade import ImageService
 from kleinserve.service.hosting import Hosting
 from kleinserve.service.housekeeping import Housekeeping
 from kleinserve.service.local_models import LocalModels
+from kleinserve.service.lora_sources import lora_sources
 from kleinserve.service.outbound import Outbound
 from kleinserve.service.outputs import Outputs
 from kleinserve.service.references import References, decoder_threads
@@ -173,5 +174,6 @@ def _http_service(core: _Core, models: Hosting, housekeeping: Housekeeping, star
         settings, jobs, core.store, core.metrics,
         hosting=models, completion=core.completion, outputs=core.outputs,
         references=References(outbound, decoder), webhooks=webhooks, webhook_queue=webhook_queue,
-        stats=core.stats, prices=core.prices, startup=startup, loops=core.loops(housekeeping, *http_loops),
+        stats=core.stats, prices=core.prices, loras=lora_sources(settings), startup=startup,
+        loops=core.loops(housekeeping, *http_loops),
     )  # fmt: skip

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 
 from kleinserve.batch_policy import batch_key
-from kleinserve.errors import QueueFull, ShuttingDown, StorageFull, is_disk_full
+from kleinserve.errors import InvalidLora, InvalidRequest, QueueFull, ShuttingDown, StorageFull, is_disk_full
 from kleinserve.job import Job, JobStatus, Progress, new_job_id
 from kleinserve.jobs.contract import JobStore
 from kleinserve.jobs.inputs import pack_inputs
@@ -28,6 +28,7 @@ from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.service.background import Background
 from kleinserve.service.completion import JobCompletion
 from kleinserve.service.hosting import Hosting
+from kleinserve.service.lora_sources import LoraSources
 from kleinserve.service.outcome import CANCELLED, DISK_FULL, SHUTTING_DOWN, JobError, Outcome
 from kleinserve.service.outputs import Generated, Outputs
 from kleinserve.service.references import References
@@ -60,6 +61,7 @@ class ImageService:
         webhook_queue: WebhookQueue,
         stats: RequestStats,
         prices: Prices,
+        loras: LoraSources,
         startup: Sequence[Callable[[], Awaitable[None]]] = (),
         loops: dict[str, Callable[[], Coroutine]] | None = None,
     ):
@@ -79,6 +81,7 @@ class ImageService:
         self.webhook_queue = webhook_queue
         self.stats = stats
         self.prices = prices
+        self.loras = loras
         self._startup = list(startup)
         self._loops = dict(loops or {})
         self.shutting_down = False
@@ -158,6 +161,7 @@ class ImageService:
         if self.shutting_down:
             raise ShuttingDown(f"{SHUTDOWN}; retry in a moment (another replica, or this one restarted)")
         served.require_ready()
+        await self.check_loras(served, request)
         params = {**params, **_describe(request), "output_format": output.format}
         if on_step is not None:
             params["previews"] = True  # the worker that runs it records step previews
@@ -187,6 +191,18 @@ class ImageService:
             raise QueueFull(served.spec.id, depth, self.hosting.retry_after(served, depth))
         self.hosting.queued(job)
         return job
+
+    async def check_loras(self, served: ServedModel, request: GenerationRequest) -> None:
+        """Each LoRA fetched (into the disk cache) and, where the model runs here, parsed and checked against
+        it (into its memory cache); InvalidRequest naming loras[i].path otherwise."""
+        engine = getattr(served.batcher, "engine", None)
+        for index, choice in enumerate(request.loras):
+            field = f"loras[{index}].path"
+            path = await self.loras.resolve(choice.path, field)
+            try:
+                await asyncio.to_thread(_check_lora_file, engine, path)
+            except InvalidLora as exc:
+                raise InvalidRequest(field, str(exc)) from None
 
     async def generate(
         self,
@@ -328,4 +344,15 @@ def _describe(request: GenerationRequest) -> dict:
         "num_images": request.num_images,
         "reference_images": len(request.images),
         "negative_prompt": request.negative_prompt,
+        **({"loras": [{"path": c.path, "scale": c.scale} for c in request.loras]} if request.loras else {}),
     }
+
+
+def _check_lora_file(engine, path) -> None:
+    """With the model here: parsed and fitted to it. Without (an API server): at least safetensors."""
+    if engine is not None:
+        engine.load_lora_file(path)
+        return
+    from kleinserve.engine.lora_file import read_lora_file  # torch, off the import path of API servers
+
+    read_lora_file(path)

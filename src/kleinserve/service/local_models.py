@@ -21,6 +21,7 @@ from kleinserve.jobs.contract import JobStore
 from kleinserve.service.background import Background
 from kleinserve.service.batch_events import BatchEvents
 from kleinserve.service.completion import JobCompletion
+from kleinserve.service.lora_sources import LoraSources, lora_sources
 from kleinserve.service.outcome import SHUTTING_DOWN, JobError, Outcome
 from kleinserve.service.safety import SafetyScreen
 from kleinserve.service.served_models import DEMO_LABEL, ServedModel, served_specs
@@ -61,6 +62,7 @@ class LocalModels:
             for i, served in enumerate(self.models)
         }
         self._supervisors: list[asyncio.Task] = []
+        self.loras: LoraSources = lora_sources(settings)  # a job's LoRAs, fetched and cached here
 
     @property
     def ready(self) -> bool:
@@ -123,6 +125,7 @@ class LocalModels:
                 served.state, served.error = "failed", f"it failed to load ({type(exc).__name__}: {exc})"
                 log.error("could not load %s: %s", served.spec.id, served.error)
                 continue
+            _use_lora_sources(engine, self.loras, loop, self.settings.lora_cache_mb)
             events = BatchEvents(
                 self.completion, served.spec.id, progress=self._progress, worker_id=self._worker_id
             )
@@ -182,3 +185,13 @@ class LocalModels:
     def close(self) -> None:
         for thread in (*self._engine_threads.values(), self.screen.thread):
             thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _use_lora_sources(engine, sources: LoraSources, loop: asyncio.AbstractEventLoop, cache_mb: int) -> None:
+    """The engine (on its thread) gets a job's LoRA files from `sources`, run on this process's event loop."""
+
+    def resolve(source: str):
+        return asyncio.run_coroutine_threadsafe(sources.resolve(source, "loras"), loop).result()
+
+    engine.lora_source = resolve
+    engine.lora_cache.max_bytes = cache_mb * 2**20

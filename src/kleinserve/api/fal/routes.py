@@ -7,7 +7,9 @@ queue.
     GET  /queue/{owner}/{alias}/requests/{id}/...   status, result and cancel (queue.py)
 
 Endpoints are fal-ai/flux-2/klein/{4b,9b}[/edit] and the Base (/base) and KV (/kv) variants, each routed
-to the served model it names. fal-client reaches this server with FAL_RUN_HOST=host:port and
+to the served model it names, and the LoRA endpoints: the same paths ending in /lora (fal's
+fal-ai/flux-2/klein/{4b,9b}[/base][/edit]/lora) take `loras` too; elsewhere `loras` is a 422.
+fal-client reaches this server with FAL_RUN_HOST=host:port and
 FAL_QUEUE_RUN_HOST=host:port/queue (see the README).
 """
 
@@ -25,11 +27,20 @@ from kleinserve.api.access import owner_of
 from kleinserve.api.client_gone import unless_client_leaves
 from kleinserve.api.dialect_request import COMMON_FIELDS, to_request, validated
 from kleinserve.api.dialect_response import generation_headers
-from kleinserve.api.errors import ApiError, FalError
+from kleinserve.api.errors import ApiError, FalError, invalid
 from kleinserve.api.fal import queue
 from kleinserve.api.fal import stream as event_stream
 from kleinserve.api.fal.output import REQUEST_ID_HEADER, output
-from kleinserve.api.fal.schemas import FalBaseInput, FalInput, FalOutput, QueueSubmitted, image_sides
+from kleinserve.api.fal.schemas import (
+    FalBaseInput,
+    FalBaseLoraInput,
+    FalInput,
+    FalLoraInput,
+    FalOutput,
+    QueueSubmitted,
+    image_sides,
+    input_schema,
+)
 from kleinserve.api.fal.webhook import check_webhook
 from kleinserve.api.json_body import json_object
 from kleinserve.api.request_metrics import report_images, report_model
@@ -43,14 +54,16 @@ from kleinserve.service.served_models import ServedModel
 ENDPOINT_PREFIX = "fal-ai/flux-2/klein/"
 # build_request's arguments -> the fal input fields they come from (and errors name)
 FIELDS = {**COMMON_FIELDS, "num_images": "num_images", "width": "image_size", "height": "image_size",
-          "images": "image_urls"}  # fmt: skip
+          "images": "image_urls", "loras": "loras"}  # fmt: skip
+LORA_SUFFIX = "/lora"
 SINGLE_IMAGE_FIELDS = {**FIELDS, "images": "image_url"}  # one reference as image_url (@ai-sdk/fal)
 
 
 def _documented_body() -> dict:
-    """One operation serves every endpoint: its body is FalInput (distilled, KV) or FalBaseInput (Base)."""
+    """One operation serves every endpoint: its body is FalInput (distilled, KV) or FalBaseInput (Base), with
+    `loras` on the /lora endpoints."""
     schemas = [docs.json_body(s)["requestBody"]["content"]["application/json"]["schema"]
-               for s in (FalInput, FalBaseInput)]  # fmt: skip
+               for s in (FalInput, FalBaseInput, FalLoraInput, FalBaseLoraInput)]  # fmt: skip
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": schemas}}}}
     }
@@ -132,13 +145,17 @@ def _count_delivered(http: Request, outcome: asyncio.Future) -> None:
 
 
 async def _parse(service: ImageService, http: Request, endpoint: str, *, queued: bool):
-    served, edit = _endpoint(service, endpoint)
+    served, edit, lora = _endpoint(service, endpoint)
     fields = await json_object(http)
+    if not lora and "loras" in fields:
+        raise invalid(
+            "loras", f"{endpoint.strip('/')} takes no LoRAs; send them to {endpoint.strip('/')}/lora"
+        )
     webhook = http.query_params.get("fal_webhook") if queued else None
     if webhook is not None:
         await check_webhook(service, webhook)
     limit = served.spec.max_reference_images
-    schema = FalBaseInput if served.spec.uses_cfg else FalInput  # fal's Base defaults on Base endpoints
+    schema = input_schema(served.spec.uses_cfg, lora)  # fal's Base defaults on Base endpoints
     body = validated(schema, fields, endpoint=endpoint, edit=edit, max_images=limit)
     width, height = image_sides(body.image_size, edit)
     options = OutputOptions(
@@ -154,10 +171,13 @@ async def _parse(service: ImageService, http: Request, endpoint: str, *, queued:
     return served, _to_request(served, body, list(images), width, height), options, webhook
 
 
-def _endpoint(service: ImageService, endpoint: str) -> tuple[ServedModel, bool]:
+def _endpoint(service: ImageService, endpoint: str) -> tuple[ServedModel, bool, bool]:
+    """(the served model, edit endpoint?, LoRA endpoint?)"""
     endpoint = endpoint.strip("/")
     if not endpoint.startswith(ENDPOINT_PREFIX):
         raise HTTPException(404)
+    lora = endpoint.endswith(LORA_SUFFIX)
+    endpoint = endpoint.removesuffix(LORA_SUFFIX)
     try:
         spec = resolve_model(endpoint)
     except UnknownModel:
@@ -168,12 +188,12 @@ def _endpoint(service: ImageService, endpoint: str) -> tuple[ServedModel, bool]:
         raise ApiError(
             404, f"{endpoint} runs {spec.id}, which this server does not serve; {_served_endpoints(service)}"
         ) from None
-    return served, endpoint.endswith("/edit")
+    return served, endpoint.endswith("/edit"), lora
 
 
 def _served_endpoints(service: ImageService) -> str:
     endpoints = [_fal_endpoint(served) for served in service.models]
-    return "it serves " + ", ".join(f"{e} and {e}/edit" for e in endpoints if e)
+    return "it serves " + ", ".join(f"{e}[/edit][/lora]" for e in endpoints if e)
 
 
 def _fal_endpoint(served: ServedModel) -> str | None:

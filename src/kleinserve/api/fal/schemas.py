@@ -24,6 +24,7 @@ from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, sent
 from kleinserve.api.errors import invalid
 from kleinserve.imaging import OUTPUT_FORMATS
 from kleinserve.models import ModelSpec
+from kleinserve.request import MAX_LORA_SCALE, MAX_LORAS
 
 PRESETS = {
     "square_hd": (1024, 1024),
@@ -228,6 +229,40 @@ class FalBaseInput(FalInput):
         """fal's Base defaults stand in for the steps and guidance left out; acceleration changes nothing."""
         return {**sent(self), "num_inference_steps": self.num_inference_steps,
                 "guidance_scale": self.guidance_scale}  # fmt: skip
+
+
+class LoraWeight(BaseModel):
+    """One LoRA (fal's LoRAWeight): where it comes from and how strongly it applies."""
+
+    path: str = Field(
+        description="an http(s) URL of a .safetensors file, a file name in the server's --lora-dir, or a "
+        "Hugging Face repo id owner/repo[/file.safetensors]"
+    )
+    scale: float = Field(1.0, ge=0, le=MAX_LORA_SCALE, description="how strongly it applies")
+
+
+LORAS = Field(
+    None, max_length=MAX_LORAS, description=f"up to {MAX_LORAS} LoRAs applied to this request's images"
+)
+
+
+class FalLoraInput(FalInput):
+    """fal-ai/flux-2/klein/{4b,9b}/lora and /edit/lora: the distilled input plus `loras`."""
+
+    loras: Annotated[list[LoraWeight] | None, Checked()] = LORAS  # build_request checks the entries
+
+
+class FalBaseLoraInput(FalBaseInput):
+    """fal-ai/flux-2/klein/{4b,9b}/base/lora and /base/edit/lora: the Base input plus `loras`."""
+
+    loras: Annotated[list[LoraWeight] | None, Checked()] = LORAS
+
+
+def input_schema(uses_cfg: bool, lora: bool) -> type[FalInput]:
+    """The body an endpoint takes: Base or distilled, with or without LoRAs."""
+    if lora:
+        return FalBaseLoraInput if uses_cfg else FalLoraInput
+    return FalBaseInput if uses_cfg else FalInput
 
 
 # --- answers ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from kleinserve.api.dialect_response import (
     image_url,
     rounded_timings,
 )
-from kleinserve.api.errors import ApiError, OpenAIError
+from kleinserve.api.errors import ApiError, OpenAIError, invalid
 from kleinserve.api.json_body import json_object
 from kleinserve.api.openai import json_edit, multipart
 from kleinserve.api.openai import stream as event_stream
@@ -39,13 +39,15 @@ from kleinserve.api.openai.schemas import (
 )
 from kleinserve.api.request_metrics import report_images, report_model
 from kleinserve.api.step_stream import HEADERS as STREAM_HEADERS
-from kleinserve.request import GenerationRequest, OutputOptions
+from kleinserve.errors import InvalidRequest
+from kleinserve.request import GenerationRequest, OutputOptions, check_loras
 from kleinserve.service.facade import ImageService
 from kleinserve.service.outputs import Generated
 from kleinserve.service.served_models import ServedModel
 
 # build_request's arguments -> the OpenAI parameters they come from (and errors name)
-PARAMS = {**COMMON_FIELDS, "num_images": "n", "width": "size", "height": "size", "images": "image"}
+PARAMS = {**COMMON_FIELDS, "num_images": "n", "width": "size", "height": "size", "images": "image",
+          "loras": "loras"}  # fmt: skip
 REQUEST_ID_HEADER = request_ids.HEADER.decode()
 CREATED = 1768348800  # 2026-01-14, FLUX.2 [klein]'s release, for /v1/models
 ANSWERS = docs.answers(ImagesResponse, OpenAIError, 404, 415, *docs.SERVICE)
@@ -161,6 +163,10 @@ def _count_delivered(http: Request, outcome: asyncio.Future) -> None:
 
 def _to_request(served: ServedModel, body: Body, images: list) -> GenerationRequest:
     width, height = size_sides(body.size)
+    try:
+        check_loras(body.loras)  # its errors name the entry: loras[1].scale
+    except InvalidRequest as exc:
+        raise invalid(exc.field, exc.reason) from None
     return to_request(
         served.spec, sent(body), PARAMS, index="message",
         images=images, width=width, height=height, num_images=1 if body.n is None else body.n,

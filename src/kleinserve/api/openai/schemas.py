@@ -10,6 +10,7 @@ checks convert them. Limits that depend on the model (n, steps, guidance, seed +
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 from typing import Annotated, Any, Literal
 
@@ -18,13 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked
 from kleinserve.api.errors import invalid
 from kleinserve.imaging import FORMAT_NAMES
-from kleinserve.request import parse_size
+from kleinserve.request import MAX_LORA_SCALE, MAX_LORAS, parse_size
 
 RESPONSE_FORMATS = ("url", "b64_json")
 QUALITIES = ("auto", "low", "medium", "high", "standard", "hd")
 SUPPORTED = {
     "prompt", "model", "n", "size", "response_format", "output_format", "output_compression",
     "seed", "num_inference_steps", "guidance_scale", "negative_prompt", "quality", "stream", "partial_images",
+    "loras",
 }  # fmt: skip
 # OpenAI parameters that do not change what this model does: accepted and ignored.
 IGNORED = {"style", "moderation", "user", "safety_identifier", "input_fidelity", "complexity"}
@@ -130,6 +132,18 @@ def size_sides(value: Any) -> tuple[int | None, int | None]:
     return parse_size(value, "size")  # InvalidRequest: a 400 naming size
 
 
+def _loras(value: Any) -> Any:
+    """A list of {path, scale}; in a multipart form, that list as JSON text. build_request checks entries."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise invalid(
+                "loras", 'must be a JSON list like [{"path": "style.safetensors", "scale": 1}]'
+            ) from None
+    return value
+
+
 def _size(value: Any) -> Any:
     size_sides(value)
     return value
@@ -180,6 +194,11 @@ def _image_reference(item: Any, name: str) -> None:
 # --- bodies ----------------------------------------------------------------------------------------
 
 
+class LoraWeight(BaseModel):
+    path: str = Field(description="an http(s) URL, a file name in --lora-dir, or a Hugging Face repo id")
+    scale: float = Field(1.0, ge=0, le=MAX_LORA_SCALE)
+
+
 class _ImageFields(BaseModel):
     """What generations and edits share, in the order it is checked."""
 
@@ -211,6 +230,11 @@ class _ImageFields(BaseModel):
     seed: Annotated[int | None, Checked(number("seed", int))] = Field(None, ge=0, le=MAX_SEED)
     negative_prompt: Annotated[str | None, Checked(optional_str("negative_prompt"))] = Field(
         None, description="Base models only"
+    )
+    loras: Annotated[list[LoraWeight] | None, Checked(_loras)] = Field(
+        None,
+        max_length=MAX_LORAS,
+        description=f"up to {MAX_LORAS} LoRAs {{path, scale}} (a kleinserve extension; JSON text in a form)",
     )
     # accepted for compatibility (check_names refuses the values klein cannot honour), otherwise ignored
     stream: Annotated[bool | None, Checked(_stream)] = Field(
