@@ -19,9 +19,9 @@ from fastapi.responses import StreamingResponse
 
 from kleinserve.api import openapi_docs as docs
 from kleinserve.api.errors import ApiError
-from kleinserve.api.fal.stream import HEADERS
 from kleinserve.api.replicate.prediction import logs, prediction
 from kleinserve.api.replicate.schemas import ReplicateError
+from kleinserve.api.step_stream import HEADERS
 from kleinserve.job import JobStatus
 from kleinserve.service.facade import ImageService
 

@@ -8,7 +8,6 @@ import asyncio
 from typing import Any
 
 from fastapi import Request
-from httpx import URL, InvalidURL
 
 from kleinserve.api.access import owner_of
 from kleinserve.api.dialect_request import to_request, validated
@@ -22,7 +21,7 @@ from kleinserve.api.replicate.schemas import (
     ReplicateBaseInput,
     ReplicateInput,
 )
-from kleinserve.errors import InvalidRequest
+from kleinserve.api.webhook_target import check_webhook_url
 from kleinserve.job import Job
 from kleinserve.request import GenerationRequest, OutputOptions
 from kleinserve.service.facade import ImageService
@@ -50,7 +49,7 @@ async def create(
     checked = not given.disable_safety_checker
     output = OutputOptions(format=image_format, quality=quality, safety_check=checked)
     if body.webhook is not None:
-        await _check_webhook(service, body.webhook)
+        await check_webhook_url(service, body.webhook, "webhook")
     params = {"dialect": "replicate", "model": model, "version": version_id(model.split("/")[1]),
               "input": _recorded(body.input), "base_url": str(http.base_url), "webhook": body.webhook,
               "webhook_events_filter": body.webhook_events_filter or list(EVENTS)}  # fmt: skip
@@ -99,19 +98,6 @@ def _sides(given: ReplicateInput, images: list) -> tuple[int, int]:
         width, height = (int(side) for side in given.size.split("x"))
         return width, height
     return output_size(given.aspect_ratio, given.output_megapixels, images[0] if images else None)
-
-
-async def _check_webhook(service: ImageService, url: str) -> None:
-    try:
-        parsed = URL(url)
-    except InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise invalid("webhook", f"must be an http(s) URL, got {url[:80]!r}")
-    try:
-        await service.check_webhook_address(parsed.host, parsed.port, "webhook")
-    except InvalidRequest as exc:
-        raise invalid("webhook", exc.reason) from exc
 
 
 def _recorded(fields: dict[str, Any]) -> dict[str, Any]:
