@@ -1,5 +1,5 @@
 """Schemathesis hooks for tests/live/test_openapi_fuzz.py: keep each generated image cheap on a CPU (sides
-up to 256 px, 256x256 where the size is left out, one image, at most 4 steps) so a run takes minutes. Only
+up to 64 px, 64x64 where the size is left out, one image, at most 4 steps) so a run takes minutes. Only
 values the schema accepts are made cheaper, so a value out of range still reaches the server as generated
 and must be refused. Applied in before_call, which runs for every phase (map_body does not reach the
 coverage phase, whose cases then rendered 1024x1024 images, n=4 and 8 steps). Loaded through
@@ -7,7 +7,7 @@ SCHEMATHESIS_HOOKS."""
 
 import schemathesis
 
-MAX_SIDE = 256
+MAX_SIDE = 64
 MOST_STEPS = 4
 # What the schema accepts for the 4B distilled model served (only these are made cheaper)
 SIDES, IMAGES, STEPS = range(64, 2048 + 1, 16), range(1, 4 + 1), range(4, 8 + 1)
@@ -48,7 +48,7 @@ def _bounded(body: dict, openai_route: bool) -> None:
 
 
 def _bounded_replicate(body: dict) -> None:
-    """Replicate's predictions are detached jobs too (1 MP by default): a size of at most 256 px a side,
+    """Replicate's predictions are detached jobs too (1 MP by default): a size of at most MAX_SIDE a side,
     one image, at most 4 steps."""
     given = body.get("input")
     if not isinstance(given, dict):
