@@ -1,7 +1,8 @@
-"""The scaled-out roles under faults, on loopback: one API server and two workers sharing a PostgreSQL and a
-moto S3 server that this module owns (so it can stop them): PostgreSQL stopped and restarted, a worker
-frozen past its lease and one whose connections are killed server-side, the S3 server stopped. Each test
-asserts outcomes: every accepted job ends succeeded, exactly once (one recorded end), with the pixels of an
+"""The scaled-out roles under faults, on loopback: one API server and two workers sharing a PostgreSQL of this
+module's own (so it can stop it) and the session's moto S3 server, reached through a TCP gate (closing it is
+the S3 outage; moto itself would lose its buckets on a restart): PostgreSQL stopped and restarted, a worker
+frozen past its lease and one whose connections are killed server-side, S3 unreachable. Each test asserts
+outcomes: every accepted job ends succeeded, exactly once (one recorded end), with the pixels of an
 uninterrupted run; nothing a worker writes after losing its lease changes a job."""
 
 import base64
