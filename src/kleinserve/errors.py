@@ -82,6 +82,15 @@ class ResultGone(KleinserveError):
 class StoreUnavailable(KleinserveError):
     """The image store (an S3 bucket) cannot be reached or used; the message names the bucket and endpoint."""
 
+    retry_after = 5
+
+
+class DatabaseUnavailable(KleinserveError):
+    """The job database (--database-url) cannot be reached or used: its connection was refused or lost.
+    Nothing was recorded by the call that raised it; retry once the database is back."""
+
+    retry_after = 5
+
 
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC from a file write, or SQLite's "database or disk is full"."""

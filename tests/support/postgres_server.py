@@ -62,10 +62,35 @@ class PostgresServer:
             os.chown(self.directory, user.pw_uid, user.pw_gid)
         self._run(str(self.binaries / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                   "-E", "UTF8", "--no-locale", "--no-sync")  # fmt: skip
+        return self.resume()
+
+    def resume(self) -> PostgresServer:
+        """Start the server (again, after `pause`) on the same port and data."""
         options = f"-k {self.directory} -h 127.0.0.1 -p {self.port} -F -c max_connections=200"
         self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-o", options,
                   "-l", str(self.directory / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
         return self
+
+    def pause(self) -> None:
+        """Stop the server as an operator would (`pg_ctl stop -m fast`: every connection is dropped); the
+        data stays for `resume`."""
+        self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def restart(self) -> None:
+        """`pg_ctl restart -m fast`: every connection is dropped, the server is back at once. (restart takes
+        no -l: the new server writes to pg_ctl's output, so that goes to the log, not to a pipe.)"""
+        prefix = ["runuser", "-u", UNPRIVILEGED, "--"] if self.as_root else []
+        command = [str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "restart"]
+        with (self.directory / "server.log").open("a") as log:
+            done = subprocess.run([*prefix, *command], stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl restart failed:\n{self.log()}")
+
+    def query(self, database: str, sql: str) -> list[tuple]:
+        import psycopg
+
+        with psycopg.connect(self.url(database), autocommit=True) as conn:
+            return conn.execute(sql).fetchall()
 
     def stop(self) -> None:
         try:

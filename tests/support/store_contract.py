@@ -259,6 +259,22 @@ def test_inline_images_are_kept_until_their_time(open_store):
     assert run(scenario()) == ([b"png 0", b"png 1"], None, None)
 
 
+def test_inline_images_under_a_lease_are_kept_only_while_it_holds_the_job(open_store):
+    async def scenario():
+        store = open_store()
+        (job,) = await add(store, queued_job())
+        first = await claim(store)
+        await store.requeue_expired(time.time() + LEASE_S + 1, max_attempts=3)  # as if its worker froze
+        second = await claim(store)
+        late = await store.put_inline(job.id, [b"late"], time.time() + 60, lease=first.lease)
+        held = await store.put_inline(job.id, [b"held"], time.time() + 60, lease=second.lease)
+        assert await store.finish(job.id, JobStatus.SUCCEEDED, result={}, lease=second.lease)
+        after_end = await store.put_inline(job.id, [b"after"], time.time() + 60, lease=second.lease)
+        return late, held, after_end, await store.inline(job.id)
+
+    assert run(scenario()) == (False, True, False, [b"held"])
+
+
 def test_expired_returns_old_finished_jobs_and_delete_removes_everything(open_store):
     async def scenario():
         store = open_store()

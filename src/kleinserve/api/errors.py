@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from kleinserve.api.request_ids import new_request_id
 from kleinserve.errors import (
+    DatabaseUnavailable,
     GenerationFailed,
     InvalidRequest,
     KleinserveError,
@@ -29,6 +30,7 @@ from kleinserve.errors import (
     ResultGone,
     ShuttingDown,
     StorageFull,
+    StoreUnavailable,
 )
 
 ERROR_TYPES = {
@@ -182,6 +184,12 @@ def from_service_error(exc: KleinserveError) -> ApiError:
         return ApiError(503, str(exc), code="shutting_down", retry_after=exc.retry_after)
     if isinstance(exc, StorageFull):
         return ApiError(507, str(exc), code="storage_full", retry_after=exc.retry_after)
+    if isinstance(exc, DatabaseUnavailable):
+        message = f"the job database is unreachable; nothing was recorded, retry in {exc.retry_after} s"
+        return ApiError(503, message, code="database_unavailable", retry_after=exc.retry_after)
+    if isinstance(exc, StoreUnavailable):
+        message = f"the image store is unreachable; retry in {exc.retry_after} s"
+        return ApiError(503, message, code="store_unavailable", retry_after=exc.retry_after)
     if isinstance(exc, ModelNotReady):
         return ApiError(503, str(exc), code="model_not_ready", retry_after=exc.retry_after)
     if isinstance(exc, InvalidRequest):

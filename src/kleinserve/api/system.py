@@ -22,11 +22,13 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.get("/health", responses=docs.answers(None, OpenAIError))
     async def health() -> dict:
-        return {"status": "ok", "models": _model_states(service)}
+        outage = service.database_outage
+        return {"status": "ok" if outage is None else "degraded", "models": _model_states(service),
+                **_database(service)}  # fmt: skip
 
     @routes.get("/ready", responses=docs.answers(None, OpenAIError, 503))
     async def ready() -> JSONResponse:
-        body = {"ready": service.ready, "models": _model_states(service)}
+        body = {"ready": service.ready, "models": _model_states(service), **_database(service)}
         return JSONResponse(body, status_code=200 if service.ready else 503, headers=_retry(service))
 
     @routes.get("/metrics", responses=docs.answers(None, OpenAIError, media="text/plain"))
@@ -80,6 +82,14 @@ def _model_states(service: ImageService) -> dict:
         }
         for served in service.models
     }
+
+
+def _database(service: ImageService) -> dict:
+    """The job database's state, where its last call could not reach it (the reason stays in the log)."""
+    if service.database_outage is None:
+        return {}
+    message = "the job database is unreachable; the server log says why"
+    return {"database": {"reachable": False, "message": message}}
 
 
 def _retry(service: ImageService) -> dict[str, str]:

@@ -21,7 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from kleinserve.errors import GenerationStopped
+from kleinserve.errors import DatabaseUnavailable, GenerationStopped
 from kleinserve.job import Job
 from kleinserve.jobs.contract import JobStore
 from kleinserve.jobs.inputs import unpack_inputs
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the engine (and torch) load only when a model does, not whe
 log = logging.getLogger("kleinserve")
 
 POLL_S = 1.0  # a backstop: new work (here, or from another process through the store) wakes the loop
+OUTAGE_PAUSE_S = 2.0  # the longest pause between claims while the job database is unreachable
 
 
 class BatchEngine(Protocol):
@@ -135,8 +136,18 @@ class Batcher:
         return list(self._running)
 
     async def run(self) -> None:
+        """Claims and runs batches until drained. While the job database is unreachable it claims again
+        after a growing pause (up to OUTAGE_PAUSE_S): an outage is not a dead batcher."""
+        pause = 0.0
         while not self._draining:
-            batch = await self._next_batch()
+            try:
+                batch = await self._next_batch()
+            except DatabaseUnavailable as exc:
+                pause = min(max(2 * pause, 0.25), OUTAGE_PAUSE_S)
+                log.warning("cannot claim work for %s (%s); trying again in %g s", self.model, exc, pause)
+                await asyncio.sleep(pause)
+                continue
+            pause = 0.0
             if batch:
                 self._running = batch  # left set if running it breaks: the supervisor fails these
                 await self._run_batch(batch)
@@ -245,7 +256,8 @@ class Batcher:
             log.warning("could not renew the lease of a running batch: %s", exc)
             return
         for work in batch:
-            if work.job_id not in held:
+            if work.job_id not in held and not work.stopped:
+                log.warning("job %s is no longer leased here (requeued or cancelled): it stops", work.job_id)
                 work.stopped = True
 
 

@@ -122,7 +122,12 @@ class StepProgress(Protocol):
 class InlineResults(Protocol):
     """Images kept in the store for a while (results served without the image store)."""
 
-    async def put_inline(self, job_id: str, images: list[bytes], keep_until: float) -> None: ...
+    async def put_inline(
+        self, job_id: str, images: list[bytes], keep_until: float, *, lease: str | None = None
+    ) -> bool:
+        """Keep a job's images until `keep_until`; with `lease`, only while the job is running under it
+        (False, nothing written, once it is not)."""
+
     async def inline(self, job_id: str) -> list[bytes] | None:
         """A job's inline images, None once they expired (or if it had none)."""
 
@@ -189,5 +194,7 @@ class JobStore(
     Protocol,
 ):
     """Every concern at once: what a store implements and what the service is handed."""
+
+    outage: str | None  # why its last call could not reach the database (DatabaseUnavailable); None: it did
 
     async def close(self) -> None: ...

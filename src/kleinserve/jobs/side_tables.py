@@ -10,18 +10,27 @@ import time
 
 from kleinserve.job import RequestSample, WorkerRecord
 from kleinserve.jobs.database import Database
-from kleinserve.jobs.records import UNFINISHED
+from kleinserve.jobs.records import RUNNING, UNFINISHED
 
 _USAGE_COLUMNS = ("day", "owner", "model", "requests", "images", "megapixels", "engine_seconds", "cost_usd")
 
 
-def put_inline(db: Database, job_id: str, images: list[bytes], keep_until: float) -> None:
+def put_inline(db: Database, job_id: str, images: list[bytes], keep_until: float, lease: str | None) -> bool:
     with db.transaction():
+        if lease is not None and not _held(db, job_id, lease):
+            return False
         db.executemany(
             "INSERT INTO inline_images VALUES (?, ?, ?, ?) ON CONFLICT (job_id, position)"
             " DO UPDATE SET data = excluded.data, keep_until = excluded.keep_until",
             [(job_id, i, data, keep_until) for i, data in enumerate(images)],
         )
+    return True
+
+
+def _held(db: Database, job_id: str, lease: str) -> bool:
+    """The job runs under `lease`; locked: its end waits for the caller's write."""
+    sql = f"SELECT 1 FROM jobs WHERE id = ? AND lease = ? AND status = ? {db.lock('share')}"
+    return db.execute(sql, (job_id, lease, RUNNING)).fetchone() is not None
 
 
 def inline(db: Database, job_id: str) -> list[bytes] | None:
@@ -114,8 +123,10 @@ class SideTables:
 
     async def _run(self, function, *args): ...
 
-    async def put_inline(self, job_id: str, images: list[bytes], keep_until: float) -> None:
-        await self._run(put_inline, job_id, images, keep_until)
+    async def put_inline(
+        self, job_id: str, images: list[bytes], keep_until: float, *, lease: str | None = None
+    ) -> bool:
+        return await self._run(put_inline, job_id, images, keep_until, lease)
 
     async def inline(self, job_id: str) -> list[bytes] | None:
         return await self._run(inline, job_id)

@@ -128,7 +128,9 @@ class _Core:
         waiters = Waiters(stats)
         outputs = Outputs(store, jobs, settings.inline_result_ttl_s)
         prices = Prices(settings.prices)
-        completion = JobCompletion(jobs, outputs, metrics, prices, waiters, background, screen)
+        completion = JobCompletion(
+            jobs, outputs, metrics, prices, waiters, background, screen, lease_s=settings.job_lease_s
+        )
         return cls(settings, jobs, store, metrics, background, stats, waiters, outputs, prices, completion)
 
     def housekeeping(self, models: Hosting) -> Housekeeping:

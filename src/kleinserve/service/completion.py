@@ -13,8 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
-from kleinserve.errors import is_disk_full
+from kleinserve.errors import DatabaseUnavailable, StoreUnavailable, is_disk_full
 from kleinserve.job import Job, JobStatus, UsageEntry
 from kleinserve.jobs.batcher import Work
 from kleinserve.jobs.contract import JobStore
@@ -30,7 +31,15 @@ from kleinserve.usage import request_usage
 
 log = logging.getLogger("kleinserve")
 
-RECORD_RETRY_DELAYS = (0.5, 1, 2, 5, *(10,) * 60)  # about ten minutes of retries
+# A job's end while the job database is away (or its disk full): about ten minutes of retries. Each write
+# names the lease, so one that comes after the job was requeued (its lease expired) changes nothing.
+RECORD_RETRY_DELAYS = (0.5, 1, 1, 2, 2, 5, *(10,) * 60)
+# Its images while the image store is away: about 40 s, renewing the lease before each retry.
+STORE_RETRY_DELAYS = (0.5, 1, 2, 4, 8, 8, 8, 8)
+
+
+class LeaseLost(Exception):
+    """The job is no longer leased to this process (requeued, or cancelled): what it made is dropped."""
 
 
 class JobCompletion:
@@ -43,9 +52,12 @@ class JobCompletion:
         waiters: Waiters,
         background: Background,
         screen: SafetyScreen | None = None,
+        lease_s: float = 30.0,
     ):
-        """`screen`: the safety checker, where models run here (None: nothing is screened)."""
+        """`screen`: the safety checker, where models run here (None: nothing is screened); `lease_s`:
+        how long a renewal holds a job (--job-lease-s), renewed while its images' store is retried."""
         self.jobs = jobs
+        self.lease_s = lease_s
         self.outputs = outputs
         self.metrics = metrics
         self.prices = prices
@@ -63,15 +75,23 @@ class JobCompletion:
             flags = [False] * len(result.images)
             if self.screen is not None:
                 flags = await self.screen.screen(result.images, output, timings)
-            images = await self.outputs.encode_and_store(result.images, flags, request, output, timings)
+            retrying = partial(self._retrying, work, STORE_RETRY_DELAYS, StoreUnavailable)
+            images = await self.outputs.encode_and_store(
+                result.images, flags, request, output, timings, retrying=retrying
+            )
             usage = request_usage(request, result.text_tokens)
             generated = Generated(job.id, job.model, result.seed, images, timings, usage)
             if not output.store:
-                await self.outputs.hold_inline(generated)
+                hold = partial(self.outputs.hold_inline, generated, work.lease)
+                if not await self._retrying(work, RECORD_RETRY_DELAYS, DatabaseUnavailable, hold):
+                    raise LeaseLost
             record, spent = result_record(generated), self.usage_entry(job, request, result)
             if not await self.record_end(work, JobStatus.SUCCEEDED, result=record, usage=spent):
-                await self.outputs.discard(generated)  # cancelled meanwhile: its end is already recorded
-                return
+                await self.outputs.discard(generated)  # requeued or cancelled meanwhile: not its result
+                raise LeaseLost
+        except LeaseLost:
+            log.warning("job %s is no longer leased here (requeued or cancelled): images dropped", job.id)
+            return
         except Exception as exc:
             await self.failed(work, exc)
             return
@@ -81,6 +101,37 @@ class JobCompletion:
             job.model, {k: timings[k] for k in ("queue", "safety", "encode", "store") if k in timings}
         )
         self.settle(job.id, Outcome(generated))
+
+    async def _retrying(self, work: Work, delays: tuple, transient: type[Exception], call):
+        """`call()` again after each `transient` failure, after `delays`, while the lease holds the job: it
+        is renewed meanwhile (every lease_s/3, as while the batch ran); LeaseLost once it no longer holds
+        the job. The last failure raises."""
+        lost = asyncio.Event()
+        keeping = asyncio.create_task(self._keep_lease(work, lost))
+        try:
+            for delay in (*delays, None):
+                try:
+                    return await call()
+                except transient as exc:
+                    if delay is None:
+                        raise
+                    log.warning("job %s: %s; retrying in %g s", work.job_id, exc, delay)
+                await asyncio.sleep(delay)
+                if lost.is_set():
+                    raise LeaseLost
+        finally:
+            keeping.cancel()
+
+    async def _keep_lease(self, work: Work, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                held = await self.jobs.renew(work.lease, self.lease_s)
+            except DatabaseUnavailable:
+                continue  # nobody can requeue it meanwhile either
+            if work.job_id not in held:
+                lost.set()
+                return
 
     def usage_entry(self, job: Job, request: GenerationRequest, result: GenerationResult) -> UsageEntry:
         """What the job cost, for the usage ledger: written with its end."""
@@ -128,11 +179,10 @@ class JobCompletion:
                 )
                 break
             except Exception as exc:
-                if not is_disk_full(exc):
+                if not (is_disk_full(exc) or isinstance(exc, DatabaseUnavailable)):
                     raise
-                log.warning(
-                    "could not record the end of job %s (disk full); retrying in %g s", work.job_id, delay
-                )
+                why = "disk full" if is_disk_full(exc) else "the job database is unreachable"
+                log.warning("could not record the end of job %s (%s); retry in %g s", work.job_id, why, delay)
                 await asyncio.sleep(delay)
         else:
             return False

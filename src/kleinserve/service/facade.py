@@ -121,7 +121,12 @@ class ImageService:
 
     @property
     def ready(self) -> bool:
-        return not self.shutting_down and self.hosting.ready
+        return not self.shutting_down and self.hosting.ready and self.jobs.outage is None
+
+    @property
+    def database_outage(self) -> str | None:
+        """Why the job database could not be reached at the last try (None: it could)."""
+        return self.jobs.outage
 
     # --- models ----------------------------------------------------------------------------------
 

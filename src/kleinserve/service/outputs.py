@@ -9,6 +9,7 @@ any process, and are deleted after that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,8 +57,10 @@ class Outputs:
         self.inline_ttl_s = inline_ttl_s
 
     async def encode_and_store(
-        self, arrays, flags, request: GenerationRequest, output: OutputOptions, timings
+        self, arrays, flags, request: GenerationRequest, output: OutputOptions, timings, *, retrying=None
     ) -> list[OutputImage]:
+        """`retrying(write)`: runs the image store's writes (`write()` starts them again), retrying as it
+        sees fit. What a failed write left in the store is deleted (a job's images are all stored or none)."""
         start = time.monotonic()
         encoded = await asyncio.gather(
             *(asyncio.to_thread(encode_image, array, output.format, output.quality) for array in arrays)
@@ -69,9 +72,8 @@ class Outputs:
             for i, flagged in enumerate(flags)
         ]
         start = time.monotonic()
-        writes = [asyncio.to_thread(self.store.put, k, d) for k, d in zip(keys, encoded, strict=True) if k]
-        if writes:
-            await asyncio.gather(*writes)
+        if any(keys):
+            await self._write(folder, keys, encoded, retrying)
             timings["store"] = time.monotonic() - start
         content_type = CONTENT_TYPES[output.format]
         return [
@@ -79,9 +81,23 @@ class Outputs:
             for data, key, flagged in zip(encoded, keys, flags, strict=True)
         ]
 
-    async def hold_inline(self, generated: Generated) -> None:
+    async def _write(self, folder: str, keys: list, encoded: list[bytes], retrying) -> None:
+        def write():
+            pairs = [(key, data) for key, data in zip(keys, encoded, strict=True) if key]
+            return asyncio.gather(*(asyncio.to_thread(self.store.put, key, data) for key, data in pairs))
+
+        try:
+            await (write() if retrying is None else retrying(write))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the store may still be away: then it stays
+                await asyncio.to_thread(self.store.delete_folder, folder)
+            raise
+
+    async def hold_inline(self, generated: Generated, lease: str | None = None) -> bool:
+        """Keep the images inline (False, nothing kept, once `lease` no longer holds the job)."""
         keep_until = time.time() + self.inline_ttl_s
-        await self.jobs.put_inline(generated.job_id, [image.data for image in generated.images], keep_until)
+        images = [image.data for image in generated.images]
+        return await self.jobs.put_inline(generated.job_id, images, keep_until, lease=lease)
 
     async def discard(self, generated: Generated) -> None:
         """Delete what was stored for a result nobody will collect (its job was cancelled meanwhile)."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
-from kleinserve.errors import ResultGone
+from kleinserve.errors import DatabaseUnavailable, ResultGone
 from kleinserve.imaging import encode_image
 from kleinserve.job import Job, JobStatus
 from kleinserve.jobs.contract import JobStore
@@ -58,21 +58,32 @@ async def follow(
     or nobody here waits for it any more)."""
     last_step = 0
     while waited():
-        if on_step is not None:
-            progress = await jobs.progress(job_id)
-            if progress is not None and progress.step > last_step:
-                last_step = progress.step
-                pictures = await asyncio.gather(*(asyncio.to_thread(_decode, d) for d in progress.previews))
-                on_step(progress.step, progress.total, list(pictures))
-        job = await jobs.get(job_id)
-        if job is None or job.status.finished:
-            return job
+        try:
+            job, last_step = await _look(jobs, job_id, on_step, last_step)
+        except DatabaseUnavailable:  # the job goes on meanwhile (or waits in the queue): look again
+            job = None
+        else:
+            if job is None or job.status.finished:
+                return job
         waiting = asyncio.ensure_future(jobs.wait_changed(job_id, FOLLOW_POLL_S))
         try:  # not awaited directly: a cancel must reach this loop even as the wait ends (Python 3.11)
             await asyncio.wait({waiting})
         finally:
             waiting.cancel()
     return None
+
+
+async def _look(
+    jobs: JobStore, job_id: str, on_step: StepListener | None, last_step: int
+) -> tuple[Job | None, int]:
+    """The job's record and its last step told to `on_step` (its new steps told now)."""
+    if on_step is not None:
+        progress = await jobs.progress(job_id)
+        if progress is not None and progress.step > last_step:
+            last_step = progress.step
+            pictures = await asyncio.gather(*(asyncio.to_thread(_decode, d) for d in progress.previews))
+            on_step(progress.step, progress.total, list(pictures))
+    return await jobs.get(job_id), last_step
 
 
 async def outcome_of(job: Job | None, outputs: Outputs) -> Outcome:

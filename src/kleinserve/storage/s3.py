@@ -76,13 +76,24 @@ class S3Store:
         )
 
     def put(self, key: str, data: bytes) -> None:
-        self.client.put_object(
-            Bucket=self.location.bucket,
-            Key=self.object_key(key),
-            Body=data,
-            ContentType=content_type_of(key),
-            CacheControl=CACHE_FOREVER,
-        )
+        """StoreUnavailable when the endpoint cannot be reached or answers with a server error (the
+        caller may retry); other refusals (access denied, no such bucket) raise as boto3 raises them."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.location.bucket,
+                Key=self.object_key(key),
+                Body=data,
+                ContentType=content_type_of(key),
+                CacheControl=CACHE_FOREVER,
+            )
+        except (BotoCoreError, ClientError) as exc:  # refused, timed out, or the server's own error
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
+            if status < 500:
+                raise
+            where = f"{self.location} at {self.endpoint}"
+            raise StoreUnavailable(f"cannot store {key} in {where}: {exc}") from exc
 
     def url(self, key: str, base_url: str) -> str:
         """A URL a client can GET the image from; `base_url` (the server's own) plays no part."""

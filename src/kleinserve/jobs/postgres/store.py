@@ -15,6 +15,8 @@ another. psycopg comes with the `scale` extra; the default install never imports
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import threading
 import time
 import uuid
@@ -22,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from urllib.parse import urlsplit
 
-from kleinserve.errors import KleinserveError
+from kleinserve.errors import DatabaseUnavailable
 from kleinserve.jobs.database import RowLock
 from kleinserve.jobs.migrations import migrate
 from kleinserve.jobs.queue_policy import QueuePolicy
@@ -32,10 +34,11 @@ from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
 _CHANNELS = {"kleinserve_claimable": CLAIMABLE, "kleinserve_changed": CHANGED}
 _CHANNEL = {topic: channel for channel, topic in _CHANNELS.items()}
 _MAX_PAYLOAD = 7999  # bytes; PostgreSQL refuses 8000 and more (an empty payload wakes the whole topic)
+APPLICATION = f"kleinserve pid {os.getpid()}"  # pg_stat_activity.application_name of its connections
 
+log = logging.getLogger("kleinserve")
 
-class DatabaseUnavailable(KleinserveError):
-    """The job database cannot be reached or used."""
+__all__ = ["DatabaseUnavailable", "PostgresJobStore"]
 
 
 class PostgresDatabase:
@@ -95,6 +98,7 @@ class PostgresJobStore(QueuePolicy, SideTables):
         self._local = threading.local()
         self._connections: list = []
         self._connections_lock = threading.Lock()
+        self.outage: str | None = None  # why the last call could not reach the database; None once one did
         with self._connect() as conn:
             migrate(PostgresDatabase(conn))
         self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="kleinserve-pg")
@@ -112,7 +116,9 @@ class PostgresJobStore(QueuePolicy, SideTables):
 
     def _connect(self):
         try:
-            return self._psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+            return self._psycopg.connect(
+                self._url, autocommit=True, connect_timeout=10, application_name=APPLICATION
+            )
         except self._psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"cannot reach the job database at {_safe(self._url)}: {exc}") from None
 
@@ -129,7 +135,25 @@ class PostgresJobStore(QueuePolicy, SideTables):
         return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def _call(self, rule, *args):
-        return rule(PostgresDatabase(self._connection()), *args)
+        """The one place a lost or refused connection becomes DatabaseUnavailable (the API's 503); the
+        broken connection is replaced at the next call."""
+        try:
+            result = rule(PostgresDatabase(self._connection()), *args)
+        except DatabaseUnavailable as exc:
+            self._lost(str(exc))
+            raise
+        except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+            self._lost(f"the job database at {_safe(self._url)} went away: {exc}")
+            raise DatabaseUnavailable(self.outage) from None
+        if self.outage is not None:
+            log.warning("the job database is reachable again")
+            self.outage = None
+        return result
+
+    def _lost(self, reason: str) -> None:
+        if self.outage is None:
+            log.warning("%s", reason)
+        self.outage = reason.strip()
 
     # --- signals -------------------------------------------------------------------------------------
 

@@ -88,6 +88,8 @@ _LENGTH = struct.Struct(">I")
 
 
 class SQLiteJobStore(QueuePolicy, SideTables):
+    outage = None  # a file in this process: reachable while the process runs (a full disk is StorageFull)
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _exclusive_lock(path.with_name(path.name + ".lock"))
