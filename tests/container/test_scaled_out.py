@@ -66,9 +66,11 @@ def test_a_killed_worker_container_loses_no_accepted_job(cluster):
     print(f"all {JOBS} jobs completed {time.monotonic() - started:.1f} s after the kill")
     jobs = [httpx.get(f"{api.url}/v1/jobs/{job_id}").json() for job_id in ids]
     assert [job["status"] for job in jobs] == ["succeeded"] * JOBS, [job.get("error") for job in jobs]
-    runs = started_by(jobs[ids.index(victim_job)])
+    victim_record = jobs[ids.index(victim_job)]
+    runs = started_by(victim_record)
     survivor = next(name for name in workers if name != victim)
     assert runs == [victim, survivor], runs  # started by the killed worker, finished by the other
+    print(f"job {victim_job}: " + " | ".join(entry["message"] for entry in victim_record["logs"]))
     for job_id in ids:
         image = result(api.url, job_id)["images"][0]
         assert (image["width"], image["height"]) == (512, 512)
