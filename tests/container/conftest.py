@@ -1,4 +1,4 @@
-"""The image, built once per run by container/build.sh (cached layers: seconds when nothing changed)."""
+"""The image, built once per run by container/build.sh (cached layers: about 2 min when nothing changed)."""
 
 import pytest
 

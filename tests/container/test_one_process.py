@@ -1,7 +1,7 @@
-"""The image as one process (`serve`): run with no arguments it serves the demo model and answers the
-README's quickstart curl examples from the host; SIGTERM mid-job drains as README "Hostile input and faults"
-(Shutdown) says; a restart on the same /data volume keeps the finished jobs and their files, and runs the
-kept queue job."""
+"""The image as one process (`serve`), its port 8000 published on the host: run with no arguments it
+serves the demo model and answers the README's quickstart curl examples from the host; SIGTERM mid-job
+drains as README "Hostile input and faults" (Shutdown) says; a restart on the same /data volume keeps the
+finished jobs and their files, and runs the kept queue job."""
 
 import importlib.util
 import threading
@@ -24,7 +24,7 @@ def quickstart_smoke():
 
 
 def test_the_default_command_serves_the_demo_and_answers_the_quickstart_curls(image, volume):
-    server = Container(image, data=volume).start()  # CMD: serve --demo (with its warm-up)
+    server = Container(image, data=volume, publish=True).start()  # CMD: serve --demo (with its warm-up)
     try:
         smoke = quickstart_smoke()
         curls = smoke.curl_examples(smoke.quickstart_section())
@@ -41,7 +41,7 @@ def test_the_default_command_serves_the_demo_and_answers_the_quickstart_curls(im
 
 def test_sigterm_mid_job_drains_and_a_restart_on_the_same_volume_keeps_finished_jobs(image, volume):
     flags = ["serve", "--demo", "--no-warmup", "--batch-wait-ms", "0", "--shutdown-grace-s", "1"]
-    server = Container(image, *flags, data=volume, env={"OMP_NUM_THREADS": "1"}).start()
+    server = Container(image, *flags, data=volume, env={"OMP_NUM_THREADS": "1"}, publish=True).start()
     try:
         finished = generate(server, {"prompt": "a fox", "size": "64x64", "seed": 9}).json()
         file_path = finished["data"][0]["url"].split(str(server.port), 1)[1]

@@ -1,11 +1,11 @@
-"""kleinserve's image run with podman, for tests/container: the image is built by container/build.sh (its
-layers cached, so an unchanged tree rebuilds in seconds); each Container is one `podman run -d` of it, with
+"""kleinserve's image run with podman, for tests/container: the image is built by container/build.sh (cached
+layers: about 2 minutes for an unchanged tree); each Container is one `podman run -d` of it, with
 named volumes made and removed by the test, stopped and removed by name at the end.
 
-podman runs with container/containers.conf (runc, no ulimits: what this sandbox needs). Containers share
-the host's network (`--network host`) and listen on a free port given as KLEINSERVE_PORT, so the host reaches
-them at 127.0.0.1:PORT as it reaches a published port, and they reach PostgreSQL and the S3 server on the
-host's loopback."""
+podman runs with container/containers.conf (runc, no ulimits: what this sandbox needs). A container either
+publishes the image's port 8000 at 127.0.0.1:PORT (`-p`, podman's bridge network: the one-process tests), or
+shares the host's network (`--network host`) and listens on PORT itself (KLEINSERVE_PORT), which lets it
+reach PostgreSQL and the S3 server on the host's loopback (the scaled-out test)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,11 @@ def remove_volume(name: str) -> None:
 
 
 class Container:
-    """`podman run -d IMAGE *args` on the host network at a free port, /data on the volume `data`."""
+    """`podman run -d IMAGE *args`, /data on the volume `data`, reached at 127.0.0.1 on a free port: published
+    from the container's 8000 (`publish`), else on the host network."""
 
     def __init__(self, image: str, *args: str, data: str, env: dict | None = None,
-                 hostname: str | None = None, healthcheck: bool = True):  # fmt: skip
+                 hostname: str | None = None, healthcheck: bool = True, publish: bool = False):  # fmt: skip
         self.image = image
         self.args = list(args)
         self.data = data
@@ -68,6 +69,7 @@ class Container:
         self.port = free_port()
         self.hostname = hostname
         self.healthcheck = healthcheck
+        self.publish = publish
         self.name: str | None = None
 
     @property
@@ -76,8 +78,11 @@ class Container:
 
     def start(self, ready_timeout: float = 300.0) -> Container:
         self.name = f"kleinserve-test-{uuid.uuid4().hex[:10]}"
-        options = ["--network", "host", "--volume", f"{self.data}:/data"]
-        options += ["--env", f"KLEINSERVE_PORT={self.port}"]
+        options = ["--volume", f"{self.data}:/data"]
+        if self.publish:
+            options += ["--publish", f"127.0.0.1:{self.port}:8000"]
+        else:
+            options += ["--network", "host", "--env", f"KLEINSERVE_PORT={self.port}"]
         options += [arg for key, value in self.env.items() for arg in ("--env", f"{key}={value}")]
         options += ["--hostname", self.hostname] if self.hostname else []
         options += [] if self.healthcheck else ["--no-healthcheck"]
