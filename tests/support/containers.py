@@ -121,9 +121,9 @@ class Container:
         return (done.stdout + done.stderr)[-8000:]
 
     def remove(self) -> None:
-        """Stopped (SIGTERM, then SIGKILL after 10 s) and removed; its volume stays."""
+        """Stopped (SIGTERM, then SIGKILL after 10 s) and removed with its anonymous volumes; `data` stays."""
         if self.name:
-            podman("rm", "-f", "-t", "10", self.name, check=False)
+            podman("rm", "-f", "-v", "-t", "10", self.name, check=False)  # -v: its anonymous /hf-cache
             self.name = None
 
 
