@@ -121,7 +121,7 @@ def fal(fal_server):
 
 # The test pyramid ---------------------------------------------------------------------------------------
 
-TIERS = ("unit", "engine", "live")
+TIERS = ("unit", "engine", "live", "container")  # container: not in the CI command (README "Containers")
 TESTS = Path(__file__).resolve().parent
 
 # Parallel runs (pytest-xdist, `-n 2 --dist loadfile --no-loadscope-reorder`): a module's tests stay on one
@@ -138,7 +138,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         folder = item.path.resolve().relative_to(TESTS).parts[0]
         if folder not in TIERS:
-            raise pytest.UsageError(f"{item.nodeid}: a test belongs in tests/unit, tests/engine, tests/live")
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test belongs in tests/unit, tests/engine, tests/live, tests/container"
+            )
         item.add_marker(folder)
     items.sort(key=_start_rank)  # stable: a module's tests keep their order
 
