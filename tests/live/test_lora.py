@@ -185,3 +185,24 @@ def test_loras_on_a_plain_endpoint_are_refused(server):
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["loc"] == ["body", "loras"]
     assert f"{FAL}/lora" in answer.json()["detail"][0]["msg"]
+
+
+def test_openai_multipart_edits_take_loras_as_json_text(server, loras, engine):
+    lora_dir, _, _ = loras
+    reference = random_image(80, 64, seed=7)
+    buffer = io.BytesIO()
+    reference.save(buffer, format="PNG")
+    form = {"prompt": "autumn", "seed": "8", "response_format": "b64_json",
+            "loras": '[{"path": "style.safetensors", "scale": 2}]'}  # fmt: skip
+    answer = httpx.post(
+        f"{server.url}/v1/images/edits",
+        data=form,
+        files={"image": ("ref.png", buffer.getvalue())},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    expected = engine_image(
+        engine, [{"path": str(lora_dir / "style.safetensors"), "scale": 2}],
+        prompt="autumn", images=[reference], seed=8,
+    )  # fmt: skip
+    assert_close(picture("data:," + answer.json()["data"][0]["b64_json"]), expected)
