@@ -1,5 +1,5 @@
-"""With --compile, switching LoRA sets never recompiles: after warm-up (which runs its plan with and without a
-LoRA), batches with any LoRA sets (other modules, other ranks, mixed with none) reuse the compiled code."""
+"""With --compile, switching LoRA sets never recompiles: after the usual warm-up (no LoRA), batches with any
+LoRA sets (other modules, other ranks, mixed with none) reuse the compiled code."""
 
 import torch
 from torch._dynamo.utils import counters

@@ -3,6 +3,7 @@ equal to the in-process engine's with the same LoRAs (tests/engine/test_lora_par
 diffusers); and each bad LoRA input a 4xx naming the field, the server serving on."""
 
 import base64
+import hashlib
 import io
 from http.server import BaseHTTPRequestHandler
 
@@ -30,11 +31,13 @@ class LoraHost(LocalHost):
 
     def __init__(self, files: dict[str, bytes]):
         self.files = files
+        self.gets: list[str] = []
         super().__init__(_FileHandler)
 
 
 class _FileHandler(BaseHTTPRequestHandler):
     def do_GET(self):
+        self.server.owner.gets.append(self.path.lstrip("/"))
         data = self.server.owner.files.get(self.path.lstrip("/"))
         self.send_response(200 if data is not None else 404)
         self.send_header("Content-Type", "application/octet-stream")
@@ -185,3 +188,35 @@ def test_loras_on_a_plain_endpoint_are_refused(server):
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["loc"] == ["body", "loras"]
     assert f"{FAL}/lora" in answer.json()["detail"][0]["msg"]
+
+
+def test_openai_multipart_edits_take_loras_as_json_text(server, loras, engine):
+    lora_dir, _, _ = loras
+    reference = random_image(80, 64, seed=7)
+    buffer = io.BytesIO()
+    reference.save(buffer, format="PNG")
+    form = {"prompt": "autumn", "seed": "8", "response_format": "b64_json",
+            "loras": '[{"path": "style.safetensors", "scale": 2}]'}  # fmt: skip
+    answer = httpx.post(
+        f"{server.url}/v1/images/edits",
+        data=form,
+        files={"image": ("ref.png", buffer.getvalue())},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    expected = engine_image(
+        engine, [{"path": str(lora_dir / "style.safetensors"), "scale": 2}],
+        prompt="autumn", images=[reference], seed=8,
+    )  # fmt: skip
+    assert_close(picture("data:," + answer.json()["data"][0]["b64_json"]), expected)
+
+
+def test_a_lora_url_is_downloaded_once_and_kept_by_content_hash(server, loras):
+    _, host, hosted = loras
+    host.files["again.safetensors"] = hosted.read_bytes()
+    body = {"prompt": "twice", "image_size": SMALL, "loras": [{"path": f"{host.url}/again.safetensors"}]}
+    for seed in (1, 2):  # submitted twice, run twice: fetched once
+        assert fal(server, f"{FAL}/lora", {**body, "seed": seed}).status_code == 200
+    assert host.gets.count("again.safetensors") == 1
+    digest = hashlib.sha256(hosted.read_bytes()).hexdigest()
+    assert (server.data_dir / "loras" / f"{digest}.safetensors").read_bytes() == hosted.read_bytes()

@@ -106,6 +106,7 @@ class Engine:
             spec, components, config.max_batch_images, config.prompt_cache_size, config.offload_text_encoder
         )
         engine.optimizations = config.optimizations
+        engine.lora_slots.always = config.optimizations.compile  # one compiled graph for every LoRA set
         return engine
 
     @cached_property
@@ -167,7 +168,7 @@ class Engine:
     def _run_batch(self, requests, on_step, should_stop, output: OutputType) -> list[GenerationResult]:
         timings: dict[str, float] = {}
         first = requests[0]
-        adapters = []
+        adapters = [[] for request in requests for _ in range(request.num_images)]  # per image: none
         if any(request.loras for request in requests):
             with self._stage(timings, "lora"):
                 adapters = self._adapters(requests)

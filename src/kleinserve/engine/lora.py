@@ -7,9 +7,10 @@ concatenated adapters of image i (each up already times its adapter's scale x th
 zeros pad the shorter sets to the batch's largest total rank R. The wrapper returns
 base(x) + (x @ down^T) @ up^T per sample: diffusers' sum over active adapters of scale * lora_B(lora_A(x)).
 When no image of a batch has a LoRA, every wrapper gets None and runs as before. When one has, every wrapper
-gets tensors (zeros where no image targets it) of rank at least MIN_RANK, the rank dimension marked dynamic:
-so under torch.compile one graph serves every LoRA set, whatever modules and ranks it has (LoRA on/off is
-the only switch, and the warm-up pays both; tests/engine/test_lora_compile.py counts).
+gets tensors (zeros where no image targets it) of rank at least MIN_RANK, the rank dimension marked dynamic.
+Compiled (`always`), every batch is given tensors, zeros when it has no LoRA (x @ 0 adds exactly nothing):
+one graph then serves every LoRA set and none, whatever modules and ranks, and the warm-up's graphs are all
+there is to compile (tests/engine/test_lora_compile.py counts).
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class LoraSlots:
 
     def __init__(self, model: nn.Module):
         self.wrappers = wrap_linears(model)
+        self.always = False  # give every batch tensors (set for compiled models: one graph for all sets)
+        first = next(model.parameters())
+        self._like = first.new_zeros(0)  # the model's dtype and device
 
     @property
     def shapes(self) -> dict[str, tuple[int, int]]:
@@ -104,11 +108,11 @@ class LoraSlots:
     @contextmanager
     def apply(self, per_image: Sequence[Sequence[ScaledLora]]):
         """While open, image i of the batch runs with the adapters per_image[i] (empty: none)."""
-        if not any(per_image):
+        if not any(per_image) and not self.always:
             yield
             return
         stacked = stacked_adapters(per_image)
-        like = next(iter(stacked.values()))[0]
+        like = self._like
         try:
             for name, wrapper in self.wrappers.items():
                 down, up = stacked.get(name) or _zeros(like, len(per_image), wrapper)

@@ -7,18 +7,12 @@ batch of two recompiles with the batch dimension dynamic, which then covers ever
 one image at each warm-up size, then one 2-image batch at the smallest of them; after that every size
 warmed and every batch the batcher can form (1..max_batch_images images) runs without compiling
 (tests/engine/test_warmup.py counts). The order matters: the 2-image batch must come after all sizes.
-With compile on, the same plan runs again with a zero LoRA: a batch with LoRAs runs other graphs
-(engine/lora.py), and those too are compiled before serving, for every LoRA set (test_lora_compile.py).
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
-from pathlib import Path
-
-import torch
 
 from kleinserve.engine.config import EngineConfig
 from kleinserve.engine.engine import Engine
@@ -47,37 +41,15 @@ def warmup_plan(config: EngineConfig) -> list[tuple[int, int, int]]:
 
 def warm_up(engine: Engine, config: EngineConfig) -> None:
     engine.previewer  # noqa: B018 (fits the step-preview map now, not on the first streamed request)
-    _run_plan(engine, config, loras=())
-    if config.optimizations.compile:
-        with tempfile.TemporaryDirectory() as folder:
-            _run_plan(engine, config, loras=({"path": str(_zero_lora(engine, Path(folder)))},))
-
-
-def _zero_lora(engine: Engine, folder: Path) -> Path:
-    """A LoRA file that changes nothing: zeros on one linear (every linear gets tensors in a LoRA batch)."""
-    from safetensors.torch import save_file
-
-    name, (fan_in, fan_out) = next(iter(engine.lora_slots.shapes.items()))
-    path = folder / "warm-up.safetensors"
-    tensors = {
-        f"transformer.{name}.lora_A.weight": torch.zeros(2, fan_in),
-        f"transformer.{name}.lora_B.weight": torch.zeros(fan_out, 2),
-    }
-    save_file(tensors, str(path))
-    return path
-
-
-def _run_plan(engine: Engine, config: EngineConfig, loras: tuple) -> None:
     for width, height, images in warmup_plan(config):
         start = time.perf_counter()
         # The fewest steps: the step count changes no shape, so more steps would only cost time.
         request = build_request(
             engine.spec, prompt="warm-up", width=width, height=height, steps=engine.spec.min_steps,
-            seed=0, num_images=images, loras=loras,
+            seed=0, num_images=images,
         )  # fmt: skip
         engine.generate([request])
         log.info(
-            "warmed up %s at %dx%d x%d%s in %.1f s",
-            engine.spec.id, width, height, images, " with a LoRA" if loras else "",
-            time.perf_counter() - start,
+            "warmed up %s at %dx%d x%d in %.1f s",
+            engine.spec.id, width, height, images, time.perf_counter() - start,
         )  # fmt: skip
