@@ -252,6 +252,14 @@ def test_files_create_get_list_delete_and_another_tokens_file_is_not_found(
     assert deleted.value.status == 404
 
 
+def test_the_npm_clients_upload_form_with_metadata_as_a_json_blob(server, image_host):
+    files = {"content": ("blob_1", image_host.files["b.jpg"], "application/octet-stream"),
+             "metadata": ("blob", b'{"from": "node"}', "application/json")}  # fmt: skip
+    answer = httpx.post(f"{server.url}/v1/files", files=files, headers={"authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["metadata"] == {"from": "node"} and answer.json()["content_type"] == "image/jpeg"
+
+
 def test_an_upload_that_is_not_an_image_is_refused_naming_content(client):
     with pytest.raises(ReplicateError) as refused:
         client.files.create(io.BytesIO(b"import os\n"), filename="script.py")

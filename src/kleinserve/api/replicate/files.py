@@ -42,7 +42,7 @@ def router(service: ImageService) -> APIRouter:
 
     @routes.post("/files", status_code=201, openapi_extra=docs.multipart_body(UploadForm),
                  responses={201: {"model": ReplicateFile, "description": "Created"},
-                            **docs.answers(None, ReplicateError, 413, 415, 422)})  # fmt: skip
+                            **docs.answers(None, ReplicateError, 400, 413, 415, 422)})  # fmt: skip
     async def create(request: Request) -> Response:
         content, name, metadata = await _read_upload(service, request)
         record = await service.uploads.create(content, name, metadata, owner_of(request))
@@ -101,7 +101,7 @@ async def _read_upload(service: ImageService, http: Request) -> tuple[bytes, str
     if not http.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(415, "send the file as multipart/form-data with the file in `content`")
     try:
-        form = await http.form(max_files=1, max_fields=8, max_part_size=MAX_FIELD_BYTES)
+        form = await http.form(max_files=2, max_fields=8, max_part_size=MAX_FIELD_BYTES)
     except HTTPException as exc:
         raise ApiError(400, f"the multipart body could not be read: {exc.detail}") from exc
     upload = form.get("content")
@@ -113,7 +113,17 @@ async def _read_upload(service: ImageService, http: Request) -> tuple[bytes, str
         raise ApiError(413, message, param="content")
     filename = form.get("filename")
     name = filename if isinstance(filename, str) and filename else (upload.filename or "file")
-    return await upload.read(), name[:255], _metadata(form.get("metadata"))
+    return await upload.read(), name[:255], _metadata(await _text(form.get("metadata")))
+
+
+async def _text(part: object) -> object:
+    """A text field as it is; a file part (the npm client sends `metadata` as a JSON Blob) read as text."""
+    if not isinstance(part, UploadFile):
+        return part
+    data = await part.read(MAX_FIELD_BYTES + 1)
+    if len(data) > MAX_FIELD_BYTES:
+        raise invalid("metadata", f"is over {MAX_FIELD_BYTES // 1024} KiB; keep it small")
+    return data.decode("utf-8", errors="replace")
 
 
 def _metadata(text: object) -> dict:
