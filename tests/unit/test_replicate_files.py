@@ -1,10 +1,11 @@
 """Replicate's Files API without a server: uploads kept (a real SQLite job store and a local image store)
 only when they are png, jpeg or webp images within the limits (else an error naming `content`), each
-owner's own, read back and deleted with their bytes; the File object as replicate-python parses it; and
-which URLs are this server's own file URLs (read locally, never fetched)."""
+owner's own, read back and deleted with their bytes (also by retention); the File object as
+replicate-python parses it; and which URLs are this server's own file URLs (read locally, never fetched)."""
 
 import asyncio
 import io
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from kleinserve.api.replicate.files import _file, own_file_id
 from kleinserve.api.replicate.schemas import ReplicateFile
 from kleinserve.errors import InvalidRequest
 from kleinserve.jobs.sqlite.store import SQLiteJobStore
+from kleinserve.service.housekeeping import Housekeeping
 from kleinserve.service.references import References, decoder_threads
 from kleinserve.service.uploads import UploadedFiles, sniffed_format
 from kleinserve.storage.store import LocalStore
@@ -114,3 +116,19 @@ def test_the_file_object_is_what_replicate_python_parses(uploads):
     parsed = replicate.File(**ReplicateFile.model_validate(shown).model_dump())
     assert parsed.urls == {"get": f"http://127.0.0.1:8000/v1/files/{record.id}/download"}
     assert parsed.checksums["md5"] == parsed.etag == record.md5 and parsed.expires_at.endswith("Z")
+
+
+def test_retention_housekeeping_deletes_expired_uploads_with_their_bytes(uploads, tmp_path):
+    housekeeping = Housekeeping(uploads.jobs, uploads.store, lease_s=30, max_attempts=1,
+                                settle=lambda *_: None, wake=lambda: None)  # fmt: skip
+    uploads.settings.retention_hours = 0.01 / 3600  # 10 ms
+
+    async def scenario():
+        record = await uploads.create(image_bytes("PNG"), "a.png", {}, None)
+        await asyncio.sleep(0.05)
+        await housekeeping.expire_jobs(time.time())
+        return record, await uploads.jobs.expire_uploads(time.time() + 3600)
+
+    record, left = asyncio.run(scenario())
+    assert left == [] and uploads.store.read(record.storage_key) is None
+    assert not list((tmp_path / "files").glob("*/*"))
