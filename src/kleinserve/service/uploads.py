@@ -14,6 +14,7 @@ import time
 
 from kleinserve.errors import InvalidRequest
 from kleinserve.imaging import CONTENT_TYPES, PNG_SIGNATURE
+from kleinserve.jobs.contract import UploadRecords
 from kleinserve.service.references import References
 from kleinserve.settings import Settings
 from kleinserve.storage.store import Store, folder_of, image_key, new_folder
@@ -36,7 +37,7 @@ def sniffed_format(data: bytes) -> str | None:
 
 
 class UploadedFiles:
-    def __init__(self, jobs, store: Store, settings: Settings, references: References):
+    def __init__(self, jobs: UploadRecords, store: Store, settings: Settings, references: References):
         self.jobs = jobs
         self.store = store
         self.settings = settings
