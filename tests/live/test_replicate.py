@@ -2,10 +2,12 @@
 replicate-python client, `replicate.Client(base_url=..., api_token=...)`: run() (also with wait=1 on a job
 that outlasts it), predictions create / get / wait / cancel / list, progress parsed from the logs, the signed
 webhook validated with replicate's own validator, errors in Replicate's problem+json shape, another token's
-prediction not found, and the OpenAI route's pixels for the same seed and size. (The npm clients:
+prediction not found, the OpenAI route's pixels for the same seed and size, and the Files API (create / get /
+list / delete, and run() uploading a local file input by default). (The npm clients:
 tests/js/replicate.test.mjs and ai-replicate.test.mjs.)"""
 
 import base64
+import hashlib
 import io
 
 import httpx
@@ -216,14 +218,65 @@ def test_an_edit_with_match_input_image_takes_the_first_references_aspect(client
     assert image.format == "WEBP" and image.size == (560, 448)  # 0.25 MP at 5:4, floored to multiples of 16
 
 
-def test_a_local_file_input_goes_as_a_data_url_with_the_base64_strategy(client, image_host, tmp_path):
-    """POST /v1/files is not served: replicate-python sends local files inline with file_encoding_strategy."""
+def test_files_create_get_list_delete_and_another_tokens_file_is_not_found(
+    client, server, image_host, tmp_path
+):
+    path = tmp_path / "fox.png"
+    path.write_bytes(image_host.files["a.png"])
+    created = client.files.create(path, metadata={"purpose": "reference"})
+    data = image_host.files["a.png"]
+    assert (created.name, created.content_type, created.size) == ("fox.png", "image/png", len(data))
+    assert created.checksums == {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "md5": hashlib.md5(data).hexdigest(),
+    }
+    assert created.metadata == {"purpose": "reference"} and created.expires_at > created.created_at
+    assert client.files.get(created.id) == created and created.id in [f.id for f in client.files.list()]
+    fetched = httpx.get(created.urls["get"], headers={"authorization": f"Bearer {KEY}"})
+    assert (
+        fetched.status_code == 200
+        and fetched.content == data
+        and fetched.headers["content-type"] == "image/png"
+    )
+    other = replicate.Client(api_token=OTHER_KEY, base_url=server.url)
+    with pytest.raises(ReplicateError) as unknown:
+        other.files.get(created.id)
+    assert unknown.value.status == 404 and created.id not in [f.id for f in other.files.list()]
+    assert httpx.get(created.urls["get"], headers={"authorization": f"Bearer {OTHER_KEY}"}).status_code == 404
+    with pytest.raises(ReplicateError) as refused:  # its urls.get names another token's file
+        other.run(MODEL, input={"prompt": "x", "images": [created.urls["get"]], **SMALL})
+    assert refused.value.status == 422 and "input.images[0]" in str(refused.value)
+    client.files.delete(created.id)
+    with pytest.raises(ReplicateError) as deleted:
+        client.files.get(created.id)
+    assert deleted.value.status == 404
+
+
+def test_the_npm_clients_upload_form_with_metadata_as_a_json_blob(server, image_host):
+    files = {"content": ("blob_1", image_host.files["b.jpg"], "application/octet-stream"),
+             "metadata": ("blob", b'{"from": "node"}', "application/json")}  # fmt: skip
+    answer = httpx.post(f"{server.url}/v1/files", files=files, headers={"authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["metadata"] == {"from": "node"} and answer.json()["content_type"] == "image/jpeg"
+
+
+def test_an_upload_that_is_not_an_image_is_refused_naming_content(client):
+    with pytest.raises(ReplicateError) as refused:
+        client.files.create(io.BytesIO(b"import os\n"), filename="script.py")
+    assert refused.value.status == 422 and "content" in str(refused.value)
+
+
+def test_a_local_file_input_is_uploaded_and_gives_the_data_urls_pixels(client, image_host, tmp_path):
+    """run()'s default file_encoding_strategy ("url") uploads the file (POST /v1/files) and sends its
+    urls.get, which this server reads locally by id and owner: the same image as the same input inline."""
     path = tmp_path / "reference.png"
     path.write_bytes(image_host.files["a.png"])
+    body = {"prompt": "in snow", **SMALL, "seed": 5, "output_format": "png"}
     with path.open("rb") as reference:
-        [output] = client.run(MODEL, input={"prompt": "in snow", "images": [reference], **SMALL},
-                              file_encoding_strategy="base64")  # fmt: skip
-    assert download(output).size == (64, 64)
+        [uploaded] = client.run(MODEL, input={**body, "images": [reference]})
+    inline = "data:image/png;base64," + base64.b64encode(image_host.files["a.png"]).decode()
+    [direct] = client.run(MODEL, input={**body, "images": [inline]})
+    assert download(uploaded).tobytes() == download(direct).tobytes()
 
 
 def test_cancel_after_cancels_a_prediction_still_unfinished(server):

@@ -79,7 +79,9 @@ def test_redirects_go_to_existing_objects_only(aws_env, bucket):
     key = image_key(new_folder(), 1, "webp")
     store.put(key, b"RIFF-not-really-webp")
     assert httpx.get(store.redirect_url(key)).content == b"RIFF-not-really-webp"
+    assert store.read(key) == b"RIFF-not-really-webp"  # uploads (/v1/files) are read back like this
     assert store.redirect_url(image_key(new_folder(), 0, "png")) is None  # well formed, never stored
+    assert store.read(image_key(new_folder(), 0, "png")) is None
     assert store.redirect_url("../../etc/passwd") is None  # not a storage key: S3 is not even asked
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from kleinserve.job import Job, JobStatus, RequestSample, UsageEntry, WorkerRecord, new_job_id
 from kleinserve.jobs.queue_policy import INTERRUPTED
+from kleinserve.upload import UploadRecord
 
 MODEL = "flux.2-klein-4b"
 LEASE_S = 30.0
@@ -653,3 +654,50 @@ def test_a_deleted_jobs_webhook_is_gone(open_store):
         return await store.claim_webhooks(limit=10, lease_s=LEASE_S)
 
     assert run(scenario()) == []
+
+
+def an_upload(upload_id: str, owner: str | None, created_at: float, expires_at: float) -> UploadRecord:
+    return UploadRecord(upload_id, owner, "fox.png", "image/png", 3, "sha", "md5", {"ünï": [1, "x"]},
+                        f"{upload_id}-folder/0.png", created_at, expires_at)  # fmt: skip
+
+
+def test_uploads_are_their_owners_newest_first_and_survive_reopening(open_store):
+    now = time.time()
+    mine = [an_upload("a", "key-1", now - 2, now + 60), an_upload("b", "key-1", now - 1, now + 60)]
+    others = [an_upload("c", "key-2", now, now + 60), an_upload("d", None, now, now + 60)]
+
+    async def write():
+        store = open_store()
+        for record in mine + others:
+            await store.add_upload(record)
+        await store.close()
+
+    async def read():
+        store = open_store()
+        return (await store.upload("a", "key-1", now), await store.upload("a", "key-2", now),
+                await store.upload("a", None, now), await store.upload("d", None, now),
+                await store.uploads("key-1", now, 10), await store.uploads("key-1", now, 1))  # fmt: skip
+
+    run(write())
+    own, others_view, open_view, unowned, listed, first_page = run(read())
+    assert own == mine[0] and others_view is None and open_view is None and unowned == others[1]
+    assert listed == [mine[1], mine[0]] and first_page == [mine[1]]
+
+
+def test_an_upload_is_deleted_only_by_its_owner_and_expired_ones_are_gone(open_store):
+    now = time.time()
+
+    async def scenario():
+        store = open_store()
+        for record in (an_upload("a", "key-1", now, now + 60), an_upload("old", "key-1", now - 90, now - 1)):
+            await store.add_upload(record)
+        refused = await store.delete_upload("a", "key-2")
+        hidden = await store.upload("old", "key-1", now), await store.uploads("key-1", now, 10)
+        expired = await store.expire_uploads(now)
+        deleted = await store.delete_upload("a", "key-1")
+        return refused, hidden, expired, deleted, await store.upload("a", "key-1", now)
+
+    refused, (old, listed), expired, deleted, after = run(scenario())
+    assert refused is None and old is None and [record.id for record in listed] == ["a"]
+    assert [record.id for record in expired] == ["old"] and expired[0].storage_key == "old-folder/0.png"
+    assert deleted.id == "a" and after is None

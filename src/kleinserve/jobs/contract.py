@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kleinserve.job import Job, JobStatus, Progress, RequestSample, UsageEntry, WorkerRecord
+from kleinserve.upload import UploadRecord
 
 
 @dataclass
@@ -181,6 +182,24 @@ class WebhookRows(Protocol):
         """The job's webhook was delivered or given up on: it is never claimed again."""
 
 
+class UploadRecords(Protocol):
+    """Uploaded files' records (Replicate's /v1/files; their bytes are in the storage layer), each its
+    owner's: another owner's is as unknown as a missing one."""
+
+    async def add_upload(self, record: UploadRecord) -> None: ...
+    async def upload(self, upload_id: str, owner: str | None, now: float) -> UploadRecord | None:
+        """The owner's upload, unexpired at `now`."""
+
+    async def uploads(self, owner: str | None, now: float, limit: int) -> list[UploadRecord]:
+        """The owner's unexpired uploads, newest first."""
+
+    async def delete_upload(self, upload_id: str, owner: str | None) -> UploadRecord | None:
+        """Remove the owner's upload; the removed record, or None."""
+
+    async def expire_uploads(self, now: float) -> list[UploadRecord]:
+        """Remove every upload expired at `now`; the removed records."""
+
+
 class JobStore(
     JobRecords,
     Queue,
@@ -191,6 +210,7 @@ class JobStore(
     RequestSamples,
     WorkerRegistry,
     WebhookRows,
+    UploadRecords,
     Protocol,
 ):
     """Every concern at once: what a store implements and what the service is handed."""

@@ -38,6 +38,12 @@ class Migration:
         return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
+UPLOADS_TABLE = """CREATE TABLE uploads (id TEXT PRIMARY KEY, owner TEXT, name TEXT NOT NULL,
+ content_type TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, md5 TEXT NOT NULL,
+ metadata TEXT NOT NULL, storage_key TEXT NOT NULL, created_at {time} NOT NULL, expires_at {time} NOT NULL);
+ CREATE INDEX uploads_owner ON uploads (owner, created_at);
+ CREATE INDEX uploads_expiry ON uploads (expires_at)"""
+
 MIGRATIONS = (
     Migration(1, "the tables as the releases before versions left them", SQLITE_FIRST, POSTGRES_FIRST),
     Migration(
@@ -51,6 +57,12 @@ MIGRATIONS = (
         3,
         "an index for an owner's recent jobs in both (PostgreSQL had it from the start)",
         "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created_at)",
+    ),
+    Migration(
+        4,
+        "uploaded files (Replicate's /v1/files): their records; the bytes are in the storage layer",
+        sqlite=UPLOADS_TABLE.format(time="REAL"),
+        postgres=UPLOADS_TABLE.format(time="DOUBLE PRECISION"),
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

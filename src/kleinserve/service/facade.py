@@ -34,6 +34,7 @@ from kleinserve.service.outputs import Generated, Outputs
 from kleinserve.service.references import References
 from kleinserve.service.served_models import ServedModel
 from kleinserve.service.stats import RequestStats
+from kleinserve.service.uploads import UploadedFiles
 from kleinserve.service.waiters import StepListener, Waiters
 from kleinserve.service.webhook_queue import WebhookQueue
 from kleinserve.service.webhooks import Delivery, WebhookSender
@@ -82,6 +83,7 @@ class ImageService:
         self.stats = stats
         self.prices = prices
         self.loras = loras
+        self.uploads = UploadedFiles(jobs, store, settings, references)  # Replicate's /v1/files
         self._startup = list(startup)
         self._loops = dict(loops or {})
         self.shutting_down = False

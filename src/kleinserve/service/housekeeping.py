@@ -20,7 +20,7 @@ from collections.abc import Callable
 from kleinserve.jobs.contract import JobStore
 from kleinserve.service.outcome import Outcome
 from kleinserve.service.outputs import stored_folders
-from kleinserve.storage.store import Store
+from kleinserve.storage.store import Store, folder_of
 
 log = logging.getLogger("kleinserve")
 
@@ -93,6 +93,9 @@ class Housekeeping:
             for folder in stored_folders(job):
                 await asyncio.to_thread(self.store.delete_folder, folder)
         await self.jobs.delete([job.id for job in jobs])
-        if jobs:
-            log.info("expired %d job(s) and their files", len(jobs))
+        uploads = await self.jobs.expire_uploads(time.time())
+        for upload in uploads:
+            await asyncio.to_thread(self.store.delete_folder, folder_of(upload.storage_key))
+        if jobs or uploads:
+            log.info("expired %d job(s) and their files, and %d upload(s)", len(jobs), len(uploads))
         return len(jobs)

@@ -95,6 +95,19 @@ class S3Store:
             where = f"{self.location} at {self.endpoint}"
             raise StoreUnavailable(f"cannot store {key} in {where}: {exc}") from exc
 
+    def read(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        if not is_valid_key(key):
+            return None
+        try:
+            answer = self.client.get_object(Bucket=self.location.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in MISSING:
+                return None
+            raise
+        return answer["Body"].read()
+
     def url(self, key: str, base_url: str) -> str:
         """A URL a client can GET the image from; `base_url` (the server's own) plays no part."""
         if self.public_url:

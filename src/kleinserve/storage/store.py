@@ -54,6 +54,7 @@ class LocalFile:
 
 class Store(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
+    def read(self, key: str) -> bytes | None: ...  # None: no such file
     def url(self, key: str, base_url: str) -> str: ...
     def local_file(self, key: str) -> LocalFile | None: ...
     def redirect_url(self, key: str) -> str | None: ...  # where /files/{key} redirects, for remote stores
@@ -79,6 +80,10 @@ class LocalStore:
         except BaseException:  # e.g. the disk filled up: leave no half-written file behind
             Path(partial).unlink(missing_ok=True)
             raise
+
+    def read(self, key: str) -> bytes | None:
+        found = self.local_file(key)
+        return found.path.read_bytes() if found is not None else None
 
     def remove_partial_files(self) -> int:
         """Half-written files a killed process left behind (the files they were to become never appeared)."""

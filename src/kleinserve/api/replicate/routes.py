@@ -8,6 +8,7 @@ call it:
     GET  /v1/predictions/{id}                      one prediction
     POST /v1/predictions/{id}/cancel
     GET  /v1/streams/{id}                          server-sent events: logs, output, done (stream.py)
+    POST /v1/files, GET/DELETE /v1/files/{id}, ...  uploaded reference images (files.py)
     GET  /v1/models/black-forest-labs/{name}[/versions/{id}]   the model and its one version
 
 `Prefer: wait` / `wait=N` blocks up to N seconds (60); a prediction still running then is answered as
@@ -29,7 +30,7 @@ from kleinserve.api.dialect_request import validated
 from kleinserve.api.dialect_response import generation_headers
 from kleinserve.api.errors import ApiError
 from kleinserve.api.json_body import json_object
-from kleinserve.api.replicate import stream, webhook
+from kleinserve.api.replicate import files, stream, webhook
 from kleinserve.api.replicate.catalog import (
     MODELS,
     OWNER,
@@ -107,6 +108,7 @@ def router(service: ImageService) -> APIRouter:
         return await prediction(service, await service.job(job.id) or job)
 
     routes.include_router(stream.router(service))
+    routes.include_router(files.router(service))
     for name in MODELS:  # literal paths: GET /v1/models/{name:path} stays OpenAI's for every other name
         page = f"/models/{OWNER}/{name}"
         model_answers = docs.answers(ReplicateModel, ReplicateError, 404)

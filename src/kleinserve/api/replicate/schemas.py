@@ -257,3 +257,34 @@ class ReplicateError(BaseModel):
     title: str
     detail: str
     status: int
+
+
+class UploadForm(BaseModel):
+    """POST /v1/files (multipart/form-data), as replicate-python and the replicate npm client send it."""
+
+    content: bytes = Field(description="the file: a png, jpeg or webp image (a multipart file part)",
+                           json_schema_extra={"format": "binary"})  # fmt: skip
+    filename: str | None = Field(None, description="its name (default: the part's filename)")
+    type: str | None = Field(None, description="its content type as the client saw it (the bytes decide)")
+    metadata: str | None = Field(None, description="a JSON object kept with the file")
+
+
+class ReplicateFile(BaseModel):
+    """A File object: an uploaded image a prediction's `images` can name by its urls.get."""
+
+    id: str
+    name: str
+    content_type: str
+    size: int
+    etag: str
+    checksums: dict[str, str]
+    metadata: dict[str, Any]
+    created_at: str
+    expires_at: str | None
+    urls: dict[str, str]
+
+
+class ReplicateFilePage(BaseModel):
+    next: str | None
+    previous: str | None
+    results: list[ReplicateFile]

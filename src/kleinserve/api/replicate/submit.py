@@ -13,6 +13,7 @@ from kleinserve.api.access import owner_of
 from kleinserve.api.dialect_request import to_request, validated
 from kleinserve.api.errors import ApiError, invalid
 from kleinserve.api.replicate.catalog import output_size, version_id
+from kleinserve.api.replicate.files import own_file_id
 from kleinserve.api.replicate.schemas import (
     AI_SDK_IMAGE_FIELDS,
     EVENTS,
@@ -42,7 +43,7 @@ async def create(
     schema = ReplicateBaseInput if served.spec.uses_cfg else ReplicateInput
     given = validated(schema, body.input)
     _refuse_guidance(served, given)
-    images = await _references(service, _image_urls(given))
+    images = await _references(service, http, _image_urls(given))
     generation = _to_request(served, given, images)
     quality = given.output_quality if given.output_quality is not None else DEFAULT_QUALITY
     image_format = "jpeg" if (given.output_format or "jpg") == "jpg" else given.output_format
@@ -81,8 +82,16 @@ def _image_urls(given: ReplicateInput) -> list[tuple[str, str]]:
     return found
 
 
-async def _references(service: ImageService, urls: list[tuple[str, str]]) -> list:
-    return list(await asyncio.gather(*(service.fetch_reference(url, field) for field, url in urls)))
+async def _references(service: ImageService, http: Request, urls: list[tuple[str, str]]) -> list:
+    """Each reference fetched, or read here when it is one of this server's files (a /v1/files urls.get)."""
+
+    async def reference(field: str, url: str):
+        file_id = own_file_id(service, http, url)
+        if file_id is None:
+            return await service.fetch_reference(url, field)
+        return await service.uploads.image(file_id, owner_of(http), field)
+
+    return list(await asyncio.gather(*(reference(field, url) for field, url in urls)))
 
 
 def _to_request(served: ServedModel, given: ReplicateInput, images: list) -> GenerationRequest:

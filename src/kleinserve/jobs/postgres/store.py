@@ -30,6 +30,7 @@ from kleinserve.jobs.migrations import migrate
 from kleinserve.jobs.queue_policy import QueuePolicy
 from kleinserve.jobs.side_tables import SideTables
 from kleinserve.jobs.signals import CHANGED, CLAIMABLE, Signals
+from kleinserve.jobs.uploads import Uploads
 
 _CHANNELS = {"kleinserve_claimable": CLAIMABLE, "kleinserve_changed": CHANGED}
 _CHANNEL = {topic: channel for channel, topic in _CHANNELS.items()}
@@ -85,7 +86,7 @@ class PostgresDatabase:
         return [bytes(preview) for preview in value]
 
 
-class PostgresJobStore(QueuePolicy, SideTables):
+class PostgresJobStore(QueuePolicy, SideTables, Uploads):
     def __init__(self, url: str, *, connections: int = 4):
         try:
             import psycopg

@@ -24,6 +24,7 @@ from kleinserve.jobs.queue_policy import QueuePolicy
 from kleinserve.jobs.side_tables import SideTables
 from kleinserve.jobs.signals import Signals
 from kleinserve.jobs.sqlite.schema import adopt_unversioned
+from kleinserve.jobs.uploads import Uploads
 
 
 class DataDirInUse(KleinserveError):
@@ -87,7 +88,7 @@ class SQLiteDatabase:
 _LENGTH = struct.Struct(">I")
 
 
-class SQLiteJobStore(QueuePolicy, SideTables):
+class SQLiteJobStore(QueuePolicy, SideTables, Uploads):
     outage = None  # a file in this process: reachable while the process runs (a full disk is StorageFull)
 
     def __init__(self, path: Path):
