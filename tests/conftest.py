@@ -128,9 +128,10 @@ TESTS = Path(__file__).resolve().parent
 # worker, so that a module-scoped server starts once, and the modules start in the order below (the longest
 # first, so that none of them is left running alone at the end), then the others in their usual order.
 LONGEST_FIRST = (
-    "live/test_scale_out.py", "live/test_ray_serve.py", "live/test_openapi_fuzz.py",
-    "live/test_server_lifecycle.py", "live/test_hostile.py", "live/test_fal_client.py",
-    "live/test_console.py", "live/test_clients.py", "live/test_durable_queue.py",
+    "live/test_openapi_fuzz.py", "live/test_scale_out.py", "live/test_ray_serve.py", "live/test_faults.py",
+    "live/test_server_lifecycle.py", "live/test_hostile.py", "engine/test_device_run.py",
+    "live/test_clients.py", "live/test_fal_client.py", "live/test_console.py", "live/test_durable_queue.py",
+    "engine/test_lora_parity.py", "live/test_replicate.py",
 )  # fmt: skip
 
 
