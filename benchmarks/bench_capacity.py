@@ -69,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                           worker_flags=WORKER_FLAGS, shared=["--no-safety-checker"],
                           api_flags=["--log-level", "warning"], env=env)  # fmt: skip
         with cluster:
-            steps = [measure_step(cluster, url, workers, args) for workers in args.workers]
+            steps = []
+            for workers in args.workers:
+                try:
+                    steps.append(measure_step(cluster, url, workers, args))
+                except RuntimeError as exc:  # a worker could not start (e.g. PostgreSQL's max_connections)
+                    steps.append({"workers": workers, "failed_to_start": first_fatal(str(exc))})
+                    break
     finally:
         postgres.stop()
     report = {
@@ -118,6 +124,7 @@ def measure_step(cluster: Cluster, url: str, workers: int, args) -> dict:
         "jobs_per_api_cpu_s": round(len(records) / api_cpu, 1) if api_cpu else None,
         "db_transactions_per_finished_job": round((after[1] - before[1]) / max(len(records), 1), 1),
         "worker_rss_mb": worker_rss_mb(cluster),
+        "load_average_1m_after": round(os.getloadavg()[0], 1),  # the machine is shared: other load shows here
     }
     print(json.dumps({k: v for k, v in step.items() if k != "queue_depth"}), flush=True)
     drain(url)
@@ -167,6 +174,11 @@ def load(api: str, url: str, workers: int, args) -> tuple[int, list[int]]:
     for thread in threads:
         thread.join()
     return submitted[0], depths
+
+
+def first_fatal(message: str) -> str:
+    lines = message.splitlines()
+    return next((line.strip() for line in lines if "FATAL" in line or "error:" in line), lines[0])[:400]
 
 
 def drain(url: str) -> None:
