@@ -313,9 +313,9 @@ def worker(args: argparse.Namespace) -> int:
     import logging
 
     from kleinserve.roles import worker as worker_process
-    from kleinserve.service.engine_startup import check_weights
     from kleinserve.service.safety import locate_safety_model
     from kleinserve.service.served_models import served_specs
+    from kleinserve.simulated_engine import simulated_engine_ms
 
     settings = settings_from_args(args)
     if not settings.database_url:
@@ -323,9 +323,12 @@ def worker(args: argparse.Namespace) -> int:
             "--database-url", "a worker shares its jobs with API servers: give the PostgreSQL database's URL"
         )
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s:     %(message)s")
-    for spec, demo in served_specs(settings):
-        if not demo:
-            check_weights(spec, settings)
+    if simulated_engine_ms() is None:  # the capacity benchmark's stand-in needs no weights (nor torch)
+        from kleinserve.service.engine_startup import check_weights
+
+        for spec, demo in served_specs(settings):
+            if not demo:
+                check_weights(spec, settings)
     if settings.safety_checker:
         locate_safety_model(settings)
     worker_process.run(settings)

@@ -28,6 +28,7 @@ from kleinserve.service.served_models import DEMO_LABEL, ServedModel, served_spe
 from kleinserve.service.waiters import StepListener, Waiter
 from kleinserve.service.watch import ProgressRecorder
 from kleinserve.settings import Settings
+from kleinserve.simulated_engine import SimulatedEngine, simulated_engine_ms
 
 log = logging.getLogger("kleinserve")
 
@@ -110,11 +111,8 @@ class LocalModels:
         self.background.loop(self._load_models(), name="load-models")
 
     async def _load_models(self) -> None:
-        from kleinserve.service.engine_startup import (
-            load_engine,
-        )  # torch is imported here, off the event loop
-
         loop = asyncio.get_running_loop()
+        load_engine = _engine_loader()
         for served in self.models:
             thread = self._engine_threads[served.spec.id]
             try:
@@ -185,6 +183,20 @@ class LocalModels:
     def close(self) -> None:
         for thread in (*self._engine_threads.values(), self.screen.thread):
             thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _engine_loader():
+    """The real engine's loader (torch is imported here, off the event loop), or the capacity benchmark's
+    stand-in when KLEINSERVE_SIMULATED_ENGINE_MS is set (simulated_engine.py)."""
+    ms = simulated_engine_ms()
+    if ms is None:
+        from kleinserve.service.engine_startup import load_engine
+
+        return load_engine
+    log.warning(
+        "SIMULATED ENGINE (%g ms per image, grey images): for capacity benchmarks only, never serve", ms
+    )
+    return lambda spec, settings, demo: SimulatedEngine(spec, ms)
 
 
 def _use_lora_sources(engine, sources: LoraSources, loop: asyncio.AbstractEventLoop, cache_mb: int) -> None:
