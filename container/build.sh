@@ -10,6 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/container/containers.conf}"
 IMAGE="${IMAGE:-localhost/kleinserve:local}"
+
+# What this needs, from Debian's packages (as .ci/run installs its own tools): podman with runc, rootless
+# networking and storage helpers, and debootstrap for the base.
+missing=()
+for tool in podman:podman runc:runc debootstrap:debootstrap newuidmap:uidmap slirp4netns:slirp4netns \
+            fuse-overlayfs:fuse-overlayfs; do
+  command -v "${tool%%:*}" >/dev/null || command -v "/usr/sbin/${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 BASE="$(bash container/base.sh)"
 
 pip_setting() {  # an environment variable, else pip's configuration file
