@@ -82,9 +82,16 @@ class Outputs:
         ]
 
     async def _write(self, folder: str, keys: list, encoded: list[bytes], retrying) -> None:
-        def write():
+        async def write():
             pairs = [(key, data) for key, data in zip(keys, encoded, strict=True) if key]
-            return asyncio.gather(*(asyncio.to_thread(self.store.put, key, data) for key, data in pairs))
+            # every write ends before a failure is raised: a folder deleted while another write of it was
+            # still under way would keep that write's file
+            ends = await asyncio.gather(
+                *(asyncio.to_thread(self.store.put, key, data) for key, data in pairs), return_exceptions=True
+            )
+            failed = next((end for end in ends if isinstance(end, BaseException)), None)
+            if failed is not None:
+                raise failed
 
         try:
             await (write() if retrying is None else retrying(write))
