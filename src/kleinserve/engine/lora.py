@@ -42,6 +42,9 @@ class LoraLinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.lora_down: torch.Tensor | None = None  # (B, R, in)
         self.lora_up: torch.Tensor | None = None  # (B, out, R)
+        # the model's state dict keeps the names it had unwrapped (to_q.weight, not to_q.base.weight)
+        self._register_state_dict_hook(_unwrapped_names)
+        self._register_load_state_dict_pre_hook(_wrapped_names)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -56,6 +59,17 @@ class LoraLinear(nn.Module):
         if self.lora_down is None:
             return out
         return out + _low_rank(x, self.lora_down, self.lora_up)
+
+
+def _unwrapped_names(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    inner = prefix + "base."
+    for key in [key for key in state_dict if key.startswith(inner)]:
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+
+
+def _wrapped_names(state_dict: dict, prefix: str, *args) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix) and "." not in key[len(prefix) :]]:
+        state_dict[prefix + "base." + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def _low_rank(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
