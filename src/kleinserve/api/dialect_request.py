@@ -74,6 +74,39 @@ def integer_in(name: str, low: int, high: int) -> Callable[[Any], int | None]:
     return check
 
 
+def number(name: str) -> Callable[[Any], float | None]:
+    """A Checked validator: None, or a number (not a bool); else an error naming `name`."""
+
+    def check(value: Any) -> float | None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise invalid(name, f"must be a number, got {value!r}")
+        return value
+
+    return check
+
+
+def choice(name: str, choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    """A Checked validator: None, or one of `choices`; else an error naming `name` and the choices."""
+
+    def check(value: Any) -> str | None:
+        if value is not None and value not in choices:
+            raise invalid(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return check
+
+
+def text(name: str) -> Callable[[Any], str | None]:
+    """A Checked validator: None, or a string; else an error naming `name`."""
+
+    def check(value: Any) -> str | None:
+        if value is not None and not isinstance(value, str):
+            raise invalid(name, f"must be a string, got {value!r}")
+        return value
+
+    return check
+
+
 def _as_sent(value: Any) -> Any:
     return value
 

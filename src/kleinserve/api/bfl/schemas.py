@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, integer_in
+from kleinserve.api.dialect_request import MAX_SEED, PROMPT, Checked, choice, integer_in, number, text
 from kleinserve.api.errors import invalid
 
 MAX_IMAGES = 4  # input_image, input_image_2 .. input_image_4
@@ -37,33 +37,6 @@ def _image(name: str):
     return check
 
 
-def _number(name: str):
-    def check(value: Any) -> float | None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise invalid(name, f"must be a number, got {value!r}")
-        return value
-
-    return check
-
-
-def _choice(name: str, choices: tuple[str, ...]):
-    def check(value: Any) -> str | None:
-        if value is not None and value not in choices:
-            raise invalid(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _text(name: str):
-    def check(value: Any) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise invalid(name, f"must be a string, got {value!r}")
-        return value
-
-    return check
-
-
 def _image_field(name: str):
     return Annotated[str | None, Checked(_image(name)), Field(description="an image URL or base64 image")]
 
@@ -80,7 +53,7 @@ class BflRequest(BaseModel):
     seed: Annotated[int | None, Checked(integer_in("seed", 0, MAX_SEED))] = None
     aspect_ratio: Annotated[
         str | None,
-        Checked(_text("aspect_ratio")),
+        Checked(text("aspect_ratio")),
         Field(description="W:H, used when width and height are not given"),
     ] = None
     width: Annotated[
@@ -90,11 +63,11 @@ class BflRequest(BaseModel):
         int | None, Checked(integer_in("height", 1, 100_000)), Field(description="pixels, a multiple of 16")
     ] = None
     steps: Annotated[int | None, Checked(integer_in("steps", 1, 1000))] = None
-    guidance: Annotated[float | None, Checked(_number("guidance")), Field(description="Base models only")] = (
+    guidance: Annotated[float | None, Checked(number("guidance")), Field(description="Base models only")] = (
         None
     )
     output_format: Annotated[
-        Literal["jpeg", "png", "webp"] | None, Checked(_choice("output_format", FORMATS))
+        Literal["jpeg", "png", "webp"] | None, Checked(choice("output_format", FORMATS))
     ] = None
     safety_tolerance: Annotated[
         int | None,
@@ -102,11 +75,11 @@ class BflRequest(BaseModel):
         Field(description="accepted; see the README for how it acts"),
     ] = None
     webhook_url: Annotated[
-        str | None, Checked(_text("webhook_url")), Field(description="POSTed the result when the task ends")
+        str | None, Checked(text("webhook_url")), Field(description="POSTed the result when the task ends")
     ] = None
     webhook_secret: Annotated[
         str | None,
-        Checked(_text("webhook_secret")),
+        Checked(text("webhook_secret")),
         Field(description="signs the webhook: X-BFL-Signature: sha256=<hex HMAC-SHA256 of the body>"),
     ] = None
 

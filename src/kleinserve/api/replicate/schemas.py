@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kleinserve.api.dialect_request import MAX_SEED, Checked
+from kleinserve.api.dialect_request import MAX_SEED, Checked, choice, integer_in, number, text
 from kleinserve.api.errors import invalid
 
 MAX_IMAGES = 4  # Replicate takes 5; the engine takes 4 references
@@ -54,39 +54,10 @@ def _images(value: Any) -> list[str] | None:
     return value
 
 
-def _choice(name: str, choices: tuple[str, ...]):
-    def check(value: Any) -> str | None:
-        if value is not None and value not in choices:
-            raise invalid(_field(name), f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    return check
-
-
-def _integer(name: str, low: int, high: int):
-    def check(value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise invalid(_field(name), f"must be an integer from {low} to {high}, got {value!r}")
-        return value
-
-    return check
-
-
 def _boolean(name: str):
     def check(value: Any) -> bool | None:
         if value is not None and not isinstance(value, bool):
             raise invalid(_field(name), f"must be true or false, got {value!r}")
-        return value
-
-    return check
-
-
-def _number(name: str):
-    def check(value: Any) -> float | None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise invalid(_field(name), f"must be a number, got {value!r}")
         return value
 
     return check
@@ -123,39 +94,47 @@ class ReplicateInput(BaseModel):
     ] = None
     aspect_ratio: Annotated[
         Literal[ASPECT_RATIOS] | None,
-        Checked(_choice("aspect_ratio", ASPECT_RATIOS)),
+        Checked(choice(_field("aspect_ratio"), ASPECT_RATIOS)),
         Field(description="default 1:1"),
     ] = None
     output_megapixels: Annotated[
         Literal[MEGAPIXELS] | None,
-        Checked(_choice("output_megapixels", MEGAPIXELS)),
+        Checked(choice(_field("output_megapixels"), MEGAPIXELS)),
         Field(description="default 1"),
     ] = None
-    seed: Annotated[int | None, Checked(_integer("seed", 0, MAX_SEED))] = None
+    seed: Annotated[int | None, Checked(integer_in(_field("seed"), 0, MAX_SEED))] = None
     go_fast: Annotated[
         bool | None,
         Checked(_boolean("go_fast")),
         Field(description="accepted; the server runs as configured"),
     ] = None
     output_format: Annotated[
-        Literal[FORMATS] | None, Checked(_choice("output_format", FORMATS)), Field(description="default jpg")
+        Literal[FORMATS] | None,
+        Checked(choice(_field("output_format"), FORMATS)),
+        Field(description="default jpg"),
     ] = None
     output_quality: Annotated[
-        int | None, Checked(_integer("output_quality", 0, 100)), Field(description="jpg/webp, default 80")
+        int | None,
+        Checked(integer_in(_field("output_quality"), 0, 100)),
+        Field(description="jpg/webp, default 80"),
     ] = None
     disable_safety_checker: Annotated[bool | None, Checked(_boolean("disable_safety_checker"))] = None
     size: Annotated[
         str | None, Checked(_size), Field(description="WIDTHxHEIGHT, beside aspect_ratio (@ai-sdk/replicate)")
     ] = None
-    num_outputs: Annotated[int | None, Checked(_integer("num_outputs", 1, 64))] = None
-    num_inference_steps: Annotated[int | None, Checked(_integer("num_inference_steps", 1, 1000))] = None
+    num_outputs: Annotated[int | None, Checked(integer_in(_field("num_outputs"), 1, 64))] = None
+    num_inference_steps: Annotated[
+        int | None, Checked(integer_in(_field("num_inference_steps"), 1, 1000))
+    ] = None
     input_image: Annotated[str | None, Checked(_image("input_image"))] = None
 
 
 class ReplicateBaseInput(ReplicateInput):
     """`input` of black-forest-labs/flux-2-klein-base-4b and -base-9b: the same, and `guidance`."""
 
-    guidance: Annotated[float | None, Checked(_number("guidance")), Field(description="CFG scale")] = None
+    guidance: Annotated[float | None, Checked(number(_field("guidance"))), Field(description="CFG scale")] = (
+        None
+    )
 
 
 def _webhook_events(value: Any) -> list[str] | None:
@@ -164,15 +143,6 @@ def _webhook_events(value: Any) -> list[str] | None:
     if not isinstance(value, list) or any(v not in EVENTS for v in value):
         raise invalid("webhook_events_filter", f"must be a list of {', '.join(EVENTS)}, got {value!r}")
     return value
-
-
-def _text(name: str):
-    def check(value: Any) -> str | None:
-        if value is not None and not isinstance(value, str):
-            raise invalid(name, f"must be a string, got {value!r}")
-        return value
-
-    return check
 
 
 def _object(value: Any) -> dict:
@@ -189,11 +159,11 @@ class PredictionBody(BaseModel):
     model_config = ConfigDict(extra="allow")  # stream: true and the like
     version: Annotated[
         str | None,
-        Checked(_text("version")),
+        Checked(text("version")),
         Field(description="owner/name:id or an id (POST /v1/predictions)"),
     ] = None
     input: Annotated[dict[str, Any], Checked(_object), Field(description="the model's input")] = {}
-    webhook: Annotated[str | None, Checked(_text("webhook"))] = None
+    webhook: Annotated[str | None, Checked(text("webhook"))] = None
     webhook_events_filter: Annotated[list[Literal[EVENTS]] | None, Checked(_webhook_events)] = None
 
 
