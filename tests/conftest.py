@@ -6,7 +6,16 @@ no model weights, no server), tests/engine (loads or builds the tiny model in th
 tests share are in tests/support. The fast subset: `pytest -m unit` (or `pytest tests/unit`)."""
 
 import os
+import sys
 from pathlib import Path
+
+# This machine's environment sets PYTHONDONTWRITEBYTECODE=1, and the README's install skips byte-compiling
+# (`--no-compile`), so every process the tests start would compile every module it imports from source: about
+# 7 s of CPU per server for torch._dynamo, sympy, diffusers and the rest, in ~150 processes. Let this process
+# and everything it starts write bytecode to __pycache__ once and read it after (written atomically, so
+# concurrent processes are safe).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
