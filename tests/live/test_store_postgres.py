@@ -148,3 +148,26 @@ def _listeners(url: str) -> list[int]:
             " AND query LIKE 'LISTEN kleinserve_stop_%'"
         ).fetchall()
     return [row[0] for row in rows]
+
+
+def test_pooled_connections_the_server_ended_are_replaced(open_store, postgres_server, database_url):  # noqa: F811
+    """A PostgreSQL restart or pg_terminate_backend ends the pool's idle connections; once the database is
+    back, no call may fail on one of them (each pool thread would otherwise answer one 503)."""
+    store = open_store()
+    run(add_each(store, 8))  # connections on the pool's threads
+    pooled = (f"datname = '{database_url.rsplit('/', 1)[1]}' AND application_name LIKE 'kleinserve pid %'"
+              " AND query NOT LIKE 'LISTEN %'")  # fmt: skip
+    terminate = f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {pooled}"
+    ended = postgres_server.query("postgres", terminate)
+    assert ended and all(row[0] for row in ended)
+    deadline = time.monotonic() + 30
+    while postgres_server.query("postgres", f"SELECT pid FROM pg_stat_activity WHERE {pooled}"):
+        assert time.monotonic() < deadline, "the terminated backends did not exit"
+        time.sleep(0.05)
+    added = run(add_each(store, 16))
+    assert len(added) == 16 and store.outage is None
+
+
+async def add_each(store, count: int) -> list:
+    """`count` jobs added by concurrent calls, so that several pool threads take part."""
+    return await asyncio.gather(*(add(store, queued_job()) for _ in range(count)))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import threading
 import time
 import uuid
@@ -125,11 +126,26 @@ class PostgresJobStore(QueuePolicy, SideTables, Uploads):
 
     def _connection(self):
         conn = getattr(self._local, "conn", None)
-        if conn is None or conn.closed or conn.broken:
-            conn = self._local.conn = self._connect()
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
+        if conn is not None and self._usable(conn):
+            return conn
+        fresh = self._local.conn = self._connect()
+        with self._connections_lock:
+            if conn is not None:
+                self._connections.remove(conn)
+                conn.close()
+            self._connections.append(fresh)
+        return fresh
+
+    @staticmethod
+    def _usable(conn) -> bool:
+        """False for a pooled connection the server has ended while it sat idle (a PostgreSQL restart,
+        pg_terminate_backend): without this check the first call after a restart would answer a 503 on each
+        such connection although the database is back. The pool's connections LISTEN to nothing, so an idle
+        one has something to read only when the server ended it (its "terminating connection" message):
+        one select(), no round trip."""
+        if conn.closed or conn.broken:
+            return False
+        return not select.select([conn.fileno()], [], [], 0)[0]
 
     async def _run(self, rule, *args):
         call = partial(self._call, rule, *args)
