@@ -8,11 +8,12 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+
+from support.zygote import ForkedProcess, start_kleinserve
 
 POLL_S = 0.05  # between readiness checks
 
@@ -40,7 +41,7 @@ class LiveServer:
         self.args = list(args)
         self.env = env or {}
         self.port = free_port()
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | ForkedProcess | None = None
         self.log_path = data_dir / "server.log"
 
     @property
@@ -59,12 +60,8 @@ class LiveServer:
 
     def start(self, timeout: float = 120.0) -> LiveServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "kleinserve", "serve", "--port", str(self.port)]
-        command += ["--data-dir", str(self.data_dir), *self.args]
-        log = self.log_path.open("a")
-        self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-        )
+        args = ["serve", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.args]
+        self.process = start_kleinserve(args, {**os.environ, **self.env}, self.log_path)
         if timeout > 0:
             self._wait_ready(timeout)
         return self

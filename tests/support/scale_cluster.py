@@ -8,13 +8,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
 from support.live_server import LiveServer
+from support.zygote import ForkedProcess, start_kleinserve
 
 POLL_S = 0.05
 STARTED_BY = re.compile(r"by worker \S+ \(pid (\d+)\)")
@@ -26,15 +26,12 @@ class WorkerProcess:
         self.args = list(args)
         self.env = env or {}
         self.log_path = data_dir / f"{name}.log"
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | ForkedProcess | None = None
 
     def start(self) -> WorkerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "kleinserve", "worker", "--data-dir", str(self.data_dir), *self.args]
-        with self.log_path.open("a") as log:
-            self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}
-            )
+        args = ["worker", "--data-dir", str(self.data_dir), *self.args]
+        self.process = start_kleinserve(args, {**os.environ, **self.env}, self.log_path)
         return self
 
     @property
