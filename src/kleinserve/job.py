@@ -43,6 +43,7 @@ class Job:
     detached: bool = False  # no caller waits on it (a queue submission): it is run again after a crash
     attempts: int = 0  # times a worker claimed it
     webhook: str | None = None  # where its end is POSTed; kept in the store's webhook rows, not read back
+    webhook_held_s: float = 0.0  # its webhook row starts leased this long (its submitter follows it)
 
 
 def new_job_id() -> str:

@@ -1,10 +1,11 @@
 """Replicate's API (predictions, their stream and webhook, the model pages) driven by the unmodified
 replicate-python client, `replicate.Client(base_url=..., api_token=...)`: run() (also with wait=1 on a job
 that outlasts it), predictions create / get / wait / cancel / list, progress parsed from the logs, the signed
-webhook validated with replicate's own validator, errors in Replicate's problem+json shape, another token's
-prediction not found, the OpenAI route's pixels for the same seed and size, and the Files API (create / get /
-list / delete, and run() uploading a local file input by default). (The npm clients:
-tests/js/replicate.test.mjs and ai-replicate.test.mjs.)"""
+webhook validated with replicate's own validator and its events (webhook_events_filter: start, logs, output,
+completed, in order), errors in Replicate's problem+json shape, another token's prediction not found, the
+OpenAI route's pixels for the same seed and size, a -lora model's pixels equal to fal's /lora endpoint's, and
+the Files API (create / get / list / delete, and run() uploading a local file input by default). (The npm
+clients: tests/js/replicate.test.mjs and ai-replicate.test.mjs.)"""
 
 import base64
 import hashlib
@@ -17,12 +18,16 @@ from PIL import Image
 from kleinserve.models import Variant
 
 from support.live_server import LiveServer
+from support.lora_files import linear_shapes, write_peft_lora
+from support.replicate_webhooks import webhook_events
 
 replicate = pytest.importorskip("replicate")
 from replicate.exceptions import ReplicateError  # noqa: E402
 
 KEY, OTHER_KEY = "replicate-key", "replicate-other-key"
 MODEL = "black-forest-labs/flux-2-klein-4b"
+LORA_MODEL = f"{MODEL}-lora"
+LORA_FILE = "style.safetensors"  # in the server's --lora-dir
 SMALL = {"size": "64x64"}
 SLOW = {
     "prompt": "slow",
@@ -33,11 +38,14 @@ SLOW = {
 
 @pytest.fixture(scope="module")
 def server(checkpoints, tmp_path_factory):
+    lora_dir = tmp_path_factory.mktemp("replicate-loras")
+    write_peft_lora(lora_dir / LORA_FILE, linear_shapes(checkpoints[Variant.DISTILLED]), seed=1)
     with LiveServer(
         tmp_path_factory.mktemp("replicate-server"),
         "--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}",
         "--api-key", KEY, "--api-key", OTHER_KEY, "--no-warmup", "--batch-wait-ms", "0",
         "--allow-private-network", "127.0.0.1/32", "--webhook-attempts", "2", "--webhook-retry-base-s", "0.2",
+        "--lora-dir", str(lora_dir),
     ) as live:  # fmt: skip
         yield live
 
@@ -162,6 +170,44 @@ def test_the_webhook_is_signed_and_validates_with_replicates_validator(client, s
         )
 
 
+def test_webhook_events_filter_start_and_completed_sends_exactly_those(client, webhooks):
+    secret = client.webhooks.default.secret()
+    prediction = client.predictions.create(model=MODEL, input={"prompt": "two events", **SMALL},
+                                           webhook=f"{webhooks.url}/replicate-start",
+                                           webhook_events_filter=["start", "completed"])  # fmt: skip
+    events = webhook_events(webhooks, "replicate-start", prediction.id)
+    assert [event for event, _ in events] == ["start", "completed"]
+    (_, start), (_, completed) = events
+    assert start["id"] == completed["id"] == prediction.id and start["started_at"] is not None
+    assert completed["status"] == "succeeded" and completed["output"]
+    for headers, body in webhooks.raw["replicate-start"]:
+        replicate.webhook.Webhooks.validate(headers=headers, body=body.decode(), secret=secret, tolerance=60)
+    assert client.predictions.get(prediction.id).status == "succeeded"
+
+
+def test_the_default_filter_sends_start_logs_output_then_completed(client, webhooks):
+    prediction = client.predictions.create(model=MODEL, input={"prompt": "every event", **SMALL, "seed": 4},
+                                           webhook=f"{webhooks.url}/replicate-all")  # fmt: skip
+    events = webhook_events(webhooks, "replicate-all", prediction.id)
+    kinds = [event for event, _ in events]
+    assert kinds[0] == "start" and kinds[-2:] == ["output", "completed"]
+    assert set(kinds[1:-2]) == {"logs"}  # at least one logs event, none after output
+    logs = [body["logs"] for event, body in events if event == "logs"]
+    assert "4/4" in logs[-1] and all(body["id"] == prediction.id for _, body in events)
+    (_, output), (_, completed) = events[-2:]
+    assert output["output"] == completed["output"] and completed["status"] == "succeeded"
+    prediction.wait()
+    assert completed["output"] == prediction.output
+
+
+def test_an_unknown_webhook_event_is_a_422_naming_the_filter(client, webhooks):
+    with pytest.raises(ReplicateError) as raised:
+        client.predictions.create(model=MODEL, input={"prompt": "a"}, webhook=f"{webhooks.url}/replicate-bad",
+                                  webhook_events_filter=["start", "finished"])  # fmt: skip
+    assert raised.value.status == 422 and raised.value.detail.startswith("- webhook_events_filter: ")
+    assert "completed" in raised.value.detail
+
+
 def test_the_stream_sends_logs_output_and_done(client):
     prediction = client.predictions.create(model=MODEL, input={"prompt": "streamed", **SMALL})
     events = list(prediction.stream())
@@ -182,6 +228,7 @@ def test_the_stream_sends_logs_output_and_done(client):
         ({"prompt": "a", "guidance": 3.5}, "input.guidance", "distilled"),
         ({"prompt": "a", "output_format": "gif"}, "input.output_format", "jpg"),
         ({"prompt": "a", "size": "100x64"}, "input.size", "multiple of 16"),
+        ({"prompt": "a", "lora_weights": LORA_FILE}, "input.lora_weights", f"run {LORA_MODEL}"),
     ],
 )
 def test_bad_input_is_a_422_naming_the_field(client, input, field, words):
@@ -190,6 +237,41 @@ def test_bad_input_is_a_422_naming_the_field(client, input, field, words):
     error = raised.value
     assert error.status == 422 and error.title == "Input validation failed"
     assert error.detail.startswith(f"- {field}: ") and words in error.detail
+
+
+def test_a_lora_model_gives_the_fal_lora_endpoints_pixels(client, server):
+    """black-forest-labs/flux-2-klein-4b-lora with lora_weights + lora_scale equals fal's /lora endpoint with
+    the same LoRA, seed and input; the same prediction on the plain model differs."""
+    given = {"prompt": "a lora'd lighthouse", "seed": 21, **SMALL, "output_format": "png"}
+    [output] = client.run(LORA_MODEL, input={**given, "lora_weights": LORA_FILE, "lora_scale": 0.5})
+    ours = download(output)
+    fal_input = {"prompt": given["prompt"], "seed": 21, "image_size": {"width": 64, "height": 64},
+                 "output_format": "png", "loras": [{"path": LORA_FILE, "scale": 0.5}]}  # fmt: skip
+    fal = httpx.post(f"{server.url}/fal-ai/flux-2/klein/4b/lora", json=fal_input,
+                     headers={"authorization": f"Key {KEY}"}, timeout=120)  # fmt: skip
+    assert fal.status_code == 200, fal.text
+    theirs = download(fal.json()["images"][0]["url"])
+    assert ours.format == "PNG" and ours.tobytes() == theirs.tobytes()
+    [plain] = client.run(MODEL, input=given)
+    assert download(plain).tobytes() != ours.tobytes()
+    assert client.models.get(LORA_MODEL).latest_version.openapi_schema["components"]["schemas"]["Input"][
+        "properties"
+    ].keys() >= {"lora_weights", "lora_scale"}
+
+
+@pytest.mark.parametrize(
+    ("input", "field", "words"),
+    [
+        ({"lora_weights": "missing.safetensors"}, "input.lora_weights", "missing.safetensors"),
+        ({"lora_weights": LORA_FILE, "lora_scale": 5}, "input.lora_scale", "from 0 to 4"),
+        ({"lora_scale": 0.5}, "input.lora_scale", "lora_weights"),
+    ],
+)
+def test_a_bad_lora_is_a_422_naming_its_field(client, input, field, words):
+    with pytest.raises(ReplicateError) as raised:
+        client.predictions.create(model=LORA_MODEL, input={"prompt": "a", **SMALL, **input})
+    assert raised.value.status == 422 and raised.value.detail.startswith(f"- {field}: ")
+    assert words in raised.value.detail
 
 
 def test_a_webhook_to_a_private_address_is_refused(client):

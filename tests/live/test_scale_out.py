@@ -18,6 +18,7 @@ from kleinserve.models import Variant
 from support.fal_queue import ENDPOINT, result, status, submit, wait_until
 from support.live_server import LiveServer, free_port
 from support.postgres_server import database_url, postgres_server  # noqa: F401 (fixtures)
+from support.replicate_webhooks import webhook_events
 from support.s3_server import bucket, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
 from support.scale_cluster import Cluster, started_by
 
@@ -118,6 +119,20 @@ def test_workers_publish_their_engine_metrics(cluster):
         images += sum(float(line.split()[-1]) for line in text.splitlines()
                       if line.startswith("kleinserve_images_generated_total{"))  # fmt: skip
     assert images >= 4  # earlier tests made more; each worker counts what it ran
+
+
+def test_a_replicate_predictions_webhook_events_come_in_order_from_the_api_role(cluster, webhooks):
+    """The job runs in a worker; the API server that created the prediction follows it through the database
+    and sends start, logs, output and completed, in that order, the end once."""
+    created = httpx.post(f"{cluster.api.url}/v1/models/black-forest-labs/flux-2-klein-4b/predictions", json={
+        "input": {"prompt": "split roles", "size": "128x128", "seed": 5},
+        "webhook": f"{webhooks.url}/replicate-split"}, timeout=60)  # fmt: skip
+    assert created.status_code == 201, created.text
+    prediction_id = created.json()["id"]
+    events = webhook_events(webhooks, "replicate-split", prediction_id, timeout=300)
+    kinds = [event for event, _ in events]
+    assert kinds[0] == "start" and kinds[-2:] == ["output", "completed"] and set(kinds[1:-2]) == {"logs"}
+    assert events[-1][1]["status"] == "succeeded" and fetch(events[-1][1]["output"][0]).shape == (128, 128, 3)
 
 
 def test_two_api_servers_send_each_webhook_exactly_once(cluster, webhooks):

@@ -645,6 +645,27 @@ def test_an_expired_webhook_lease_is_claimed_again_and_a_done_one_never(open_sto
     assert sorted(first) == sorted([again, done]) and later == [again]
 
 
+def test_a_webhook_added_held_is_not_claimed_until_its_hold_is_released(open_store):
+    """A job added with webhook_held_s (its submitter follows it and sends its end) is not claimed once it
+    ended while the hold lasts or is renewed; released, it is claimed at once."""
+
+    async def scenario():
+        store = open_store()
+        held = with_webhook(queued_job())
+        held.webhook_held_s = LEASE_S
+        (job,) = await add(store, held)
+        await store.finish(job.id, JobStatus.SUCCEEDED, result={})
+        while_held = await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+        await store.hold_webhook(job.id, time.time() + LEASE_S)
+        renewed = await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+        await store.hold_webhook(job.id, None)
+        released = await store.claim_webhooks(limit=10, lease_s=LEASE_S)
+        return job.id, while_held, renewed, released
+
+    job_id, while_held, renewed, released = run(scenario())
+    assert while_held == [] and renewed == [] and released == [job_id]
+
+
 def test_a_deleted_jobs_webhook_is_gone(open_store):
     async def scenario():
         store = open_store()

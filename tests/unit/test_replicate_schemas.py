@@ -6,9 +6,16 @@ import pytest
 
 from kleinserve.api.dialect_request import validated
 from kleinserve.api.errors import ApiError, is_replicate_path
-from kleinserve.api.replicate.catalog import output_size, version_id
+from kleinserve.api.replicate.catalog import MODELS, output_size, takes_lora, version_id
 from kleinserve.api.replicate.prediction import tqdm_line
-from kleinserve.api.replicate.schemas import PredictionBody, ReplicateBaseInput, ReplicateInput
+from kleinserve.api.replicate.schemas import (
+    PredictionBody,
+    ReplicateBaseInput,
+    ReplicateBaseLoraInput,
+    ReplicateInput,
+    ReplicateLoraInput,
+    input_schema,
+)
 
 
 def replicate_error(schema, fields) -> dict:
@@ -50,6 +57,27 @@ def test_guidance_is_a_base_input_only():
     assert validated(ReplicateBaseInput, {"prompt": "a", "guidance": 5}).guidance == 5
     body = replicate_error(ReplicateBaseInput, {"prompt": "a", "guidance": "high"})
     assert body["detail"].startswith("- input.guidance: must be a number")
+
+
+def test_the_lora_models_take_lora_weights_and_a_scale_from_0_to_4():
+    assert (
+        input_schema(False, True) is ReplicateLoraInput and input_schema(True, True) is ReplicateBaseLoraInput
+    )
+    assert (
+        input_schema(True, False) is ReplicateBaseInput and "lora_weights" not in ReplicateInput.model_fields
+    )
+    given = validated(
+        ReplicateBaseLoraInput, {"prompt": "a", "guidance": 3, "lora_weights": "o/r", "lora_scale": 2}
+    )
+    assert (given.lora_weights, given.lora_scale, given.guidance) == ("o/r", 2, 3)
+    body = replicate_error(ReplicateLoraInput, {"prompt": "a", "lora_weights": "o/r", "lora_scale": 4.5})
+    assert body["detail"].startswith("- input.lora_scale: must be a number from 0 to 4")
+    body = replicate_error(ReplicateLoraInput, {"prompt": "a", "lora_weights": ""})
+    assert body["detail"].startswith("- input.lora_weights: must be a LoRA's URL")
+    assert MODELS["flux-2-klein-base-9b-lora"] == "flux.2-klein-base-9b" and takes_lora(
+        "flux-2-klein-4b-lora"
+    )
+    assert version_id("flux-2-klein-4b-lora") != version_id("flux-2-klein-4b")
 
 
 def test_the_prediction_bodys_own_fields_are_named_without_input():

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from kleinserve import webhook_signing as signing
-from kleinserve.service.webhooks import WebhookSender, message_id
+from kleinserve.service.webhooks import Delivery, WebhookSender, message_id
 from kleinserve.settings import Settings
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
@@ -108,3 +108,25 @@ def test_every_retry_keeps_the_id_and_signs_the_bytes_sent():
         expected = signing.signature(SECRET, "msg_job1", int(headers["webhook-timestamp"]), content)
         assert headers["webhook-signature"] == expected
         assert headers["content-type"] == "application/json"
+
+
+def test_an_event_while_the_job_runs_is_its_own_message_sent_once_and_kept_off_the_jobs_logs():
+    """Replicate's start/logs/output events: one attempt (not retried), webhook-id msg_<job>_<event>, no log
+    line on the job (whose logs the events carry)."""
+    outbound, logs = _FlakyOutbound(failures=1), []
+
+    async def job_log(job_id, message, level):
+        logs.append(message)
+
+    sender = WebhookSender(outbound, job_log, secret=SECRET, attempts=3, retry_base_s=0, timeout_s=5)
+    failed = Delivery("webhook", event="logs_1", once=True)
+    delivered = Delivery("webhook", event="start", once=True)
+    assert not asyncio.run(sender.deliver("job1", "http://example.com/hook", {"n": 1}, failed))
+    assert asyncio.run(sender.deliver("job1", "http://example.com/hook", {"n": 2}, delivered))
+    ids = [sent["headers"]["webhook-id"] for sent in outbound.sent]
+    assert (
+        ids
+        == ["msg_job1_logs_1", "msg_job1_start"]
+        == [message_id("job1", "logs_1"), message_id("job1", "start")]
+    )
+    assert logs == []

@@ -74,12 +74,15 @@ def integer_in(name: str, low: int, high: int) -> Callable[[Any], int | None]:
     return check
 
 
-def number(name: str) -> Callable[[Any], float | None]:
-    """A Checked validator: None, or a number (not a bool); else an error naming `name`."""
+def number(name: str, low: float | None = None, high: float | None = None) -> Callable[[Any], float | None]:
+    """A Checked validator: None, or a number (not a bool), from `low` to `high` when given; else an error
+    naming `name`."""
 
     def check(value: Any) -> float | None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise invalid(name, f"must be a number, got {value!r}")
+        if value is not None and low is not None and high is not None and not low <= value <= high:
+            raise invalid(name, f"must be a number from {low:g} to {high:g}, got {value!r}")
         return value
 
     return check

@@ -178,6 +178,11 @@ class WebhookRows(Protocol):
         """Up to `limit` ended jobs whose webhook is pending and not held under a live lease, oldest end
         first, now leased to the caller for `lease_s` (no other process gets them meanwhile)."""
 
+    async def hold_webhook(self, job_id: str, until: float | None) -> None:
+        """The job's pending webhook leased until `until` (None: released, claimable at once once the job
+        ended), whoever held it: its holder renews it (the submitter following a job added with
+        webhook_held_s, which started the lease)."""
+
     async def webhook_done(self, job_id: str) -> None:
         """The job's webhook was delivered or given up on: it is never claimed again."""
 

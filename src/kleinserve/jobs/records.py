@@ -77,7 +77,11 @@ def add(db: Database, job: Job, inputs: bytes, max_queued: int | None) -> bool:
         )
         db.execute("INSERT INTO job_inputs VALUES (?, ?)", (job.id, inputs))
         if job.webhook:
-            db.execute("INSERT INTO webhooks (job_id, url) VALUES (?, ?)", (job.id, job.webhook))
+            held = time.time() + job.webhook_held_s if job.webhook_held_s else None
+            db.execute(
+                "INSERT INTO webhooks (job_id, url, lease_expires_at) VALUES (?, ?, ?)",
+                (job.id, job.webhook, held),
+            )
         db.notify(CLAIMABLE, job.model)
     return True
 

@@ -114,6 +114,10 @@ def claim_webhooks(db: Database, limit: int, lease_s: float) -> list[str]:
     return ids
 
 
+def hold_webhook(db: Database, job_id: str, until: float | None) -> None:
+    db.execute("UPDATE webhooks SET lease_expires_at = ? WHERE job_id = ? AND NOT done", (until, job_id))
+
+
 def webhook_done(db: Database, job_id: str) -> None:
     db.execute("UPDATE webhooks SET done = TRUE WHERE job_id = ?", (job_id,))
 
@@ -159,6 +163,9 @@ class SideTables:
 
     async def claim_webhooks(self, *, limit: int, lease_s: float) -> list[str]:
         return await self._run(claim_webhooks, limit, lease_s)
+
+    async def hold_webhook(self, job_id: str, until: float | None) -> None:
+        await self._run(hold_webhook, job_id, until)
 
     async def webhook_done(self, job_id: str) -> None:
         await self._run(webhook_done, job_id)

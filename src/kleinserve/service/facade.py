@@ -161,10 +161,13 @@ class ImageService:
         detached: bool = False,
         owner: str | None = None,
         webhook: str | None = None,
+        follow_webhook: bool = False,
     ) -> Job:
         """Record a job with its inputs: from then on it is queued, and runs even if this process dies
         (when `detached`: a queue submission nobody here waits on). `on_step` hears each denoising step,
-        with previews. `webhook`: where the dialect's webhook sender reports the job's end."""
+        with previews. `webhook`: where the dialect's webhook sender reports the job's end; with
+        `follow_webhook` the caller holds that delivery from the start (webhook_queue.py: it sends events
+        while the job runs, then the end)."""
         if self.shutting_down:
             raise ShuttingDown(f"{SHUTDOWN}; retry in a moment (another replica, or this one restarted)")
         served.require_ready()
@@ -181,6 +184,7 @@ class ImageService:
             num_images=request.num_images,
             detached=detached,
             webhook=webhook,
+            webhook_held_s=self.webhook_queue.lease_s if webhook and follow_webhook else 0.0,
         )
         inputs = await asyncio.to_thread(pack_inputs, request, output)
         depth = await self.jobs.queue_depth(served.spec.id)

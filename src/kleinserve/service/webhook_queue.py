@@ -9,6 +9,11 @@ idempotent, as for any retried webhook.
 
 Where the models run in the same process, a job's end wakes the queue at once; an API server whose jobs end
 in workers polls every POLL_S.
+
+A dialect that sends events while a job runs (Replicate's start and logs) holds the job's delivery from the
+moment it is submitted (the job is added with `webhook_held_s`), renews the hold while it follows the job,
+and sends the end itself; the queue claims it only if that hold runs out (its process died) or is released
+(it stopped).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from kleinserve.jobs.contract import JobStore
@@ -40,6 +46,19 @@ class WebhookQueue:
     def add_sender(self, sender: Sender) -> None:
         """`await sender(job_id)` for each ended job with a webhook: the dialect renders and sends it."""
         self._senders.append(sender)
+
+    async def hold(self, job_id: str) -> None:
+        """The job's delivery stays with the caller for another lease_s (a follower renews it)."""
+        await self.jobs.hold_webhook(job_id, time.time() + self.lease_s)
+
+    async def release(self, job_id: str) -> None:
+        """The caller stops following the job: the queue sends its end (once it ended)."""
+        await self.jobs.hold_webhook(job_id, None)
+        self.wake()
+
+    async def done(self, job_id: str) -> None:
+        """The caller sent the job's end itself."""
+        await self.jobs.webhook_done(job_id)
 
     def wake(self) -> None:
         """A job ended in this process: its webhook may be due."""

@@ -6,7 +6,9 @@ written to the job's logs. Receivers must be idempotent: a slow 2xx that times o
 
 Every attempt is signed (kleinserve/webhook_signing.py): the body is serialized once, so the bytes signed
 are the bytes sent, and the webhook-id is the job's (`msg_<job id>`), the same on each retry and from any
-API server.
+API server. A job may also have events sent while it runs (Replicate's start, logs, output): each is its own
+message (`msg_<job id>_<event>`), sent `once`: one attempt, not retried (as Replicate does not retry them)
+and not written to the job's logs (which the events themselves report).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Delivery:
 
     field: str = "fal_webhook"
     headers: Callable[[bytes], dict[str, str]] = lambda content: {}
+    event: str | None = None  # an event sent while the job runs (its own webhook-id); None: the job's end
+    once: bool = False  # one attempt, kept off the job's logs (an event while it runs)
 
 
 class WebhookSender:
@@ -57,13 +61,10 @@ class WebhookSender:
         """True once the receiver answered 2xx; False after the last failed attempt."""
         delivery = delivery or Delivery()
         content = json.dumps(body, separators=(",", ":")).encode()
+        if delivery.once:
+            return await self._once(job_id, url, content, delivery)
         for attempt in range(1, self.attempts + 1):
-            headers = {  # signed per attempt: a receiver checks webhook-timestamp against its clock
-                "content-type": "application/json",
-                **signed_headers(self.secret, message_id(job_id), content),
-                **delivery.headers(content),
-            }
-            outcome = await self._attempt(url, delivery.field, content, headers)
+            outcome = await self._attempt(job_id, url, content, delivery)
             if outcome is None:
                 await self.job_log(job_id, f"webhook delivered (attempt {attempt})", "INFO")
                 return True
@@ -79,8 +80,20 @@ class WebhookSender:
             await asyncio.sleep(delay)
         return False
 
-    async def _attempt(self, url: str, field: str, content: bytes, headers: dict) -> str | None:
+    async def _once(self, job_id: str, url: str, content: bytes, delivery: Delivery) -> bool:
+        outcome = await self._attempt(job_id, url, content, delivery)
+        if outcome is not None:
+            log.warning("webhook event %s of job %s not delivered: %s", delivery.event, job_id, outcome)
+        return outcome is None
+
+    async def _attempt(self, job_id: str, url: str, content: bytes, delivery: Delivery) -> str | None:
         """None on success, else what went wrong."""
+        headers = {  # signed per attempt: a receiver checks webhook-timestamp against its clock
+            "content-type": "application/json",
+            **signed_headers(self.secret, message_id(job_id, delivery.event), content),
+            **delivery.headers(content),
+        }
+        field = delivery.field
         try:
             async with asyncio.timeout(self.timeout_s):
                 request = self.outbound.request("POST", url, field, content=content, headers=headers)
@@ -94,6 +107,7 @@ class WebhookSender:
             return exc.reason
 
 
-def message_id(job_id: str) -> str:
-    """The webhook-id of a job's webhook: one message per job, so every retry keeps it."""
-    return f"msg_{job_id}"
+def message_id(job_id: str, event: str | None = None) -> str:
+    """The webhook-id of a job's webhook (one message per job, so every retry keeps it) or of an event sent
+    while it runs."""
+    return f"msg_{job_id}" if event is None else f"msg_{job_id}_{event}"

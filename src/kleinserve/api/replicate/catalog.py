@@ -13,13 +13,17 @@ from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
 
 OWNER = "black-forest-labs"
-# Replicate's model name -> the kleinserve model id it runs (LoRA models: not here yet)
-MODELS = {
+# Replicate's model name -> the kleinserve model id it runs
+PLAIN_MODELS = {
     "flux-2-klein-4b": "flux.2-klein-4b",
     "flux-2-klein-9b": "flux.2-klein-9b",
     "flux-2-klein-base-4b": "flux.2-klein-base-4b",
     "flux-2-klein-base-9b": "flux.2-klein-base-9b",
 }
+# The same models taking a LoRA (input.lora_weights, lora_scale), named as Replicate names its LoRA models
+# (black-forest-labs/flux-dev-lora); no klein LoRA model of Replicate's own was found to copy.
+LORA_SUFFIX = "-lora"
+MODELS = {**PLAIN_MODELS, **{f"{name}{LORA_SUFFIX}": model for name, model in PLAIN_MODELS.items()}}
 MAX_SIDE = 2048
 VERSION_CREATED = datetime(2026, 1, 15, tzinfo=UTC).isoformat()
 
@@ -27,6 +31,11 @@ VERSION_CREATED = datetime(2026, 1, 15, tzinfo=UTC).isoformat()
 def version_id(name: str) -> str:
     """The one version of a model here: a stable 64-hex id, as Replicate's version ids look."""
     return hashlib.sha256(f"kleinserve/{OWNER}/{name}".encode()).hexdigest()
+
+
+def takes_lora(name: str) -> bool:
+    """Whether Replicate's model `name` (without its owner) takes a LoRA."""
+    return name.endswith(LORA_SUFFIX)
 
 
 def replicate_name(served: ServedModel) -> str | None:
@@ -50,10 +59,11 @@ def served_model(service: ImageService, owner: str, name: str) -> ServedModel:
 def by_version(service: ImageService, version: str) -> tuple[ServedModel, str]:
     """`owner/name:id` or a bare id -> (served model, owner/name); 404 for a version this server lacks."""
     named, _, given = version.rpartition(":")
-    for served in service.models:
-        full = replicate_name(served)
-        if full is not None and given == version_id(full.split("/")[1]) and named in ("", full):
-            return served, full
+    served_ids = {served.spec.id: served for served in service.models}
+    for name, model_id in MODELS.items():
+        full = f"{OWNER}/{name}"
+        if model_id in served_ids and given == version_id(name) and named in ("", full):
+            return served_ids[model_id], full
     message = f"version {version!r} not found; {_served(service)} (see GET /v1/models/... latest_version)"
     raise ApiError(404, message, code="version_not_found")
 

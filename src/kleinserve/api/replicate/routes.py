@@ -37,6 +37,7 @@ from kleinserve.api.replicate.catalog import (
     VERSION_CREATED,
     by_version,
     served_model,
+    takes_lora,
     version_id,
 )
 from kleinserve.api.replicate.prediction import prediction
@@ -44,10 +45,9 @@ from kleinserve.api.replicate.schemas import (
     Prediction,
     PredictionBody,
     PredictionPage,
-    ReplicateBaseInput,
     ReplicateError,
-    ReplicateInput,
     ReplicateModel,
+    input_schema,
 )
 from kleinserve.api.replicate.submit import create, prefer_wait
 from kleinserve.api.request_metrics import report_model
@@ -202,7 +202,7 @@ def _version_page(service: ImageService, name: str):
 
 
 def _version(served: ServedModel, name: str) -> dict:
-    schema = ReplicateBaseInput if served.spec.uses_cfg else ReplicateInput
+    schema = input_schema(served.spec.uses_cfg, takes_lora(name))
     components = {"Input": schema.model_json_schema(),
                   "Output": {"type": "array", "items": {"type": "string", "format": "uri"}}}  # fmt: skip
     return {"id": version_id(name), "created_at": VERSION_CREATED, "cog_version": "0.16.0",

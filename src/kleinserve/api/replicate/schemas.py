@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kleinserve.api.dialect_request import MAX_SEED, Checked, choice, integer_in, number, text
 from kleinserve.api.errors import invalid
+from kleinserve.request import MAX_LORA_SCALE
 
 MAX_IMAGES = 4  # Replicate takes 5; the engine takes 4 references
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "3:2", "2:3", "4:3", "3:4", "5:4", "4:5", "21:9", "9:21",
@@ -135,6 +136,47 @@ class ReplicateBaseInput(ReplicateInput):
     guidance: Annotated[float | None, Checked(number(_field("guidance"))), Field(description="CFG scale")] = (
         None
     )
+
+
+def _lora_weights(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        what = "a LoRA's URL (.safetensors), a Hugging Face repo id (owner/name) or a file name in --lora-dir"
+        raise invalid(_field("lora_weights"), f"must be {what}, got {value!r}")
+    return value
+
+
+LoraWeights = Annotated[
+    str | None,
+    Checked(_lora_weights),
+    Field(description="the LoRA: an http(s) URL of a .safetensors file, a Hugging Face repo id (owner/name) "
+                      "or a file name in the server's --lora-dir"),
+]  # fmt: skip
+LoraScale = Annotated[
+    float | None,
+    Checked(number(_field("lora_scale"), 0, MAX_LORA_SCALE)),
+    Field(description=f"how strongly the LoRA applies, 0 to {MAX_LORA_SCALE:g} (default 1)"),
+]
+
+
+class ReplicateLoraInput(ReplicateInput):
+    """`input` of black-forest-labs/flux-2-klein-4b-lora and -9b-lora: the model's input and one LoRA."""
+
+    lora_weights: LoraWeights = None
+    lora_scale: LoraScale = None
+
+
+class ReplicateBaseLoraInput(ReplicateBaseInput):
+    """`input` of black-forest-labs/flux-2-klein-base-4b-lora and -base-9b-lora."""
+
+    lora_weights: LoraWeights = None
+    lora_scale: LoraScale = None
+
+
+def input_schema(uses_cfg: bool, lora: bool) -> type[ReplicateInput]:
+    """A model's `input`: Base (guidance) or distilled, with or without a LoRA."""
+    if lora:
+        return ReplicateBaseLoraInput if uses_cfg else ReplicateLoraInput
+    return ReplicateBaseInput if uses_cfg else ReplicateInput
 
 
 def _webhook_events(value: Any) -> list[str] | None:

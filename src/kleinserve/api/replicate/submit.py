@@ -1,6 +1,8 @@
-"""A prediction's body -> a queued job: the model's `input` checked (ReplicateInput / ReplicateBaseInput),
-its references fetched, its size worked out from aspect_ratio + output_megapixels (or `size`), the webhook
-checked, and the job recorded detached (the job store is the queue: it runs even if this process dies)."""
+"""A prediction's body -> a queued job: the model's `input` checked (schemas.input_schema: plain or Base, with
+or without a LoRA: lora.py), its references fetched, its size worked out from aspect_ratio +
+output_megapixels (or `size`), the webhook checked, and the job recorded detached (the job store is the
+queue: it runs even if this process dies); a webhook whose filter asks for start or logs is followed from
+here (webhook.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ from fastapi import Request
 from kleinserve.api.access import owner_of
 from kleinserve.api.dialect_request import to_request, validated
 from kleinserve.api.errors import ApiError, invalid
-from kleinserve.api.replicate.catalog import output_size, version_id
+from kleinserve.api.replicate import lora, webhook
+from kleinserve.api.replicate.catalog import output_size, takes_lora, version_id
 from kleinserve.api.replicate.files import own_file_id
 from kleinserve.api.replicate.schemas import (
     AI_SDK_IMAGE_FIELDS,
     EVENTS,
     MAX_IMAGES,
     PredictionBody,
-    ReplicateBaseInput,
     ReplicateInput,
+    input_schema,
 )
 from kleinserve.api.webhook_target import check_webhook_url
 from kleinserve.job import Job
@@ -40,8 +43,10 @@ DATA_URL_KEPT = 64  # characters of a data: URL kept in the prediction's recorde
 async def create(
     service: ImageService, http: Request, served: ServedModel, model: str, body: PredictionBody
 ) -> Job:
-    schema = ReplicateBaseInput if served.spec.uses_cfg else ReplicateInput
-    given = validated(schema, body.input)
+    with_lora = takes_lora(model.split("/")[1])
+    if not with_lora:
+        lora.refuse_on_plain(model, body.input)
+    given = validated(input_schema(served.spec.uses_cfg, with_lora), body.input)
     _refuse_guidance(served, given)
     images = await _references(service, http, _image_urls(given))
     generation = _to_request(served, given, images)
@@ -51,11 +56,17 @@ async def create(
     output = OutputOptions(format=image_format, quality=quality, safety_check=checked)
     if body.webhook is not None:
         await check_webhook_url(service, body.webhook, "webhook")
+    events = body.webhook_events_filter or list(EVENTS)
     params = {"dialect": "replicate", "model": model, "version": version_id(model.split("/")[1]),
               "input": _recorded(body.input), "base_url": str(http.base_url), "webhook": body.webhook,
-              "webhook_events_filter": body.webhook_events_filter or list(EVENTS)}  # fmt: skip
-    return await service.submit(served, generation, output, params, detached=True, owner=owner_of(http),
-                                webhook=body.webhook)  # fmt: skip
+              "webhook_events_filter": events}  # fmt: skip
+    followed = body.webhook is not None and webhook.follows(events)
+    with lora.named_as_sent():  # the LoRA is fetched and checked against the model here
+        job = await service.submit(served, generation, output, params, detached=True, owner=owner_of(http),
+                                   webhook=body.webhook, follow_webhook=followed)  # fmt: skip
+    if followed:  # this server sends its events while it runs (webhook.py)
+        service.background.spawn(webhook.follow(service, job.id))
+    return job
 
 
 def _refuse_guidance(served: ServedModel, given: ReplicateInput) -> None:
@@ -99,7 +110,8 @@ def _to_request(served: ServedModel, given: ReplicateInput, images: list) -> Gen
         f"input.{name}": getattr(given, name) for name in READS if getattr(given, name, None) is not None
     }
     width, height = _sides(given, images)
-    return to_request(served.spec, fields, FIELDS, images=images, width=width, height=height)
+    choices = lora.loras(given)
+    return to_request(served.spec, fields, FIELDS, images=images, width=width, height=height, loras=choices)
 
 
 def _sides(given: ReplicateInput, images: list) -> tuple[int, int]:
