@@ -469,4 +469,21 @@ def test_copied_code_with_a_lora_gives_the_same_image(server, browser, tmp_path)
         page.get_by_role("tab", name=tab).click()
         expect(page.locator("#code-note")).to_contain_text("takes no LoRAs")
         assert "ink.safetensors" not in page.locator("#code-text").inner_text()
+
+    # an edit: openai-python sends multipart, where the LoRAs go as JSON text
+    reference = png(96, 64, (200, 40, 40))
+    page.get_by_label("Add reference images").set_input_files(
+        [{"name": "first.png", "mimeType": "image/png", "buffer": reference}]
+    )
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("() => document.querySelectorAll('#history-list li').length === 2")  # shown
+    shown = shown_image(page)
+    page.get_by_role("tab", name="Python (openai)").click()
+    code = page.locator("#code-text").inner_text()
+    assert "images.edit(" in code and "ink.safetensors" in code
+    folder = tmp_path / "edit"
+    folder.mkdir()
+    (folder / "first.png").write_bytes(reference)
+    run_snippet([sys.executable, "-c", code], folder)
+    assert np.array_equal(pixels(folder / "image-0.png"), shown)
     page.errors.check()

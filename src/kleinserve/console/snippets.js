@@ -236,7 +236,7 @@ output = client.run(
 ${lines.join("\n")}
     },
 )
-for i, image in enumerate(output):  # a URL (a FileOutput where the server speaks https): str() is the URL
+for i, image in enumerate(output):  # str(): the image URL
     urllib.request.urlretrieve(str(image), f"image-{i}.${extensionOf(call)}")
 `;
 }
