@@ -4,10 +4,8 @@ the AI SDK with @ai-sdk/openai, @ai-sdk/openai-compatible, @ai-sdk/fal and @ai-s
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -15,10 +13,9 @@ from PIL import Image
 from kleinserve.models import Variant
 
 from support.live_server import LiveServer
+from support.node_packages import JS_DIR, installed_node_modules
 from support.readme import readme_snippets
 
-ROOT = Path(__file__).resolve().parents[2]
-JS_DIR = ROOT / "tests" / "js"
 README_ADDRESS = "127.0.0.1:8000"
 
 
@@ -39,12 +36,7 @@ def server(checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def node_modules():
-    """The suite's pinned packages (package-lock.json), installed once; .ci/run installs them first."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("Node 20 and npm are needed for the JS client tests (Debian: apt-get install nodejs npm)")
-    if not (JS_DIR / "node_modules" / ".package-lock.json").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, capture_output=True)
-    return JS_DIR / "node_modules"
+    return installed_node_modules()
 
 
 @pytest.mark.parametrize(("heading", "language", "code"), SNIPPETS, ids=[h for h, _, _ in SNIPPETS])

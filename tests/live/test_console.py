@@ -1,6 +1,8 @@
 """The playground at `/`, driven in Debian's Chromium against a live server: a generation shows each step's
 preview and then the image; an edit takes two uploaded references; a bad field's error appears at the field;
-"Copy code" gives commands that, run as copied, save an image; with --api-key the page asks for the key.
+LoRAs picked from the server's list or named go to fal's /lora endpoint, each bad one's error at its row;
+"Copy code" gives commands that, run as copied, save an image (the same one, LoRAs included); with
+--api-key the page asks for the key.
 
 Every test ends with the page's console free of errors (`page.errors.check()`); where a test makes the
 server refuse a request on purpose, the one network error that refusal logs is expected and removed first.
@@ -17,6 +19,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
@@ -25,6 +28,8 @@ from kleinserve.models import Variant
 
 from support.browser import chromium, open_page
 from support.live_server import LiveServer
+from support.lora_files import linear_shapes, write_peft_lora
+from support.node_packages import JS_DIR, installed_node_modules
 
 KEY = "console-test-key"
 
@@ -47,11 +52,27 @@ LOADED_SIZES = """(region) => [...region.querySelectorAll("img")].map(
 
 
 @pytest.fixture(scope="module")
-def server(checkpoints, tmp_path_factory):
+def lora_dir(checkpoints, tmp_path_factory):
+    """LoRAs for the demo model (the tiny distilled checkpoint): one in a sub-folder, one at the top."""
+    folder = tmp_path_factory.mktemp("console-loras")
+    (folder / "styles").mkdir()
+    shapes = linear_shapes(checkpoints[Variant.DISTILLED])
+    write_peft_lora(folder / "styles" / "ink.safetensors", shapes, seed=1, strength=0.8)
+    write_peft_lora(folder / "grain.safetensors", shapes, seed=2, strength=0.8)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(checkpoints, lora_dir, tmp_path_factory):
     base = f"flux.2-klein-base-4b={checkpoints[Variant.BASE]}"
     data = tmp_path_factory.mktemp("console") / "data"
-    with LiveServer(data, "--demo", "--model", base, "--no-warmup") as live:
+    with LiveServer(data, "--demo", "--model", base, "--no-warmup", "--lora-dir", str(lora_dir)) as live:
         yield live
+
+
+@pytest.fixture(scope="module")
+def node_modules():
+    return installed_node_modules()
 
 
 @pytest.fixture(scope="module")
@@ -229,11 +250,13 @@ def saved_image_sizes(directory: Path, exclude=frozenset()) -> list[tuple[int, i
         ("Python (openai)", [sys.executable, "-c"]),
         ("JavaScript", None),
         ("BFL API", ["bash", "-c"]),
+        ("Python (replicate)", [sys.executable, "-c"]),
+        ("AI Gateway (JS)", None),
     ],
 )
-def test_copied_code_runs_and_saves_the_image(server, browser, tmp_path, tab, command):
+def test_copied_code_runs_and_saves_the_image(server, browser, tmp_path, tab, command, request):
     page = ready_page(browser, server.url + "/", permissions=["clipboard-read", "clipboard-write"])
-    fill_request(page, "a lighthouse's beam, \"quoted\" and $HOME `untouched`", 96, 64)
+    fill_request(page, 'a lighthouse\'s beam, "quoted" and $HOME `untouched`', 96, 64)
     page.get_by_label("Random seed").uncheck()
     page.get_by_label("Seed", exact=True).fill("7")
     page.get_by_role("tab", name=tab).click()
@@ -241,14 +264,25 @@ def test_copied_code_runs_and_saves_the_image(server, browser, tmp_path, tab, co
     page.get_by_text("Copied.").wait_for()
     code = page.evaluate("navigator.clipboard.readText()")
     assert code == page.locator("#code-text").inner_text()
-    if command is None:
-        (tmp_path / "generate.mjs").write_text(code)
-        command = ["node", "generate.mjs"]
-    else:
-        command = [*command, code]
-    run_snippet(command, tmp_path)
-    assert saved_image_sizes(tmp_path, exclude={"generate.mjs"}) == [(96, 64)]
+    if tab == "AI Gateway (JS)":
+        request.getfixturevalue("node_modules")  # the snippet imports `ai`
+    run_copied(code, command, tmp_path)
+    assert saved_image_sizes(tmp_path) == [(96, 64)]
     page.errors.check()
+
+
+def run_copied(code: str, command: list[str] | None, directory: Path) -> None:
+    """A copied snippet run in `directory`; a JavaScript one (command None) as a module beside tests/js's
+    node_modules, so its imports resolve (it writes its images into `directory`, its working directory)."""
+    if command is not None:
+        run_snippet([*command, code], directory)
+        return
+    script = JS_DIR / f".console-{directory.name}.mjs"
+    script.write_text(code)
+    try:
+        run_snippet(["node", str(script)], directory)
+    finally:
+        script.unlink()
 
 
 def test_with_api_keys_the_page_asks_for_the_key(browser, tmp_path):
@@ -297,8 +331,10 @@ def test_console_files_load_without_a_key_under_a_strict_policy(tmp_path):
             answer = httpx.get(server.url + path)
             assert answer.status_code == 200, path
             assert "default-src 'none'" in answer.headers["content-security-policy"]
-        assert httpx.get(server.url + "/console/playground.js").headers["content-type"].startswith(
-            "text/javascript"
+        assert (
+            httpx.get(server.url + "/console/playground.js")
+            .headers["content-type"]
+            .startswith("text/javascript")
         )
         refused = ("/console/..%2Fapp.py", "/console/.x.js", "/console/console.py", "/console/nothing.js")
         for path in refused:
@@ -321,4 +357,133 @@ def test_copied_fal_client_code_runs_against_a_tls_server(fal_server, browser, t
                           timeout=120, env={**env, "SSL_CERT_FILE": fal_server.certificate})  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert saved_image_sizes(tmp_path) == [(64, 96)]
+    page.errors.check()
+
+
+def add_lora(page, path: str = "", pick: str | None = None, scale: str | None = None) -> None:
+    """One more LoRA row: a file picked from the server's list, or a path typed in; a scale if given."""
+    page.get_by_role("button", name="Add LoRA").click()
+    number = page.locator("#lora-rows li").count()
+    if pick is not None:
+        page.get_by_label(f"LoRA {number} from the server").select_option(pick)
+    else:
+        page.get_by_label(f"LoRA {number} path").fill(path)
+    if scale is not None:
+        page.get_by_label(f"LoRA {number} scale").fill(scale)
+
+
+def fix_seed(page, seed: int) -> None:
+    page.get_by_label("Random seed").uncheck()
+    page.get_by_label("Seed", exact=True).fill(str(seed))
+
+
+def pixels(source: str | Path) -> np.ndarray:
+    data = source.read_bytes() if isinstance(source, Path) else httpx.get(source, timeout=30).content
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def shown_image(page) -> np.ndarray:
+    result_sizes(page, 1)
+    return pixels(page.get_by_role("link", name="Download").get_attribute("href"))
+
+
+def fal_image(server, endpoint: str, body: dict) -> np.ndarray:
+    answer = httpx.post(f"{server.url}/{endpoint}", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    return pixels(answer.json()["images"][0]["url"])
+
+
+def test_loras_from_the_list_and_by_name_run_as_fals_lora_endpoint(server, browser):
+    page = ready_page(browser, server.url + "/")
+    fill_request(page, "a lighthouse", 96, 64)
+    fix_seed(page, 5)
+    expect(page.locator("#lora-files-status")).to_contain_text("2 LoRA file(s)")  # GET /v1/loras
+    add_lora(page, pick="styles/ink.safetensors", scale="0.8")
+    add_lora(page, path="grain.safetensors", scale="1.5")  # a --lora-dir file by name
+    assert page.get_by_label("LoRA 1 path").input_value() == "styles/ink.safetensors"
+    page.get_by_role("button", name="Generate").click()
+    shown = shown_image(page)
+
+    loras = [{"path": "styles/ink.safetensors", "scale": 0.8}, {"path": "grain.safetensors", "scale": 1.5}]
+    [job] = httpx.get(server.url + "/v1/jobs", params={"limit": 1}).json()["data"]
+    assert job["params"]["loras"] == loras
+    body = {"prompt": "a lighthouse", "image_size": {"width": 96, "height": 64}, "seed": 5}
+    assert np.array_equal(shown, fal_image(server, "fal-ai/flux-2/klein/4b/lora", {**body, "loras": loras}))
+    assert not np.array_equal(shown, fal_image(server, "fal-ai/flux-2/klein/4b", body))  # the LoRAs count
+
+    # the history keeps them: with the rows removed, "Run again" brings them back and the same image
+    for _ in loras:
+        page.get_by_role("button", name="Remove LoRA 1").click()
+    assert page.locator("#lora-rows li").count() == 0
+    page.locator("#history-list li").first.get_by_role("button", name="Run again").click()
+    page.wait_for_function("() => document.querySelectorAll('#history-list li').length === 2")
+    assert page.get_by_label("LoRA 1 path").input_value() == "styles/ink.safetensors"
+    assert page.get_by_label("LoRA 2 path").input_value() == "grain.safetensors"
+    assert page.get_by_label("LoRA 2 scale").input_value() == "1.5"
+    assert "2 LoRA(s)" in page.locator("#history-list li").first.inner_text()
+    assert np.array_equal(shown_image(page), shown)
+    page.errors.check()
+
+
+def test_a_bad_lora_shows_its_error_next_to_its_row(server, browser):
+    page = ready_page(browser, server.url + "/")
+    fill_request(page, "a lighthouse", 64, 64)
+    add_lora(page, path="grain.safetensors")
+    add_lora(page)  # left blank: not sent, so the server's loras[1] is the third row
+    add_lora(page, path="missing.safetensors")
+    page.get_by_role("button", name="Generate").click()
+
+    error = page.locator("#lora-2-error")
+    error.wait_for()
+    assert "missing.safetensors" in error.inner_text() and "--lora-dir" in error.inner_text()
+    assert page.get_by_label("LoRA 3 path").get_attribute("aria-invalid") == "true"
+    assert page.locator("#lora-0-error").is_hidden() and page.locator("#lora-1-error").is_hidden()
+    assert page.locator("#form-error").is_hidden()
+    expect_refusal(page, 422)
+
+    page.get_by_role("button", name="Remove LoRA 3").click()  # fixed: the error goes, the image comes
+    page.get_by_role("button", name="Generate").click()
+    assert result_sizes(page, 1) == [[64, 64]]
+    assert page.locator("#lora-rows .field-error:not([hidden])").count() == 0
+    page.errors.check()
+
+
+def test_copied_code_with_a_lora_gives_the_same_image(server, browser, tmp_path):
+    page = ready_page(browser, server.url + "/")
+    fill_request(page, "a lighthouse", 96, 64)
+    fix_seed(page, 11)
+    add_lora(page, pick="styles/ink.safetensors", scale="0.6")
+    page.get_by_role("button", name="Generate").click()
+    shown = shown_image(page)
+    runs = (("curl", ["bash", "-c"]), ("Python (openai)", [sys.executable, "-c"]), ("JavaScript", None))
+    for index, (tab, command) in enumerate(runs):
+        page.get_by_role("tab", name=tab).click()
+        code = page.locator("#code-text").inner_text()
+        assert "styles/ink.safetensors" in code, tab
+        folder = tmp_path / f"run-{index}"
+        folder.mkdir()
+        run_copied(code, command, folder)
+        [saved] = folder.glob("*.png")
+        assert np.array_equal(pixels(saved), shown), tab
+    for tab in ("BFL API", "Python (replicate)", "AI Gateway (JS)"):  # these dialects take no LoRAs: said
+        page.get_by_role("tab", name=tab).click()
+        expect(page.locator("#code-note")).to_contain_text("takes no LoRAs")
+        assert "ink.safetensors" not in page.locator("#code-text").inner_text()
+
+    # an edit: openai-python sends multipart, where the LoRAs go as JSON text
+    reference = png(96, 64, (200, 40, 40))
+    page.get_by_label("Add reference images").set_input_files(
+        [{"name": "first.png", "mimeType": "image/png", "buffer": reference}]
+    )
+    page.get_by_role("button", name="Generate").click()
+    page.wait_for_function("() => document.querySelectorAll('#history-list li').length === 2")  # shown
+    shown = shown_image(page)
+    page.get_by_role("tab", name="Python (openai)").click()
+    code = page.locator("#code-text").inner_text()
+    assert "images.edit(" in code and "ink.safetensors" in code
+    folder = tmp_path / "edit"
+    folder.mkdir()
+    (folder / "first.png").write_bytes(reference)
+    run_snippet([sys.executable, "-c", code], folder)
+    assert np.array_equal(pixels(folder / "image-0.png"), shown)
     page.errors.check()

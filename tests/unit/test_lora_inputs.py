@@ -90,9 +90,15 @@ def resolve(sources, source):
     return asyncio.run(sources.resolve(source, "loras[0].path"))
 
 
-def test_files_in_the_lora_dir_are_found_and_listed(sources):
+def test_files_in_the_lora_dir_are_found_and_listed(sources, tmp_path):
     assert resolve(sources, "styles/ink.safetensors") == sources.lora_dir / "styles" / "ink.safetensors"
-    assert sources.files() == ["link.safetensors", "styles/ink.safetensors"]
+    (sources.lora_dir / "a.safetensors").write_bytes(b"abc")
+    (sources.lora_dir / "notes.txt").write_text("not a LoRA")
+    os.symlink(sources.lora_dir / "a.safetensors", sources.lora_dir / "styles" / "also-a.safetensors")
+    os.symlink(tmp_path, sources.lora_dir / "elsewhere")  # a folder outside: not entered
+    listed = [(f.path, f.size_bytes) for f in sources.files()]  # link.safetensors leads out: not listed
+    assert listed == [("a.safetensors", 3), ("styles/also-a.safetensors", 3), ("styles/ink.safetensors", 1)]
+    assert [f.path for f in sources.files(limit=2)] == ["a.safetensors", "styles/also-a.safetensors"]
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from kleinserve import __version__
-from kleinserve.api import bfl, console, fal, files, gateway, openai, replicate, system, usage, webhook_secret
+from kleinserve.api import (
+    bfl,
+    console,
+    fal,
+    files,
+    gateway,
+    loras,
+    openai,
+    replicate,
+    system,
+    usage,
+    webhook_secret,
+)
 from kleinserve.api.access import AccessMiddleware
 from kleinserve.api.errors import install_error_handlers
 from kleinserve.api.fal.proxy import FalProxyMiddleware
@@ -43,6 +55,7 @@ def create_app(service: ImageService) -> FastAPI:
     app.include_router(openai.router(service))
     app.include_router(system.router(service))
     app.include_router(usage.router(service))
+    app.include_router(loras.router(service))
     app.include_router(files.router(service))
     app.include_router(fal.router(service))
     app.include_router(gateway.router(service))

@@ -17,7 +17,10 @@ from fastapi.responses import JSONResponse, Response
 from kleinserve.api.errors import ApiError
 from kleinserve.api.fal.routes import ENDPOINT_PREFIX
 from kleinserve.api.fal.schemas import DEFAULT_PRESET, PRESETS, step_range
+from kleinserve.api.gateway.routes import gateway_id
+from kleinserve.api.replicate.catalog import replicate_name
 from kleinserve.imaging import OUTPUT_FORMATS
+from kleinserve.request import MAX_LORA_SCALE, MAX_LORAS
 from kleinserve.service.facade import ImageService
 from kleinserve.service.served_models import ServedModel
 
@@ -79,6 +82,8 @@ def _config(service: ImageService) -> dict:
         "default_size_preset": DEFAULT_PRESET,
         "output_formats": list(OUTPUT_FORMATS),
         "api_key_required": bool(settings.api_keys),
+        "max_loras": MAX_LORAS,
+        "max_lora_scale": MAX_LORA_SCALE,
     }
 
 
@@ -89,6 +94,8 @@ def _model(served: ServedModel) -> dict:
     return {
         "id": spec.id,
         "fal_endpoint": endpoint,
+        "replicate_model": replicate_name(served),  # None: Replicate has no such model
+        "gateway_model": gateway_id(served),
         "state": served.state,
         "demo": served.demo,
         "variant": spec.variant.value,

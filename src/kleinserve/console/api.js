@@ -42,10 +42,12 @@ export function problemsOf(body, status) {
   return [{ field: null, message: `the server answered HTTP ${status}` }];
 }
 
+// ["body", "loras", 1, "path"] -> "loras[1].path" (as the server names fields in its other dialects)
 function fieldOf(loc) {
   if (!Array.isArray(loc)) return null;
   const names = loc.filter((part, i) => !(i === 0 && part === "body"));
-  return names.length ? String(names[0]) : null;
+  const field = names.map((part, i) => (typeof part === "number" ? `[${part}]` : i ? `.${part}` : part));
+  return field.length ? field.join("") : null;
 }
 
 async function failure(response) {

@@ -17,17 +17,19 @@ const FIELD_CONTROLS = {
   negative_prompt: "negative-prompt",
   image_urls: "references",
   image_url: "references",
+  loras: "loras",
   model: "model",
   api_key: "api-key",
 };
-const INVALID_MARKS = { size: ["width", "height"] };
+const INVALID_MARKS = { size: ["width", "height"], loras: [] };
 const AUTO_SIZE = "auto";
 const CUSTOM_SIZE = "custom";
 
 export class RequestForm {
-  constructor(config, references) {
+  constructor(config, references, loras) {
     this.config = config;
     this.references = references;
+    this.loras = loras;
     this.models = Object.fromEntries(config.models.map((model) => [model.id, model]));
     $("model").replaceChildren(...config.models.map((m) => option(m.id, modelLabel(m))));
     $("output-format").replaceChildren(...config.output_formats.map((f) => option(f, f)));
@@ -91,7 +93,8 @@ export class RequestForm {
     this.applyPreset();
   }
 
-  // fal's input (without image_urls), the endpoint it goes to, and the size it asks for (null: automatic)
+  // fal's input (without image_urls), the endpoint it goes to (its /lora endpoint with LoRAs), and the size
+  // it asks for (null: automatic)
   read() {
     const model = this.model;
     const edit = this.references.items.length > 0;
@@ -108,7 +111,9 @@ export class RequestForm {
       setIfGiven(input, "guidance_scale", number("guidance"));
       if ($("negative-prompt").value) input.negative_prompt = $("negative-prompt").value;
     }
-    const endpoint = model.fal_endpoint && model.fal_endpoint + (edit ? "/edit" : "");
+    const loras = this.loras.read();
+    if (loras.length) input.loras = loras;
+    const endpoint = model.fal_endpoint && model.fal_endpoint + (edit ? "/edit" : "") + (loras.length ? "/lora" : "");
     return { model, input, endpoint, size, edit };
   }
 
@@ -119,6 +124,7 @@ export class RequestForm {
     const { input } = entry;
     $("prompt").value = input.prompt;
     this.references.set(entry.references);
+    this.loras.set(input.loras || []);
     const size = input.image_size;
     $("size-preset").value = size === undefined ? AUTO_SIZE : typeof size === "string" ? size : CUSTOM_SIZE;
     this.applyPreset();
@@ -150,11 +156,13 @@ export class RequestForm {
     for (const element of document.querySelectorAll("[aria-invalid]")) element.removeAttribute("aria-invalid");
   }
 
-  // [{field, message}]: each next to its control; what names no control goes under the button
+  // [{field, message}]: each next to its control (a LoRA's next to its row); what names no control goes under
+  // the button
   showErrors(problems) {
     for (const { field, message } of problems) {
-      const control = field && FIELD_CONTROLS[field.split("[")[0]];
-      const target = control ? $(`${control}-error`) : $("form-error");
+      const lora = field && this.loras.controlOf(field); // "lora-<row>-path" | "lora-<row>-scale"
+      const control = lora || (field && FIELD_CONTROLS[field.split(/[.[]/)[0]]);
+      const target = lora ? $(lora.replace(/-(path|scale)$/, "-error")) : $(control ? `${control}-error` : "form-error");
       target.textContent = target.textContent ? `${target.textContent} ${message}` : message;
       target.hidden = false;
       for (const id of control ? INVALID_MARKS[control] || [control] : []) {
@@ -172,7 +180,7 @@ function modelLabel(model) {
   return `${model.id} · ${kind}${model.demo ? " · DEMO" : ""}${state}`;
 }
 
-function option(value, text) {
+export function option(value, text) {
   const element = document.createElement("option");
   element.value = value;
   element.textContent = text;

@@ -1,4 +1,5 @@
-// This browser's recent jobs, in local storage: the request, the seed used and the result's image URLs.
+// This browser's recent jobs, in local storage: the request (its LoRAs too), the seed used and the result's
+// image URLs.
 // Reference images are kept only while small (local storage holds a few MB); never the API key.
 
 const STORAGE = "kleinserve.history";
@@ -49,6 +50,7 @@ export function renderHistory(list, entries, { onOpen, onRerun }) {
       what.textContent =
         `${when} · ${entry.modelId} · seed ${entry.seed} · ${entry.images.length} image(s)` +
         (refs ? ` · ${refs} reference(s)` : "") +
+        (entry.input.loras ? ` · ${entry.input.loras.length} LoRA(s)` : "") +
         ` · ${entry.input.prompt}`;
       what.className = "history-text";
       item.append(what, button("Open", () => onOpen(entry)), button("Run again", () => onRerun(entry)));

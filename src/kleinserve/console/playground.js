@@ -1,9 +1,10 @@
 // The playground: a form for one generation, sent to fal's streaming endpoint; each step's preview is
 // shown as it arrives, then the images. Also: "Copy code", this browser's history, the usage panel.
 
-import { ApiFailure, saveKey, savedKey, streamFal } from "./api.js";
+import { ApiFailure, getJson, saveKey, savedKey, streamFal } from "./api.js";
 import { RequestForm } from "./form.js";
 import { forgetAll, loadHistory, remember, renderHistory } from "./history.js";
+import { LoraRows } from "./loras.js";
 import { References } from "./references.js";
 import { LANGUAGES } from "./snippets.js";
 import { wireUsage } from "./usage.js";
@@ -25,8 +26,12 @@ class Playground {
       },
       onError: (message) => this.form.showErrors([{ field: "image_urls", message }]),
     });
-    this.form = new RequestForm(config, this.references);
+    this.loras = new LoraRows({
+      max: config.max_loras, maxScale: config.max_lora_scale, onChange: () => this.form && this.updateCode(),
+    });
+    this.form = new RequestForm(config, this.references, this.loras);
     this.wireKey();
+    this.listLoraFiles();
     this.wireCode();
     this.wireHistory();
     wireUsage({
@@ -52,6 +57,26 @@ class Playground {
     $("key-fields").hidden = !this.config.api_key_required;
     $("api-key").value = savedKey();
     $("api-key").addEventListener("input", () => saveKey($("api-key").value.trim()));
+    $("api-key").addEventListener("change", () => this.listLoraFiles());
+  }
+
+  // the server's --lora-dir files, offered in each LoRA row (asked for only once a needed key is there)
+  async listLoraFiles() {
+    const key = $("api-key").value.trim();
+    const status = $("lora-files-status");
+    if (this.config.api_key_required && !key) {
+      status.textContent = "Enter the API key to list the server's LoRA files.";
+      return;
+    }
+    try {
+      const listing = await getJson("/v1/loras", key);
+      this.loras.offer(listing.data);
+      status.textContent = listing.lora_dir
+        ? `${listing.data.length} LoRA file(s) on the server${listing.truncated ? " (the first ones)" : ""}.`
+        : "The server has no --lora-dir: give a LoRA by URL or Hugging Face repo id.";
+    } catch (error) {
+      status.textContent = `The server's LoRA files could not be listed: ${error.message}`;
+    }
   }
 
   async generate() {
@@ -220,6 +245,7 @@ class Playground {
     }
     const call = {
       origin: location.origin, keyRequired: this.config.api_key_required, modelId: request.model.id,
+      replicateModel: request.model.replicate_model, gatewayModel: request.model.gateway_model,
       endpoint: request.endpoint, input: request.input, size: request.size,
       references: this.references.items.map(({ name, type }) => ({ name, type })),
     };

@@ -1,10 +1,12 @@
-// "Copy code": the request the form describes, as curl, openai-python, fal-client (Python), JavaScript and
-// curl through Black Forest Labs' API (submit, poll get_result, download).
-// Each snippet runs as shown: it saves the images into the current directory. Reference images are read
-// from files of the names the user picked, in the directory the snippet runs in.
+// "Copy code": the request the form describes, as curl, openai-python, fal-client (Python), JavaScript, curl
+// through Black Forest Labs' API (submit, poll get_result, download), replicate-python and the AI SDK through
+// the Vercel AI Gateway protocol. Each snippet runs as shown: it saves the images into the current directory.
+// Reference images are read from files of the names the user picked, in the directory the snippet runs in.
+// LoRAs go wherever the dialect takes them (fal's /lora endpoints, OpenAI's `loras`); a note says where not.
 //
-// call = {origin, keyRequired, modelId, endpoint (fal endpoint id, "/edit" for edits), input (fal input
-//         without image_urls), references: [{name, type}], size: {width, height} | null}
+// call = {origin, keyRequired, modelId, replicateModel (owner/name | null), gatewayModel, endpoint (fal
+//         endpoint id: "/edit" for edits, "/lora" with LoRAs), input (fal input without image_urls, with
+//         `loras`), references: [{name, type}], size: {width, height} | null}
 
 const KEY_VAR = "KLEINSERVE_API_KEY";
 
@@ -14,6 +16,8 @@ export const LANGUAGES = {
   fal: { note: falNote, render: falPython },
   js: { note: (call) => `Node 18 or later, as an ES module (save as generate.mjs). ${keyNote(call)}`, render: js },
   bfl: { note: bflNote, render: bflCurl }, // curl and jq
+  replicate: { note: replicateNote, render: replicatePython },
+  gateway: { note: gatewayNote, render: gatewayJs },
 };
 
 function keyNote(call) {
@@ -59,6 +63,8 @@ function openaiPython(call) {
   for (const name of ["num_inference_steps", "seed", "guidance_scale", "negative_prompt", "output_format"]) {
     if (input[name] !== undefined) extra[name] = input[name];
   }
+  // a multipart edit carries the list as JSON text
+  if (input.loras) extra.loras = call.references.length ? JSON.stringify(input.loras) : input.loras;
   const key = call.keyRequired ? `os.environ[${py(KEY_VAR)}]` : `"unused"`;
   const args = [`    model=${py(call.modelId)},`, `    prompt=${py(input.prompt)},`];
   if (call.references.length) {
@@ -143,8 +149,16 @@ const bflPath = (modelId) => `/v1/${modelId.replace("flux.2-", "flux-2-")}`;
 function bflNote(call) {
   const notes = ["bash, curl and jq.", keyNote(call)];
   if ((call.input.num_images || 1) > 1) notes.push("BFL's API makes one image per task: this makes the first.");
-  if (call.input.negative_prompt) notes.push("BFL's API has no negative prompt: it is left out.");
-  return notes.filter(Boolean).join(" ");
+  return notes.concat(leftOut("BFL's API", call, ["negative_prompt", "loras"])).filter(Boolean).join(" ");
+}
+
+const FIELD_NAMES = { negative_prompt: "negative prompt", loras: "LoRAs" };
+
+// "<dialect> takes no <field>: it is left out." for each given field the dialect lacks
+function leftOut(dialect, call, fields) {
+  return fields
+    .filter((name) => call.input[name] !== undefined)
+    .map((name) => `${dialect} takes no ${FIELD_NAMES[name]} here: left out, so the image differs.`);
 }
 
 function bflBody(call) {
@@ -182,5 +196,81 @@ while :; do
 done
 [ "$status" = Ready ] || { echo "$result" >&2; exit 1; }
 curl -s -o image-0.${extensionOf(call)} "$(jq -r .result.sample <<<"$result")"
+`;
+}
+
+// Replicate's API through replicate-python: the model as Replicate names it, Replicate's input fields
+// (`size` as @ai-sdk/replicate sends it, for the exact size), output files read through the client.
+function replicateNote(call) {
+  if (!call.replicateModel) return `Replicate has no model for ${call.modelId}.`;
+  const notes = ["pip install replicate.", keyNote(call)];
+  if (!call.size) notes.push("match_input_image: Replicate makes about 1 MP in the first reference's aspect.");
+  return notes.concat(leftOut("Replicate", call, ["negative_prompt", "loras"])).filter(Boolean).join(" ");
+}
+
+function replicatePython(call) {
+  if (!call.replicateModel) return `# ${call.modelId} has no Replicate model name\n`;
+  const { input } = call;
+  const fields = { prompt: input.prompt };
+  if (call.size) fields.size = `${call.size.width}x${call.size.height}`;
+  else fields.aspect_ratio = "match_input_image";
+  if (input.seed !== undefined) fields.seed = input.seed;
+  if (input.num_inference_steps !== undefined) fields.num_inference_steps = input.num_inference_steps;
+  if (input.guidance_scale !== undefined) fields.guidance = input.guidance_scale;
+  fields.num_outputs = input.num_images || 1;
+  fields.output_format = extensionOf(call);
+  const lines = Object.entries(fields).map(([name, value]) => `        ${py(name)}: ${py(value)},`);
+  if (call.references.length) {
+    lines.push(`        "images": [${call.references.map((ref) => `open(${py(ref.name)}, "rb")`).join(", ")}],`);
+  }
+  const key = call.keyRequired ? `os.environ[${py(KEY_VAR)}]` : `"unused"`;
+  return `import os
+import urllib.request
+
+import replicate
+
+client = replicate.Client(api_token=${key}, base_url=${py(call.origin)})
+output = client.run(
+    ${py(call.replicateModel)},
+    input={
+${lines.join("\n")}
+    },
+)
+for i, image in enumerate(output):  # str(): the image URL
+    urllib.request.urlretrieve(str(image), f"image-{i}.${extensionOf(call)}")
+`;
+}
+
+// The AI SDK's generateImage through @ai-sdk/gateway (createGateway with this server's /v1/ai): the model
+// as the gateway names it; steps and guidance as providerOptions.bfl; PNG images.
+function gatewayNote(call) {
+  const notes = ["Node 18 or later, npm install ai, as an ES module (save as generate.mjs).", keyNote(call)];
+  if (extensionOf(call) !== "png") notes.push("The gateway answers PNG.");
+  return notes.concat(leftOut("The gateway", call, ["negative_prompt", "loras"])).filter(Boolean).join(" ");
+}
+
+function gatewayJs(call) {
+  const { input } = call;
+  const refs = call.references.map((ref) => `fs.readFileSync(${JSON.stringify(ref.name)})`);
+  const prompt = refs.length
+    ? `{ text: ${JSON.stringify(input.prompt)}, images: [${refs.join(", ")}] }`
+    : JSON.stringify(input.prompt);
+  const fields = [`  model: gateway.imageModel(${JSON.stringify(call.gatewayModel)}),`, `  prompt: ${prompt},`];
+  if (call.size) fields.push(`  size: "${call.size.width}x${call.size.height}",`);
+  fields.push(`  n: ${input.num_images || 1},`);
+  if (input.seed !== undefined) fields.push(`  seed: ${input.seed},`);
+  const options = {};
+  if (input.num_inference_steps !== undefined) options.steps = input.num_inference_steps;
+  if (input.guidance_scale !== undefined) options.guidance = input.guidance_scale;
+  if (Object.keys(options).length) fields.push(`  providerOptions: { bfl: ${JSON.stringify(options)} },`);
+  const key = call.keyRequired ? `process.env.${KEY_VAR}` : `"unused"`;
+  return `import fs from "node:fs";
+import { createGateway, generateImage } from "ai";
+
+const gateway = createGateway({ baseURL: ${JSON.stringify(`${call.origin}/v1/ai`)}, apiKey: ${key} });
+const { images } = await generateImage({
+${fields.join("\n")}
+});
+images.forEach((image, i) => fs.writeFileSync(\`image-\${i}.png\`, image.uint8Array));
 `;
 }

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,13 @@ if TYPE_CHECKING:
 HF_REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}(/[\w./-]+\.safetensors)?$")
 DEFAULT_HF_FILE = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 SAFETENSORS_START = 8  # the 8-byte header length comes first
+MAX_LISTED = 500  # files the console's list shows at most
+
+
+@dataclass(frozen=True)
+class LoraFile:
+    path: str  # relative to --lora-dir, with "/" between folders: what loras[i].path takes
+    size_bytes: int
 
 
 class LoraSources:
@@ -53,11 +61,25 @@ class LoraSources:
             field, f"{source!r} is neither an http(s) URL, {where}, nor a Hugging Face repo id owner/repo"
         )
 
-    def files(self) -> list[str]:
-        """The .safetensors files in --lora-dir, relative to it (what the console lists)."""
+    def files(self, limit: int = MAX_LISTED) -> list[LoraFile]:
+        """The .safetensors files in --lora-dir (the console's list): names as `path` takes them, sorted, at
+        most `limit`. Symlinked folders are not entered; a symlink leading out of the folder is left out."""
         if self.lora_dir is None:
             return []
-        return sorted(str(p.relative_to(self.lora_dir)) for p in self.lora_dir.rglob("*.safetensors"))
+        found = []
+        for folder, subfolders, names in os.walk(self.lora_dir):
+            subfolders.sort()
+            for name in sorted(names):
+                path = Path(folder, name)
+                if name.endswith(".safetensors") and not name.startswith(".") and self._inside(path):
+                    found.append(LoraFile(path.relative_to(self.lora_dir).as_posix(), path.stat().st_size))
+                    if len(found) == limit:
+                        return found
+        return found
+
+    def _inside(self, path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved.is_file() and resolved.is_relative_to(self.lora_dir)
 
     # --- URLs ---------------------------------------------------------------------------------
 
