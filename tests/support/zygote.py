@@ -7,7 +7,7 @@ A forked child is a real kleinserve process: its own pid, signals, sockets, file
 `kleinserve.cli.main` with its arguments. The zygote never imports kleinserve, so no module state of ours
 (pids in connection names, worker ids, locks) is shared between servers; the child reseeds Python's, numpy's
 and torch's random generators. It serves a process only when the environment asked for equals its own except
-for KLEINSERVE_* and AWS_* variables (read by kleinserve and botocore when used, never at import); any other
+for KLEINSERVE_*, AWS_* and PYTEST_CURRENT_TEST (read when used, never at import); any other
 difference (HF_HOME, say, which huggingface_hub reads at import) starts a plain subprocess.
 
 Run as a script, this file is the zygote: `python zygote.py SOCKET`."""
@@ -32,7 +32,7 @@ PRELOAD = (
     "transformers.models.qwen2.tokenization_qwen2", "transformers.models.vit.modeling_vit",
     "fastapi", "uvicorn", "pydantic", "pydantic_settings", "httpx", "prometheus_client", "psycopg",
 )  # fmt: skip
-PER_PROCESS = ("KLEINSERVE_", "AWS_")
+PER_PROCESS = ("KLEINSERVE_", "AWS_", "PYTEST_CURRENT_TEST")  # pytest sets the last one for each test phase
 POLL_S = 0.02
 
 
