@@ -136,6 +136,21 @@ def running_on_a_worker(faulty: Faulty, ids) -> tuple[str, int]:
     raise AssertionError(f"none of {ids} ran: {[record(faulty.url, job_id) for job_id in ids]}")
 
 
+def frozen_mid_job(faulty: Faulty, body: dict, tries: int = 5):
+    """A job of `body` and the worker SIGSTOPped while running it. A small job can end between being seen
+    running and the signal (more likely on a loaded machine): that try does not count, the next one does."""
+    for _ in range(tries):
+        job_id = submit(faulty.url, body)
+        worker = faulty.cluster.worker_of(running_on_a_worker(faulty, [job_id])[1])
+        os.kill(worker.pid, signal.SIGSTOP)
+        time.sleep(0.2)  # a commit already on its way lands before the record is read
+        if record(faulty.url, job_id)["status"] == "running":
+            return job_id, worker
+        os.kill(worker.pid, signal.SIGCONT)
+        all_done(faulty.url, [job_id])
+    raise AssertionError(f"each of {tries} jobs ended before its worker could be frozen")
+
+
 # --- PostgreSQL --------------------------------------------------------------------------------------------
 
 
@@ -199,9 +214,7 @@ def test_a_postgresql_restart_mid_load_leaves_listeners_and_pools_working(faulty
 
 def test_a_frozen_worker_past_its_lease_changes_nothing_when_it_wakes(faulty):
     url = faulty.url
-    job_id = submit(url, BODIES[1])
-    frozen = faulty.cluster.worker_of(running_on_a_worker(faulty, [job_id])[1])
-    os.kill(frozen.pid, signal.SIGSTOP)
+    job_id, frozen = frozen_mid_job(faulty, BODIES[1])
     try:
         all_done(url, [job_id])  # requeued once its lease ran out, run by the other worker
         finished = record(url, job_id)
