@@ -6,7 +6,6 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from kleinserve.models import Variant
 
 from support.live_server import LiveServer, free_port
+from support.zygote import run_kleinserve
 
 KEY_A, KEY_B = "key-a-secret", "key-b-secret"
 A = {"Authorization": f"Bearer {KEY_A}"}
@@ -116,12 +116,9 @@ def test_jobs_belong_to_the_key_that_made_them(server):
 
 @pytest.mark.parametrize("key", ["", "  ", " padded "])
 def test_an_empty_or_padded_api_key_is_refused_at_start(checkpoints, tmp_path, key):
-    run = subprocess.run(
-        [sys.executable, "-m", "kleinserve", "serve", *model_flag(checkpoints), "--api-key", key,
-         "--port", str(free_port()), "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert run.returncode == 2 and "api-key" in run.stderr and "empty" in run.stderr, run.stderr
+    run = run_kleinserve(["serve", *model_flag(checkpoints), "--api-key", key, "--port", str(free_port()),
+                          "--data-dir", str(tmp_path)], timeout=60)  # fmt: skip
+    assert run.returncode == 2 and "api-key" in run.output and "empty" in run.output, run.output
 
 
 # 6 and 12. malformed input gave 5xx and reset the connection; wrong types were taken as unset ----------

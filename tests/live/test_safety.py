@@ -3,8 +3,6 @@ on a real server; flagged images are black, flagged, and never stored; disabling
 
 import base64
 import io
-import subprocess
-import sys
 import time
 
 import httpx
@@ -15,18 +13,18 @@ from PIL import Image
 from kleinserve.models import Variant
 
 from support.live_server import LiveServer
+from support.zygote import Finished, run_kleinserve
 
 
-def serve(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "kleinserve", "serve", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+def serve(*args: str) -> Finished:
+    return run_kleinserve(["serve", *args])
 
 
 def test_the_server_refuses_to_start_without_its_classifier_unless_disabled(checkpoints, tmp_path):
     model = ("--model", f"flux.2-klein-4b={checkpoints[Variant.DISTILLED]}", "--data-dir", str(tmp_path))
     missing = serve(*model, "--safety-model", "some-org/not-in-the-cache")
-    assert missing.returncode != 0 and "--no-safety-checker" in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
+    assert missing.returncode != 0 and "--no-safety-checker" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
     with LiveServer(
         tmp_path / "off", *model[:2], "--no-safety-checker", "--safety-model", "nowhere"
     ) as server:

@@ -3,7 +3,6 @@ jobs expire, a full queue answers 503, API keys and the rate limit hold."""
 
 import contextlib
 import shutil
-import subprocess
 import threading
 import time
 
@@ -15,6 +14,7 @@ from kleinserve.models import Variant
 from kleinserve.settings import DEFAULT_SAFETY_MODEL
 
 from support.live_server import LiveServer, self_signed_certificate
+from support.zygote import run_kleinserve
 
 
 def model_flag(checkpoints) -> list[str]:
@@ -183,49 +183,35 @@ def test_demo_flag_serves_a_labelled_random_weight_model(tmp_path):
 
 
 def test_serve_refuses_bad_configuration(tmp_path):
-    import sys
-
     def serve(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "kleinserve", "serve", *args], capture_output=True, text=True
-        )
+        return run_kleinserve(["serve", *args])
 
     unknown = serve("--model", "flux.2-klein-77b", "--data-dir", str(tmp_path))
-    assert unknown.returncode != 0 and "unknown model 'flux.2-klein-77b'" in unknown.stderr
+    assert unknown.returncode != 0 and "unknown model 'flux.2-klein-77b'" in unknown.output
     nothing = serve("--data-dir", str(tmp_path))
-    assert nothing.returncode != 0 and "--model" in nothing.stderr and "--demo" in nothing.stderr
+    assert nothing.returncode != 0 and "--model" in nothing.output and "--demo" in nothing.output
     half_tls = serve("--demo", "--ssl-certfile", "c.pem", "--data-dir", str(tmp_path))
-    assert half_tls.returncode == 2 and "--ssl-keyfile" in half_tls.stderr
+    assert half_tls.returncode == 2 and "--ssl-keyfile" in half_tls.output
     negative = serve("--demo", "--max-batch-images", "0", "--data-dir", str(tmp_path))
-    assert negative.returncode == 2 and "--max-batch-images" in negative.stderr
+    assert negative.returncode == 2 and "--max-batch-images" in negative.output
     not_a_checkpoint = serve("--model", f"flux.2-klein-4b={tmp_path}", "--data-dir", str(tmp_path))
-    assert not_a_checkpoint.returncode == 1 and "model_index.json is missing" in not_a_checkpoint.stderr
+    assert not_a_checkpoint.returncode == 1 and "model_index.json is missing" in not_a_checkpoint.output
     no_weights = serve("--model", "flux.2-klein-9b", "--no-download", "--data-dir", str(tmp_path))
-    assert no_weights.returncode == 1 and "hf download black-forest-labs/FLUX.2-klein-9B" in no_weights.stderr
+    assert no_weights.returncode == 1 and "hf download black-forest-labs/FLUX.2-klein-9B" in no_weights.output
 
 
 def test_a_second_server_on_the_same_data_dir_is_refused(checkpoints, tmp_path):
-    import sys
-
     with LiveServer(tmp_path, *model_flag(checkpoints), "--no-warmup"):
-        command = [sys.executable, "-m", "kleinserve", "serve", *model_flag(checkpoints)]
-        second = subprocess.run(
-            [*command, "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120
-        )
-    assert second.returncode == 1, second.stderr
-    assert "another kleinserve server is using" in second.stderr and "--data-dir" in second.stderr
+        second = run_kleinserve(["serve", *model_flag(checkpoints), "--data-dir", str(tmp_path)])
+    assert second.returncode == 1, second.output
+    assert "another kleinserve server is using" in second.output and "--data-dir" in second.output
 
 
 def test_wrong_variant_checkpoint_is_refused_at_start(checkpoints, tmp_path):
-    import sys
-
-    wrong = subprocess.run(
-        [sys.executable, "-m", "kleinserve", "serve", "--data-dir", str(tmp_path),
-         "--model", f"flux.2-klein-9b-kv={checkpoints[Variant.DISTILLED]}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    model = f"flux.2-klein-9b-kv={checkpoints[Variant.DISTILLED]}"
+    wrong = run_kleinserve(["serve", "--data-dir", str(tmp_path), "--model", model])
     assert (
-        wrong.returncode == 1 and "holds a distilled checkpoint, but flux.2-klein-9b-kv is kv" in wrong.stderr
+        wrong.returncode == 1 and "holds a distilled checkpoint, but flux.2-klein-9b-kv is kv" in wrong.output
     )
 
 

@@ -5,8 +5,6 @@ through the OpenAI and fal dialects."""
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from urllib.parse import parse_qs, urlsplit
@@ -21,6 +19,7 @@ from kleinserve.storage.store import image_key, new_folder
 
 from support.live_server import LiveServer
 from support.s3_server import bucket, s3, s3_endpoint, s3_env  # noqa: F401 (fixtures)
+from support.zygote import run_kleinserve
 
 FAL = "fal-ai/flux-2/klein/4b"
 
@@ -226,8 +225,7 @@ def test_public_urls_and_retention_deletes_the_objects(s3, s3_env, s3_endpoint, 
 
 
 def test_a_missing_bucket_stops_the_server_at_start_with_a_clear_message(s3_env, s3_endpoint, tmp_path):
-    command = [sys.executable, "-m", "kleinserve", "serve", "--demo", "--data-dir", str(tmp_path),
-               "--store", "s3://never-created/x"]  # fmt: skip
-    ran = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **s3_env}, timeout=120)
+    command = ["serve", "--demo", "--data-dir", str(tmp_path), "--store", "s3://never-created/x"]
+    ran = run_kleinserve(command, env={**os.environ, **s3_env})
     assert ran.returncode == 1
-    assert "never-created" in ran.stderr and s3_endpoint in ran.stderr and "does not exist" in ran.stderr
+    assert "never-created" in ran.output and s3_endpoint in ran.output and "does not exist" in ran.output

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 PRELOAD = (
@@ -133,6 +134,26 @@ def start_kleinserve(args: list[str], env: dict, log_path: Path):
     with log_path.open("a") as log:
         return subprocess.Popen([sys.executable, "-m", "kleinserve", *args], stdout=log,
                                 stderr=subprocess.STDOUT, env=env)  # fmt: skip
+
+
+@dataclass
+class Finished:
+    returncode: int
+    output: str  # stdout and stderr as one stream, as a terminal shows them
+
+
+def run_kleinserve(args: list[str], env: dict | None = None, timeout: float = 120) -> Finished:
+    """`python -m kleinserve ARGS` to its end (a start that is refused, say): its exit code and output."""
+    with tempfile.TemporaryDirectory(prefix="kleinserve-run-") as folder:
+        log_path = Path(folder) / "output.log"
+        process = start_kleinserve(args, dict(os.environ if env is None else env), log_path)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        return Finished(process.returncode, log_path.read_text())
 
 
 # --- the zygote itself ------------------------------------------------------------------------------------
