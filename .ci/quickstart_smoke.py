@@ -132,6 +132,7 @@ def check_curl(curl: str, port: int) -> str:
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("quickstart smoke: stopped"))  # runs the finally below
     section = quickstart_section()
     command, curls = start_command(section), curl_examples(section)
     if not curls:
