@@ -105,20 +105,13 @@ def ends(job: dict) -> list[str]:
             or entry["message"].startswith(("succeeded:", "failed:"))]  # fmt: skip
 
 
-def ended_record(url: str, job_id: str) -> dict:
-    """The finished job's record once its end's log line is there too: that line is written just after the
-    job's final state (completion.py log_end), so a record read at once may not have it yet."""
-    wait_until(lambda: ends(record(url, job_id)), 30)
-    return record(url, job_id)
-
-
 def all_done(url: str, ids: list[str], timeout: float = 300) -> None:
     wait_until(lambda: all(status(url, job_id)["status"] == "COMPLETED" for job_id in ids), timeout)
 
 
 def assert_each_succeeded_once_with_the_reference_pixels(faulty: Faulty, submitted: dict[str, int]) -> None:
     for job_id, body in submitted.items():
-        job = ended_record(faulty.url, job_id)
+        job = record(faulty.url, job_id)  # its end line is written with its end
         assert job["status"] == "succeeded", (job["error"], faulty.cluster.logs())
         assert ends(job) == ["succeeded"], job["logs"]
         np.testing.assert_array_equal(pixels_of(faulty.url, job_id), faulty.references[body])
@@ -223,7 +216,7 @@ def test_a_frozen_worker_past_its_lease_changes_nothing_when_it_wakes(faulty):
         os.kill(frozen.pid, signal.SIGCONT)
     wait_until(lambda: f"job {job_id} is no longer leased here" in frozen.log(), 60)
     assert started_by(finished)[0] == frozen.pid and started_by(finished)[-1] != frozen.pid
-    after = ended_record(url, job_id)
+    after = record(url, job_id)
     assert (after["status"], after["result"], after["finished_at"]) == (
         "succeeded", finished["result"], finished["finished_at"])  # fmt: skip
     assert ends(after) == ["succeeded"] and result(url, job_id)["images"][0]["url"].split("?")[0] == (

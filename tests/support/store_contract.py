@@ -61,7 +61,7 @@ def test_a_job_round_trips_and_survives_reopening(open_store):
     assert job.status is JobStatus.SUCCEEDED and job.params["prompt"] == "ünïcode 🦊"
     assert job.result == {"seed": 3} and job.owner == "key-1" and job.detached and job.attempts == 1
     assert job.created_at <= job.started_at <= job.finished_at
-    assert [entry["message"] for entry in job.logs] == ["queued behind 0 job(s)", "step 1/4"]
+    assert [entry["message"] for entry in job.logs] == ["queued behind 0 job(s)", "step 1/4", "succeeded"]
     assert inputs is None  # a finished job's inputs are not kept
 
 
@@ -247,6 +247,34 @@ def test_only_queued_ends_only_a_queued_job(open_store):
         ]
 
     assert run(scenario()) == [False, True, False]
+
+
+def test_an_end_under_a_lease_asked_again_is_true_once_recorded_and_adds_nothing(open_store):
+    """A worker whose commit went through but whose answer was lost (the database restarted) asks again:
+    the end it recorded is its own, so it must not take the job for lost and drop its images."""
+
+    async def scenario():
+        store = open_store()
+        job, other = await add(store, queued_job("A"), queued_job("B"))
+        first, second = await claim(store, max_images=1), await claim(store, max_images=1)
+        entry = usage_of(job, DAY_1, 1, 0.25, 0.5, 0.01)
+        ends = [await store.finish(job.id, JobStatus.SUCCEEDED, result={"n": 1}, lease=first.lease,
+                                   usage=entry) for _ in range(2)]  # fmt: skip
+        answers = [
+            await store.finish(job.id, JobStatus.SUCCEEDED, result={"n": 2}, lease=second.lease),  # not held
+            await store.finish(job.id, JobStatus.FAILED, error=INTERRUPTED, lease=first.lease),  # not its end
+        ]
+        error = {"type": "server_error", "message": "generation failed", "param": None}
+        failed = await store.finish(other.id, JobStatus.FAILED, error=error, lease=second.lease)
+        records = await store.get(job.id), await store.get(other.id)
+        return ends, answers, failed, *records, await store.usage_by_day(None)
+
+    ends, answers, failed, job, other, usage = run(scenario())
+    assert ends == [True, True] and answers == [False, False] and failed is True
+    assert job.status is JobStatus.SUCCEEDED and job.result == {"n": 1}
+    assert [entry["message"] for entry in job.logs] == ["succeeded"]  # one end, one line
+    assert [entry["message"] for entry in other.logs] == ["failed: generation failed"]
+    assert [row["requests"] for row in usage] == [1]
 
 
 def test_inline_images_are_kept_until_their_time(open_store):

@@ -59,7 +59,9 @@ class JobRecords(Protocol):
     ) -> bool:
         """The job's end. Only an unfinished job ends (only a queued one with `only_queued`, only one
         still held under `lease` when given); False when nothing changed. `usage` (a succeeded job's) is
-        added to the usage ledger in the same transaction, only when the job ended here."""
+        added to the usage ledger in the same transaction, only when the job ended here; so is the end's log
+        line ("succeeded", "failed: why"). Under a lease it is idempotent: asked again for the end that lease
+        already recorded (a retry after an answer lost with the connection), it is True and adds nothing."""
 
     async def expired(self, before: float) -> list[Job]:
         """Ended jobs made before `before` (retention deletes them); expired inline results go meanwhile."""

@@ -129,6 +129,21 @@ def release(db: Database, lease: str) -> list[str]:
     return ids
 
 
+def end(db: Database, job_id: str, status: JobStatus, result: dict | None, error: dict | None,
+        lease: str | None, only_queued: bool, usage: UsageEntry | None) -> bool:
+    """The job's end and its log line in one transaction: a job that ended has exactly one end line. An end
+    under a lease is idempotent: the ended row keeps its lease, so a retry after a commit whose answer was
+    lost (the database restarted) is told True again instead of taking the job for lost."""
+    with db.transaction():
+        if finish(db, job_id, status, result, error, lease, only_queued, usage):
+            log(db, job_id, status.value if error is None else f"{status.value}: {error['message']}")
+            return True
+        if lease is None:
+            return False
+        sql = "SELECT 1 FROM jobs WHERE id = ? AND status = ? AND lease = ?"
+        return db.execute(sql, (job_id, status.value, lease)).fetchone() is not None
+
+
 def cancel(db: Database, job_id: str, error: dict) -> str | None:
     with db.transaction():
         row = db.execute(f"SELECT status FROM jobs WHERE id = ? {db.lock('update')}", (job_id,)).fetchone()
@@ -269,7 +284,7 @@ class QueuePolicy:
         only_queued: bool = False,
         usage: UsageEntry | None = None,
     ) -> bool:
-        return await self._run(finish, job_id, status, result, error, lease, only_queued, usage)
+        return await self._run(end, job_id, status, result, error, lease, only_queued, usage)
 
     async def expired(self, before: float) -> list[Job]:
         return await self._run(expired, before)

@@ -132,9 +132,9 @@ def finish(
     held, lease_args = (" AND lease = ?", (lease,)) if lease is not None else ("", ())
     with db.transaction():
         changed = db.execute(
-            "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, lease = NULL"
+            "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, lease = ?"
             f" WHERE id = ? AND status IN ({placeholders(statuses)}){held}",
-            (status.value, time.time(), dump(result), dump(error), job_id, *statuses, *lease_args),
+            (status.value, time.time(), dump(result), dump(error), lease, job_id, *statuses, *lease_args),
         ).rowcount
         if changed:
             db.execute("DELETE FROM job_inputs WHERE job_id = ?", (job_id,))

@@ -9,7 +9,6 @@ the job's `Outcome`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -157,7 +156,6 @@ class JobCompletion:
         """Fail the job if it has not started yet (its caller here is going away)."""
         if await self.jobs.finish(job_id, JobStatus.FAILED, error=error.record(), only_queued=True):
             self.count_end(model, JobStatus.FAILED)
-            await self.log_end(job_id, JobStatus.FAILED, error)
             self.settle(job_id, Outcome(error=error))
 
     def settle(self, job_id: str, outcome: Outcome) -> None:
@@ -188,13 +186,7 @@ class JobCompletion:
             return False
         if ended:
             self.count_end(work.job.model, status)
-            await self.log_end(work.job_id, status, error)
         return ended
 
     def count_end(self, model: str, status: JobStatus) -> None:
         self.metrics.jobs.labels(model, status.value).inc()
-
-    async def log_end(self, job_id: str, status: JobStatus, error: JobError | None) -> None:
-        message = status.value if error is None else f"{status.value}: {error.message}"
-        with contextlib.suppress(Exception):  # a log line is not worth failing over
-            await self.jobs.log(job_id, message)
