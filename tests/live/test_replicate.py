@@ -10,6 +10,7 @@ clients: tests/js/replicate.test.mjs and ai-replicate.test.mjs.)"""
 import base64
 import hashlib
 import io
+import threading
 
 import httpx
 import pytest
@@ -34,6 +35,9 @@ SLOW = {
     "output_megapixels": "0.25",
     "num_inference_steps": 8,
 }  # @ai-sdk/replicate's size, also taken here: tiny images keep CI fast
+# A job that holds the engine for many seconds (27 s on a fast 2-core machine) until the test cancels it: a
+# test that needs "still running after N s" must not depend on how fast this machine runs SLOW.
+HOLD = {**SLOW, "prompt": "hold", "output_megapixels": "4"}
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +74,21 @@ def test_run_returns_file_outputs_of_replicates_size(client):
 
 
 def test_run_with_wait_1_on_a_job_that_outlasts_it_still_returns_its_output(client):
-    """Two 8-step 0.25 MP jobs queued ahead: a Prefer: wait=1 prediction is answered "starting" (whatever it
-    is doing), which run() in both official clients takes as "poll on"."""
-    ahead = [client.predictions.create(model=MODEL, input=SLOW) for _ in range(2)]
+    """A job held behind one that runs until cancelled 2 s later: a Prefer: wait=1 prediction is answered
+    "starting" (whatever it is doing), which run() in both official clients takes as "poll on"."""
+    ahead = client.predictions.create(model=MODEL, input=HOLD)
     blocked = client.predictions.create(model=MODEL, input={"prompt": "blocked", **SMALL}, wait=1)
     assert blocked.status == "starting" and blocked.output is None
-    [output] = client.run(MODEL, input={"prompt": "run", **SMALL, "output_format": "png"}, wait=1)
+    release = threading.Timer(2.0, ahead.cancel)  # after run()'s own wait of 1 s has ended
+    release.start()
+    try:
+        [output] = client.run(MODEL, input={"prompt": "run", **SMALL, "output_format": "png"}, wait=1)
+    finally:
+        release.join()
     image = download(output)
     assert image.format == "PNG" and image.size == (64, 64)
-    for prediction in ahead:
-        prediction.wait()
+    ahead.wait()
+    assert ahead.status == "canceled"
 
 
 def test_create_wait_progress_and_the_prediction_object(client, server):
@@ -364,12 +373,17 @@ def test_a_local_file_input_is_uploaded_and_gives_the_data_urls_pixels(client, i
 def test_cancel_after_cancels_a_prediction_still_unfinished(server):
     headers = {"authorization": f"Bearer {KEY}"}
     url = f"{server.url}/v1/models/{MODEL}/predictions"
-    ahead = httpx.post(url, json={"input": SLOW}, headers=headers).json()
-    capped = httpx.post(url, json={"input": SLOW}, headers={**headers, "Cancel-After": "1s"}).json()
+    ahead = httpx.post(url, json={"input": HOLD}, headers=headers).json()  # runs until cancelled below
+    capped = httpx.post(url, json={"input": {"prompt": "capped", **SMALL}},
+                        headers={**headers, "Cancel-After": "1s"}).json()  # fmt: skip
     client = replicate.Client(api_token=KEY, base_url=server.url)
-    for prediction in (client.predictions.get(ahead["id"]), client.predictions.get(capped["id"])):
-        prediction.wait()
-    assert client.predictions.get(capped["id"]).status == "canceled"
-    assert client.predictions.get(ahead["id"]).status == "succeeded"
+    waited = client.predictions.get(capped["id"])
+    waited.wait()
+    assert waited.status == "canceled"
+    assert client.predictions.get(ahead["id"]).status == "processing"  # the header capped that one only
+    client.predictions.cancel(ahead["id"])
+    held = client.predictions.get(ahead["id"])
+    held.wait()
+    assert held.status == "canceled"
     refused = httpx.post(url, json={"input": SLOW}, headers={**headers, "Cancel-After": "soon"})
     assert refused.status_code == 400 and "Cancel-After" in refused.json()["detail"]
