@@ -91,30 +91,14 @@ class LoraSources:
                 return cached
         try:
             async with asyncio.timeout(self.outbound.timeout_s * 4):
-                data = await self._download(url, field)
+                limit = self._limit()
+                data = await self.outbound.download(url, field, max_bytes=self.max_bytes, limit=limit)
         except TimeoutError:
             raise InvalidRequest(field, f"{url} did not send the LoRA in time") from None
         name = hashlib.sha256(data).hexdigest() + ".safetensors"
         await asyncio.to_thread(self._store, name, data, index)
         self.downloads += 1
         return self.cache_dir / name
-
-    async def _download(self, url: str, field: str) -> bytes:
-        async with self.outbound.request("GET", url, field) as response:
-            if response.status_code != 200:
-                raise InvalidRequest(
-                    field, f"{url} answered HTTP {response.status_code}; it must serve the file"
-                )
-            declared = int(response.headers.get("content-length") or 0)
-            if declared > self.max_bytes:
-                raise InvalidRequest(field, f"{url} is {declared / 2**20:.0f} MiB; {self._limit()}")
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise InvalidRequest(field, f"{url} is larger than allowed; {self._limit()}")
-                chunks.append(chunk)
-            return b"".join(chunks)
 
     def _store(self, name: str, data: bytes, index: Path) -> None:
         index.parent.mkdir(parents=True, exist_ok=True)

@@ -135,26 +135,29 @@ class Outbound:
             raise InvalidRequest(field, f"is a data URI whose base64 payload is broken ({exc})") from None
 
     async def _download(self, url: str, field: str) -> bytes:
+        return await self.download(url, field, max_bytes=self.max_bytes, limit=self._limit(), image=True)
+
+    async def download(
+        self, url: str, field: str, *, max_bytes: int, limit: str, image: bool = False
+    ) -> bytes:
+        """GET `url`'s body, read only up to `max_bytes` (`limit` says the rule when it is larger); with
+        `image`, a declared content type other than an image's is refused before the body is read."""
+        what = "image" if image else "file"
         async with self.request("GET", url, field) as response:
             if response.status_code != 200:
                 raise InvalidRequest(
-                    field, f"{_short(url)} answered HTTP {response.status_code}; it must serve the image"
+                    field, f"{_short(url)} answered HTTP {response.status_code}; it must serve the {what}"
                 )
-            content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-            if (
-                content_type
-                and not content_type.startswith("image/")
-                and content_type != "application/octet-stream"
-            ):
-                raise InvalidRequest(field, f"{_short(url)} is {content_type}, not an image")
+            if image:
+                _check_image_type(response, url, field)
             declared = int(response.headers.get("content-length") or 0)
-            if declared > self.max_bytes:
-                raise InvalidRequest(field, f"{_short(url)} is {declared / 2**20:.1f} MiB; {self._limit()}")
+            if declared > max_bytes:
+                raise InvalidRequest(field, f"{_short(url)} is {declared / 2**20:.1f} MiB; {limit}")
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
-                if size > self.max_bytes:
-                    raise InvalidRequest(field, f"{_short(url)} is larger than allowed; {self._limit()}")
+                if size > max_bytes:
+                    raise InvalidRequest(field, f"{_short(url)} is larger than allowed; {limit}")
                 chunks.append(chunk)
             return b"".join(chunks)
 
@@ -228,6 +231,12 @@ class Outbound:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.timeout_s)
         return self._client
+
+
+def _check_image_type(response: httpx.Response, url: str, field: str) -> None:
+    content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and not content_type.startswith("image/") and content_type != "application/octet-stream":
+        raise InvalidRequest(field, f"{_short(url)} is {content_type}, not an image")
 
 
 def _parse_url(url: str, field: str) -> httpx.URL:
