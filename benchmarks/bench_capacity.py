@@ -12,7 +12,8 @@ same cluster step by step (8, then 32, then 64). At each step client threads sub
 (64x64, 4 steps) for a fixed time, keeping about two jobs per worker queued; then it reads, from the job
 records, the jobs finished per second, the claim latency (created -> started), the queue depth over time,
 the API process's CPU seconds per request (/proc) and PostgreSQL's transactions per finished job
-(pg_stat_database): the database round trips a job costs.
+(pg_stat_database): the database round trips a job costs, split by statement (pg_stat_statements: the
+statements run most often, as calls per finished job).
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="client threads submitting jobs")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    postgres = PostgresServer(find_binaries()).start()
+    postgres = PostgresServer(find_binaries(), {"shared_preload_libraries": "pg_stat_statements"}).start()
     try:
         url = postgres.url(postgres.create_database())
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION pg_stat_statements")
         version = postgres_version(postgres)
         env = {"KLEINSERVE_SIMULATED_ENGINE_MS": str(args.engine_ms), "OMP_NUM_THREADS": "1"}
         cluster = Cluster(Path(tempfile.mkdtemp(prefix="bench-capacity-")), url, workers=args.workers[0],
@@ -103,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
 def measure_step(cluster: Cluster, url: str, workers: int, args) -> dict:
     grow(cluster, workers)
     api_pid = cluster.api.process.pid
+    reset_statements(url)
     before = (cpu_seconds(api_pid), transactions(url), time.time())
     submitted, depths = load(cluster.api.url, url, workers, args)
     after = (cpu_seconds(api_pid), transactions(url), time.time())
     records = finished_between(url, before[2], after[2])
+    statements = statements_per_job(url, len(records))
     claims = sorted(started - created for created, started, _ in records)
     api_cpu = after[0] - before[0]
     elapsed = after[2] - before[2]
@@ -123,10 +128,12 @@ def measure_step(cluster: Cluster, url: str, workers: int, args) -> dict:
         "api_cpu_ms_per_request": round(api_cpu * 1000 / max(submitted, 1), 2),
         "jobs_per_api_cpu_s": round(len(records) / api_cpu, 1) if api_cpu else None,
         "db_transactions_per_finished_job": round((after[1] - before[1]) / max(len(records), 1), 1),
+        "db_statements_per_finished_job": statements,
         "worker_rss_mb": worker_rss_mb(cluster),
         "load_average_1m_after": round(os.getloadavg()[0], 1),  # the machine is shared: other load shows here
     }
-    print(json.dumps({k: v for k, v in step.items() if k != "queue_depth"}), flush=True)
+    brief = {k: v for k, v in step.items() if k not in ("queue_depth", "db_statements_per_finished_job")}
+    print(json.dumps(brief), flush=True)
     drain(url)
     return step
 
@@ -208,6 +215,24 @@ def transactions(url: str) -> int:
             "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
         ).fetchone()
         return row[0]
+
+
+def reset_statements(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def statements_per_job(url: str, jobs: int, top: int = 14) -> list[dict]:
+    """The statements run most often since the reset (this benchmark's own few queries included), as calls
+    per finished job; BEGIN and COMMIT show how many transactions had more than one statement."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT query, calls FROM pg_stat_statements WHERE dbid ="
+            " (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY calls DESC LIMIT %s",
+            (top,),
+        ).fetchall()
+    return [{"statement": " ".join(query.split())[:160], "per_job": round(calls / max(jobs, 1), 2)}
+            for query, calls in rows]  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:

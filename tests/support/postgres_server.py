@@ -43,8 +43,9 @@ def find_binaries() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, binaries: Path):
+    def __init__(self, binaries: Path, settings: dict[str, str] | None = None):
         self.binaries = binaries
+        self.settings = settings or {}  # extra server settings, e.g. shared_preload_libraries
         self.as_root = os.geteuid() == 0
         self.directory = Path(tempfile.mkdtemp(prefix="kleinserve-pg-", dir="/tmp" if self.as_root else None))
         self.data = self.directory / "data"
@@ -67,6 +68,7 @@ class PostgresServer:
     def resume(self) -> PostgresServer:
         """Start the server (again, after `pause`) on the same port and data."""
         options = f"-k {self.directory} -h 127.0.0.1 -p {self.port} -F -c max_connections=200"
+        options += "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-o", options,
                   "-l", str(self.directory / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
         return self

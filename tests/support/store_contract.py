@@ -165,6 +165,26 @@ def test_a_cancel_ends_the_job_now_and_its_worker_sees_it_at_renewal(open_store)
     assert nothing_left.jobs == []
 
 
+def test_a_renewal_notes_its_step_in_the_log_of_each_job_it_still_holds(open_store):
+    async def scenario():
+        store = open_store()
+        first, second = await add(store, queued_job("A"), queued_job("A"))
+        claimed = await claim(store, max_images=2)
+        held = await store.renew(claimed.lease, LEASE_S, "step 1/4")
+        error = {"type": "cancelled", "message": "cancelled at the client's request", "param": None}
+        await store.cancel(second.id, error)
+        still = await store.renew(claimed.lease, LEASE_S, "step 2/4")
+        quiet = await store.renew(claimed.lease, LEASE_S)
+        records = await store.get(first.id), await store.get(second.id)
+        return (first.id, second.id), (held, still, quiet), *records
+
+    ids, renewals, first, second = run(scenario())
+    assert renewals == (set(ids), {ids[0]}, {ids[0]})
+    assert [entry["message"] for entry in first.logs] == ["step 1/4", "step 2/4"]
+    assert [entry["message"] for entry in second.logs][:1] == ["step 1/4"]
+    assert "step 2/4" not in [entry["message"] for entry in second.logs]  # not held any more: no note
+
+
 def test_expired_leases_requeue_detached_jobs_and_fail_the_rest(open_store):
     async def scenario():
         store = open_store()

@@ -239,7 +239,7 @@ class Batcher:
 
     def _stepped(self, batch: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
         self._listener.batch_step(batch, step, total, previews)
-        renewal = asyncio.ensure_future(self._renew(batch))
+        renewal = asyncio.ensure_future(self._renew(batch, note=f"step {step}/{total}"))
         self._renewals.add(renewal)  # held until done: the loop keeps only weak references to tasks
         renewal.add_done_callback(self._renewals.discard)
 
@@ -249,9 +249,10 @@ class Batcher:
             await asyncio.sleep(self.lease_s / 3)
             await self._renew(batch)
 
-    async def _renew(self, batch: list[Work]) -> None:
+    async def _renew(self, batch: list[Work], note: str | None = None) -> None:
+        """`note` goes into the log of each job still held, with the renewal."""
         try:
-            held = await self._jobs.renew(batch[0].lease, self.lease_s)
+            held = await self._jobs.renew(batch[0].lease, self.lease_s, note)
         except Exception as exc:  # e.g. a full disk: the next renewal may succeed
             log.warning("could not renew the lease of a running batch: %s", exc)
             return

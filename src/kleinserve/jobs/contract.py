@@ -78,8 +78,9 @@ class Queue(Protocol):
         `ready_before` (then `ready_at` says when it will be)."""
 
     async def inputs(self, job_id: str) -> bytes | None: ...
-    async def renew(self, lease: str, lease_s: float) -> set[str]:
-        """Extend the lease; the ids of its jobs still held (a cancelled or requeued one is not)."""
+    async def renew(self, lease: str, lease_s: float, note: str | None = None) -> set[str]:
+        """Extend the lease; the ids of its jobs still held (a cancelled or requeued one is not). `note` (a
+        step's "step 2/4") goes into each held job's log in the same transaction: one round trip a step."""
 
     async def release(self, lease: str) -> list[str]:
         """Give a lease's running jobs back to the queue, the attempt not counted (a graceful stop)."""

@@ -108,12 +108,18 @@ def inputs(db: Database, job_id: str) -> bytes | None:
     return None if row is None else bytes(row[0])
 
 
-def renew(db: Database, lease: str, lease_s: float) -> set[str]:
-    rows = db.execute(
-        "UPDATE jobs SET lease_expires_at = ? WHERE lease = ? AND status = ? RETURNING id",
-        (time.time() + lease_s, lease, RUNNING),
-    ).fetchall()
-    return {row[0] for row in rows}
+def renew(db: Database, lease: str, lease_s: float, note: str | None) -> set[str]:
+    with db.transaction():
+        held = {
+            row[0]
+            for row in db.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE lease = ? AND status = ? RETURNING id",
+                (time.time() + lease_s, lease, RUNNING),
+            ).fetchall()
+        }
+        for job_id in sorted(held) if note else ():
+            log(db, job_id, note)
+    return held
 
 
 def release(db: Database, lease: str) -> list[str]:
@@ -298,8 +304,8 @@ class QueuePolicy:
     async def inputs(self, job_id: str) -> bytes | None:
         return await self._run(inputs, job_id)
 
-    async def renew(self, lease: str, lease_s: float) -> set[str]:
-        return await self._run(renew, lease, lease_s)
+    async def renew(self, lease: str, lease_s: float, note: str | None = None) -> set[str]:
+        return await self._run(renew, lease, lease_s, note)
 
     async def release(self, lease: str) -> list[str]:
         return await self._run(release, lease)

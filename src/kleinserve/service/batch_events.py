@@ -50,8 +50,7 @@ class BatchEvents:
 
     def batch_step(self, works: list[Work], step: int, total: int, previews: dict[str, list]) -> None:
         for work in works:
-            if not work.stopped:
-                self._spawn(self._log(work.job_id, f"step {step}/{total}"))
+            if not work.stopped:  # its "step i/N" line is written with the batcher's lease renewal
                 self.waiters.step(work.job_id, step, total, previews.get(work.job_id, []))
                 if self.progress is not None:
                     self._spawn(self._record_step(work, step, total, previews.get(work.job_id, [])))
