@@ -15,6 +15,7 @@ another. psycopg comes with the `scale` extra; the default install never imports
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import select
@@ -53,7 +54,10 @@ class PostgresDatabase:
     previews_param = "?::bytea[]"
 
     def __init__(self, connection):
+        from psycopg.pq import TransactionStatus
+
         self.connection = connection
+        self._idle = TransactionStatus.IDLE
 
     def execute(self, sql: str, args: tuple | list = ()):
         return self.connection.execute(sql.replace("?", "%s"), args or None)
@@ -63,6 +67,10 @@ class PostgresDatabase:
             cursor.executemany(sql.replace("?", "%s"), rows)
 
     def transaction(self):
+        """Nested in the caller's when one is open, as on SQLite (psycopg would make a SAVEPOINT: two more
+        round trips, and no caller here rolls back part of a transaction)."""
+        if self.connection.info.transaction_status != self._idle:
+            return contextlib.nullcontext()
         return self.connection.transaction()
 
     def notify(self, topic: str, key: str) -> None:
