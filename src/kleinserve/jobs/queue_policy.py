@@ -110,15 +110,14 @@ def inputs(db: Database, job_id: str) -> bytes | None:
 
 def renew(db: Database, lease: str, lease_s: float, note: str | None) -> set[str]:
     with db.transaction():
-        held = {
-            row[0]
-            for row in db.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE lease = ? AND status = ? RETURNING id",
-                (time.time() + lease_s, lease, RUNNING),
-            ).fetchall()
-        }
-        for job_id in sorted(held) if note else ():
-            log(db, job_id, note)
+        rows = db.execute(
+            "UPDATE jobs SET lease_expires_at = ? WHERE lease = ? AND status = ? RETURNING id",
+            (time.time() + lease_s, lease, RUNNING),
+        ).fetchall()
+        held = {row[0] for row in rows}
+        if note:
+            for job_id in sorted(held):
+                log(db, job_id, note)
     return held
 
 
@@ -142,7 +141,7 @@ def end(db: Database, job_id: str, status: JobStatus, result: dict | None, error
     lost (the database restarted) is told True again instead of taking the job for lost."""
     with db.transaction():
         if finish(db, job_id, status, result, error, lease, only_queued, usage):
-            log(db, job_id, status.value if error is None else f"{status.value}: {error['message']}")
+            _log_end(db, job_id, status, error)
             return True
         if lease is None:
             return False
@@ -158,7 +157,7 @@ def cancel(db: Database, job_id: str, error: dict) -> str | None:
         if row[0] not in UNFINISHED:
             return "finished"
         finish(db, job_id, JobStatus.CANCELLED, None, error)
-        log(db, job_id, f"cancelled: {error['message']}")
+        _log_end(db, job_id, JobStatus.CANCELLED, error)
     return "cancelled"
 
 
@@ -210,7 +209,12 @@ def _requeue(db: Database, job_id: str, message: str, *, counted: bool) -> None:
 
 def _fail(db: Database, job_id: str, error: dict) -> None:
     finish(db, job_id, JobStatus.FAILED, None, error)
-    log(db, job_id, f"failed: {error['message']}", "ERROR")
+    _log_end(db, job_id, JobStatus.FAILED, error, "ERROR")
+
+
+def _log_end(db: Database, job_id: str, status: JobStatus, error: dict | None, level: str = "INFO") -> None:
+    """A job's end line: "succeeded", or "failed: why" / "cancelled: why"."""
+    log(db, job_id, status.value if error is None else f"{status.value}: {error['message']}", level)
 
 
 def position(db: Database, job_id: str) -> int | None:

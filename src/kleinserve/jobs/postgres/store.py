@@ -54,10 +54,7 @@ class PostgresDatabase:
     previews_param = "?::bytea[]"
 
     def __init__(self, connection):
-        from psycopg.pq import TransactionStatus
-
         self.connection = connection
-        self._idle = TransactionStatus.IDLE
 
     def execute(self, sql: str, args: tuple | list = ()):
         return self.connection.execute(sql.replace("?", "%s"), args or None)
@@ -69,7 +66,7 @@ class PostgresDatabase:
     def transaction(self):
         """Nested in the caller's when one is open, as on SQLite (psycopg would make a SAVEPOINT: two more
         round trips, and no caller here rolls back part of a transaction)."""
-        if self.connection.info.transaction_status != self._idle:
+        if self.connection.info.transaction_status.name != "IDLE":
             return contextlib.nullcontext()
         return self.connection.transaction()
 
