@@ -7,8 +7,8 @@
 # It installs the carried wheels (WHEELS, default .whl/) into a temp dir, prints versions and the measured
 # ceilings, then runs the engine cases in order of importance, each under its own timeout and skipped when
 # too little of the deadline (DEADLINE_S, default 585 s) is left:
-#   4B 1024² and 512²; 9B 1024² with 0 and 4 references; 9B-KV with 4 references; then 4B 2048² and 1024²
-#   batch 4; 4B with fp8 linears; a profile of one 4B 1024² generation.
+#   4B 1024² and 512²; 9B 1024² with 0 and 4 references; 9B-KV with 4 references; then 4B with fp8 linears;
+#   4B 2048² and 1024² batch 4; a profile of one 4B 1024² generation.
 # Into OUT (default out/device-run) it writes at most 8 files, no folders: ceilings.json, engine-*.json (one
 # per step, rewritten after every case), profile-4b.txt and log.txt (everything printed). It prints the
 # summary (ceilings, then every case line) last.
@@ -102,10 +102,10 @@ bench 9b 9b --shapes "$S1:1:0" "$S1:1:4"
 step 9b 90 200 "${BENCH[@]}"
 bench 9b-kv 9b-kv --shapes "$S1:1:4"
 step 9b-kv 60 150 "${BENCH[@]}"
-bench 4b-large 4b --no-diffusers --shapes "$S3:1:0" "$S1:4:0"
-step 4b-large 60 140 "${BENCH[@]}"
 bench 4b-fp8 4b --quantize fp8 --shapes "$S1:1:0"
 step 4b-fp8 60 120 "${BENCH[@]}"
+bench 4b-large 4b --no-diffusers --shapes "$S3:1:0" "$S1:4:0"
+step 4b-large 60 140 "${BENCH[@]}"
 bench profile-run 4b --no-diffusers --runs 1 --shapes "$S1:1:0" --profile "$OUT/profile-4b.txt"
 step profile 40 90 "${BENCH[@]}"
 rm -f "$OUT/engine-profile-run.json"  # the profile step's timings repeat the 4b step's
