@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         quantize=args.quantize,
         quantize_text_encoder=args.quantize_text_encoder,
     )
-    apply_optimizations(engine.components.transformer, optimizations, engine.components.text_encoder)
+    apply_optimizations(
+        engine.components.transformer, optimizations, engine.components.text_encoder, engine.components.vae
+    )
     engine.optimizations = optimizations
     for index, (shape, baseline) in enumerate(zip(shapes, stock, strict=True)):
         report.cases[index].update(time_kleinserve(args, engine, shape, baseline))
@@ -399,10 +401,14 @@ def attention_path(engine, requests) -> dict:
             "math": torch.backends.cuda.math_sdp_enabled(),
         },
         "cudnn_version": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "compile": "regional: compile_repeated_blocks(fullgraph=True), default mode"
-        if engine.optimizations.compile
-        else "off",
+        "compile": compile_description(engine.optimizations),
     }
+
+
+def compile_description(optimizations) -> str:
+    parts = ["regional: compile_repeated_blocks(fullgraph=True)"] if optimizations.compile else []
+    parts += ["VAE decoder: nn.Module.compile()"] if optimizations.compile_decoder else []
+    return "; ".join(parts) + ", default mode" if parts else "off"
 
 
 SDPA_OP = re.compile(r"^aten::_scaled_dot_product_\w+")  # which implementation PyTorch dispatched to

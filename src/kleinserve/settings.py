@@ -201,7 +201,8 @@ class Settings(BaseSettings):
     )
     compile: bool | None = Field(
         None,
-        description="regional torch.compile of the transformer blocks (default: on for CUDA, off for CPU)",
+        description="regional torch.compile of the transformer blocks, and on CUDA of the VAE decoder too "
+        "(default: on for CUDA, off for CPU)",
     )
     attention_backend: Annotated[str | None, Flag(metavar="NAME")] = Field(
         None, description="diffusers attention backend, e.g. _native_cudnn, flash (default: PyTorch SDPA)"

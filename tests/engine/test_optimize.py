@@ -18,8 +18,12 @@ def image(engine: Engine, width: int = 64, height: int = 64) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "options",
-    [Optimizations(attention_backend="_native_math"), Optimizations(compile=True)],
-    ids=["attention-math", "regional-compile"],
+    [
+        Optimizations(attention_backend="_native_math"),
+        Optimizations(compile=True),
+        Optimizations(compile_decoder=True),
+    ],
+    ids=["attention-math", "regional-compile", "compiled-decoder"],
 )
 def test_a_lever_makes_the_same_image_as_the_reference_path(checkpoints, engine, options):
     optimized = Engine.load(resolve_model(str(engine.spec.source)), device="cpu", optimizations=options)

@@ -19,7 +19,10 @@ def test_after_warm_up_a_compiled_engine_forms_any_batch_without_compiling(check
     torch._dynamo.reset()  # compiled code is shared by all engines in the process: start with none
     sizes = ((64, 64), (96, 64))
     config = EngineConfig(
-        device="cpu", max_batch_images=4, optimizations=Optimizations(compile=True), warmup_sizes=sizes
+        device="cpu",
+        max_batch_images=4,
+        optimizations=Optimizations(compile=True, compile_decoder=True),  # as on CUDA
+        warmup_sizes=sizes,
     )
     engine = Engine.load(resolve_model(str(checkpoints[Variant.DISTILLED])), config)
     before = compiled_graphs()

@@ -18,6 +18,11 @@ def test_levers_default_by_device_and_unknown_backends_are_refused():
     assert not Optimizations.for_device(torch.device("cpu")).compile
     assert Optimizations.for_device(torch.device("cuda")).compile
     assert not Optimizations.for_device(torch.device("cuda"), compile=False).compile
+    # The VAE decoder is compiled with the blocks on CUDA only (on CPU its compile costs more than it saves).
+    assert Optimizations.for_device(torch.device("cuda")).compile_decoder
+    assert not Optimizations.for_device(torch.device("cuda"), compile=False).compile_decoder
+    assert not Optimizations.for_device(torch.device("cpu"), compile=True).compile_decoder
+    assert "compile=on +decoder" in Optimizations.for_device(torch.device("cuda")).describe()
     with pytest.raises(InvalidRequest, match="--attention-backend"):
         check_attention_backend("fastest-please")
 

@@ -101,7 +101,9 @@ class Engine:
         components = load_components(
             checkpoint, variant, device, dtype, spec.transformer_file, text_encoder_device=text_device
         )
-        apply_optimizations(components.transformer, config.optimizations, components.text_encoder)
+        apply_optimizations(
+            components.transformer, config.optimizations, components.text_encoder, components.vae
+        )
         engine = cls(
             spec, components, config.max_batch_images, config.prompt_cache_size, config.offload_text_encoder
         )

@@ -26,7 +26,7 @@ COMPILED_WARMUP_SIZES = ((1024, 1024), (512, 512), (1024, 768), (768, 1024))
 
 def default_warmup_sizes(config: EngineConfig) -> tuple[tuple[int, int], ...]:
     """Compiled code is per resolution, so with compile on the common sizes are warmed."""
-    return COMPILED_WARMUP_SIZES if config.optimizations.compile else (WARMUP_SIZE,)
+    return COMPILED_WARMUP_SIZES if config.optimizations.compiles else (WARMUP_SIZE,)
 
 
 def warmup_plan(config: EngineConfig) -> list[tuple[int, int, int]]:
