@@ -29,6 +29,9 @@ pip_setting() {  # an environment variable, else pip's configuration file
   if [ -n "$from_env" ]; then echo "$from_env"; else pip config get "$2" 2>/dev/null || true; fi
 }
 FIND_LINKS="$(pip_setting PIP_FIND_LINKS global.find-links)"
+# TORCH_VARIANT=pypi wants PyPI's (CUDA) torch; local wheel folders may hold a +cpu build of the same version,
+# which pip would rank above it, so they are left out of that build.
+[ "${TORCH_VARIANT:-cpu}" = pypi ] && FIND_LINKS=""
 INDEX_URL="$(pip_setting PIP_INDEX_URL global.index-url)"
 EXTRA_INDEX_URL="$(pip_setting PIP_EXTRA_INDEX_URL global.extra-index-url)"
 CERT="$(pip_setting PIP_CERT global.cert)"
@@ -55,4 +58,4 @@ start=$(date +%s)
 podman build "${args[@]}" -f Containerfile -t "$IMAGE" .
 echo "built $IMAGE from $BASE in $(( $(date +%s) - start )) s"
 podman image inspect --format "{{.Size}}" "$IMAGE" \
-  | awk -v image="$IMAGE" '{printf "image size: %s %.0f MB (%d bytes)\n", image, $1 / 1e6, $1}'
+  | awk -v image="$IMAGE" '{printf "image size: %s %.0f MB (%.0f bytes)\n", image, $1 / 1e6, $1}'
