@@ -23,12 +23,12 @@ import argparse
 import json
 import platform
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from ceilings import timed  # benchmarks/ is on the path: CUDA events on a GPU, the wall clock on CPU
 
 from kleinserve.engine.architectures import QWEN3, SIZES
 from kleinserve.engine.loading import TEXT_ENCODER_LAYERS
@@ -75,7 +75,7 @@ class Bench:
                 output = function()
                 synchronize(self.device)
                 entry["first_call_s"] = round(time.perf_counter() - began, 2)
-                entry["ms"] = round(1000 * timed(function, self.device, self.runs), 3)
+                entry["ms"] = round(1000 * timed(function, self.device, warmups=2, runs=self.runs), 3)
         except Exception as error:  # a lever this build cannot run: record why and go on
             entry["error"] = (
                 f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
@@ -188,26 +188,6 @@ def fp8_cases(bench: Bench, device, dtype, small: bool) -> None:
             quantized, fp8.weight.t(), scale_a=row_scale, scale_b=fp8.scale.view(1, -1),
             out_dtype=torch.bfloat16), today)  # fmt: skip
         bench.case(group, "quantize_rows alone", lambda: quantize_rows(x)[0])
-
-
-def timed(function, device: torch.device, runs: int, warmups: int = 2) -> float:
-    """Median seconds of one call: CUDA events on a GPU, the wall clock on CPU."""
-    for _ in range(warmups):
-        function()
-    seconds = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            function()
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1000)
-        else:
-            began = time.perf_counter()
-            function()
-            seconds.append(time.perf_counter() - began)
-    return statistics.median(seconds)
 
 
 def synchronize(device: torch.device) -> None:
