@@ -94,6 +94,57 @@ async def _kill_connections(url: str, store: PostgresJobStore) -> None:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
 
+def test_a_process_stalled_inside_a_transaction_does_not_keep_its_jobs_from_being_requeued(
+    open_store, database_url  # noqa: F811
+):
+    """A worker frozen in the middle of a lease renewal holds its jobs' rows locked, and the requeue skips
+    locked rows: PostgreSQL ends the stalled session after the store's stall timeout, so the requeue
+    proceeds once the lease has run out."""
+    from kleinserve.jobs.postgres.store import APPLICATION
+
+    async def scenario():
+        stalled = PostgresJobStore(database_url, stall_timeout_s=1)
+        alive = open_store()
+        try:
+            (job,) = await add(alive, queued_job())
+            await stalled.claim(MODEL, max_images=1, lease_s=0.2, ready_before=time.time() + 1)
+            frozen = stalled._connect()  # a connection as the store opens them, left inside a transaction
+            frozen.execute("BEGIN")
+            frozen.execute("SELECT id FROM jobs WHERE id = %s FOR UPDATE", (job.id,))
+            await asyncio.sleep(0.3)  # the lease has run out; the row is still locked
+            locked_out = (await alive.requeue_expired(time.time(), max_attempts=3))[0]
+            deadline = time.monotonic() + 30
+            while not (requeued := (await alive.requeue_expired(time.time(), max_attempts=3))[0]):
+                assert time.monotonic() < deadline, "the stalled transaction's lock was never released"
+                await asyncio.sleep(0.2)
+            with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # the server ended it
+                frozen.execute("SELECT 1")
+            # The store's own calls: one that stalls inside its transaction is DatabaseUnavailable (the
+            # error the batcher retries within the lease), and the next call gets a fresh connection.
+            with pytest.raises(DatabaseUnavailable, match="idle-in-transaction"):
+                stalled._call(_stall_in_a_transaction, 1.5)
+            assert stalled._call(lambda db: db.execute("SELECT 1").fetchone()) == (1,)
+            return job.id, locked_out, requeued
+        finally:
+            await stalled.close()
+
+    job_id, locked_out, requeued = run(scenario())
+    assert locked_out == [] and requeued == [job_id]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        (setting,) = conn.execute(
+            "SELECT setting FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+        ).fetchone()
+    assert setting == "0"  # the stores set it on their own sessions, not for the whole server
+    assert APPLICATION.startswith("kleinserve pid ")
+
+
+def _stall_in_a_transaction(db, seconds: float) -> None:
+    with db.transaction():
+        db.execute("SELECT 1")
+        time.sleep(seconds)
+        db.execute("SELECT 1")
+
+
 def test_an_unreachable_database_is_a_clear_error(postgres_server):  # noqa: F811
     url = f"postgresql://postgres@127.0.0.1:{postgres_server.port}/no_such_database"
     with pytest.raises(DatabaseUnavailable, match="cannot reach the job database at postgresql://"):

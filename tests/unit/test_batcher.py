@@ -217,7 +217,7 @@ def test_a_cancelled_running_batch_stops_at_the_next_step(tmp_path):
     assert engine.steps_run == 1 + 4  # "a" stopped after the step it was in
 
 
-def test_a_job_cancelled_in_the_store_by_another_process_stops_at_its_next_renewal(tmp_path):
+def test_a_job_cancelled_in_the_store_by_another_process_stops_at_its_next_renewal(tmp_path, caplog):
     engine = RecordingEngine(seconds=0.8)
 
     async def calls(h):
@@ -229,9 +229,12 @@ def test_a_job_cancelled_in_the_store_by_another_process_stops_at_its_next_renew
             await asyncio.sleep(0.01)
         return running
 
-    running = asyncio.run(run_batcher(engine, calls, tmp_path, max_wait_s=0))
+    with caplog.at_level("WARNING", logger="kleinserve"):
+        running = asyncio.run(run_batcher(engine, calls, tmp_path, max_wait_s=0))
     assert not running.done()  # never completed: the store already holds its end
     assert engine.steps_run <= 2  # the step it was in, and at most the one the renewal raced with
+    # Said once, whichever of the renewals (or, in a worker, a progress write) saw it first.
+    assert caplog.text.count("job a is no longer leased here (requeued or cancelled): it stops") == 1
 
 
 def test_cancelling_one_job_of_a_batch_leaves_the_others_running(tmp_path):

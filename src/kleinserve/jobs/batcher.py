@@ -67,6 +67,13 @@ class Work:
     def job_id(self) -> str:
         return self.job.id
 
+    def lease_lost(self) -> None:
+        """Requeued or cancelled elsewhere (a renewal or a progress write found it no longer held): it stops,
+        with one log line whichever of the two saw it first."""
+        if not self.stopped:
+            log.warning("job %s is no longer leased here (requeued or cancelled): it stops", self.job_id)
+            self.stopped = True
+
 
 class BatchListener(Protocol):
     """Told what happens to claimed work; every call arrives on the event loop."""
@@ -257,9 +264,8 @@ class Batcher:
             log.warning("could not renew the lease of a running batch: %s", exc)
             return
         for work in batch:
-            if work.job_id not in held and not work.stopped:
-                log.warning("job %s is no longer leased here (requeued or cancelled): it stops", work.job_id)
-                work.stopped = True
+            if work.job_id not in held:
+                work.lease_lost()
 
 
 def _previews_by_job(batch: list[Work], progress: StepProgress, wanted: set[str]) -> dict[str, list]:

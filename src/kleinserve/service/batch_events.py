@@ -57,7 +57,7 @@ class BatchEvents:
 
     async def _record_step(self, work: Work, step: int, total: int, previews: list) -> None:
         if not await self.progress.record(work.job_id, work.lease, step, total, previews):
-            work.stopped = True  # cancelled or requeued: seen before the next lease renewal
+            work.lease_lost()  # seen before the next lease renewal
 
     def batch_finished(self, works: list[Work], timings: dict[str, float]) -> None:
         images = sum(w.request.num_images for w in works)

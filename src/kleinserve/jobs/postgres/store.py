@@ -92,8 +92,17 @@ class PostgresDatabase:
         return [bytes(preview) for preview in value]
 
 
+STALL_TIMEOUT_S = 10.0  # idle_in_transaction_session_timeout of every connection a store opens
+
+
 class PostgresJobStore(QueuePolicy, SideTables, Uploads):
-    def __init__(self, url: str, *, connections: int = 4):
+    """`stall_timeout_s`: how long PostgreSQL lets one of this store's transactions sit idle before it ends
+    the session. No transaction here waits on anything but its own statements, so an idle one means the
+    process stalled inside it (frozen, paused, cut off): it may hold job rows locked (a lease renewal
+    locks its jobs), and while it does, the expired-lease requeue skips them (SKIP LOCKED). Ending the
+    session releases them, so its jobs are requeued when their lease runs out."""
+
+    def __init__(self, url: str, *, connections: int = 4, stall_timeout_s: float = STALL_TIMEOUT_S):
         try:
             import psycopg
         except ImportError:
@@ -102,6 +111,7 @@ class PostgresJobStore(QueuePolicy, SideTables, Uploads):
             ) from None
         self._psycopg = psycopg
         self._url = url
+        self._stall_timeout_ms = max(1, round(stall_timeout_s * 1000))
         self._local = threading.local()
         self._connections: list = []
         self._connections_lock = threading.Lock()
@@ -123,9 +133,14 @@ class PostgresJobStore(QueuePolicy, SideTables, Uploads):
 
     def _connect(self):
         try:
-            return self._psycopg.connect(
+            conn = self._psycopg.connect(
                 self._url, autocommit=True, connect_timeout=10, application_name=APPLICATION
             )
+            conn.execute(  # a session setting rather than a startup option, which PgBouncer refuses
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (str(self._stall_timeout_ms),),
+            )
+            return conn
         except self._psycopg.OperationalError as exc:
             raise DatabaseUnavailable(f"cannot reach the job database at {_safe(self._url)}: {exc}") from None
 
@@ -164,7 +179,11 @@ class PostgresJobStore(QueuePolicy, SideTables, Uploads):
         except DatabaseUnavailable as exc:
             self._lost(str(exc))
             raise
-        except (self._psycopg.OperationalError, self._psycopg.InterfaceError) as exc:
+        except (
+            self._psycopg.OperationalError,
+            self._psycopg.InterfaceError,
+            self._psycopg.errors.IdleInTransactionSessionTimeout,  # this process stalled mid-transaction
+        ) as exc:
             self._lost(f"the job database at {_safe(self._url)} went away: {exc}")
             raise DatabaseUnavailable(self.outage) from None
         if self.outage is not None:
