@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
-from ceilings import timed  # benchmarks/ is on the path: CUDA events on a GPU, the wall clock on CPU
+from ceilings import timed, versions  # benchmarks/ is on the path
 
 from kleinserve.engine.architectures import QWEN3, SIZES
 from kleinserve.engine.loading import TEXT_ENCODER_LAYERS
@@ -43,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     command = ["benchmarks/bench_levers.py", *(sys.argv[1:] if argv is None else argv)]
-    report = {"device": _device_name(device), "torch": torch.__version__, "python": platform.python_version(),
-              "command": "python " + shlex.join(command), "cases": []}  # fmt: skip
+    report = {**versions(device), "command": "python " + shlex.join(command), "cases": []}
     bench = Bench(report, args.output, device, args.runs)
     pixels = 64 if args.small else 1024
     vae = full_size_vae(device, dtype)
@@ -193,10 +191,6 @@ def fp8_cases(bench: Bench, device, dtype, small: bool) -> None:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
 
 
 if __name__ == "__main__":
